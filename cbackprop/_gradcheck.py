@@ -1,0 +1,142 @@
+"""The exact training objective and its gradient, for users to inspect.
+
+Both functions evaluate the kernels that the solvers run, at the estimator's
+current weights, on the full batch given: the data loss (averaged with the
+sample weights) plus ``0.5 * alpha * ||W||^2 / sum(sample_weight)``.
+"""
+
+import numpy as np
+from sklearn.base import is_classifier
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+
+def _objective(estimator, X, y, sample_weight, dtype):
+    check_is_fitted(estimator)
+    X = validate_data(estimator, X, accept_sparse=["csr", "csc"], reset=False,
+                      dtype=(np.float64, np.float32))
+    y = np.asarray(y)
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"X has {X.shape[0]} samples but y has {y.shape[0]}: give one target "
+            "per sample."
+        )
+    if is_classifier(estimator):
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y)
+        unknown = np.setdiff1d(np.unique(y), estimator.classes_) if y.ndim == 1 \
+            else []
+        if len(unknown):
+            raise ValueError(
+                f"y has labels {unknown} that the estimator was not fitted on "
+                f"(classes_ = {estimator.classes_})."
+            )
+        Y = estimator._label_binarizer.transform(y)
+    else:
+        Y = np.asarray(y, dtype=np.float64)
+    Y = Y.reshape(X.shape[0], -1)
+    if Y.shape[1] != estimator.n_outputs_:
+        raise ValueError(
+            f"y has {Y.shape[1]} outputs but the estimator has "
+            f"{estimator.n_outputs_}."
+        )
+    sw = estimator._check_sample_weight(sample_weight, X.shape[0], dtype)
+    objective = estimator._objective_setup(X, Y, sw, dtype, estimator._layer_units())
+    return objective
+
+
+def _split(estimator, flat):
+    units, coef_off, icpt_off, _ = estimator._layout(estimator._layer_units())
+    coefs, intercepts = [], []
+    for i in range(len(units) - 1):
+        n = units[i] * units[i + 1]
+        coefs.append(flat[coef_off[i]: coef_off[i] + n].reshape(units[i],
+                                                                units[i + 1]).copy())
+        intercepts.append(flat[icpt_off[i]: icpt_off[i] + units[i + 1]].copy())
+    return coefs, intercepts
+
+
+def loss_and_gradients(estimator, X, y, sample_weight=None):
+    """Full-batch training objective and its gradient at the current weights.
+
+    Parameters
+    ----------
+    estimator : MLPClassifier or MLPRegressor
+        A fitted cbackprop estimator (its ``coefs_`` / ``intercepts_``, as
+        they are now, are used).
+    X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        Input data.
+    y : array-like
+        Targets as given to ``fit``: class labels for the classifier.
+    sample_weight : array-like of shape (n_samples,), default=None
+        Non-negative sample weights.
+
+    Returns
+    -------
+    loss : float
+        Data loss plus L2 penalty, exactly what the solvers minimise.
+    coef_grads : list of ndarray
+        Gradient with respect to each ``coefs_[i]``.
+    intercept_grads : list of ndarray
+        Gradient with respect to each ``intercepts_[i]``.
+    """
+    check_is_fitted(estimator)
+    dtype = estimator.coefs_[0].dtype
+    objective = _objective(estimator, X, y, sample_weight, dtype)
+    params = estimator._pack(dtype)
+    loss, grad = objective(params)
+    coef_grads, intercept_grads = _split(estimator, grad)
+    return float(loss), coef_grads, intercept_grads
+
+
+def check_gradients(estimator, X, y, sample_weight=None, eps=1e-6, max_params=None,
+                    random_state=0):
+    """Largest relative error between the kernel gradient and central
+    finite differences.
+
+    The check always runs in float64 (a float32 model is evaluated with its
+    weights cast to float64), because float32 finite differences are too
+    noisy to say anything about exactness.
+
+    Parameters
+    ----------
+    estimator : MLPClassifier or MLPRegressor
+        A fitted cbackprop estimator.
+    X, y, sample_weight
+        As for :func:`loss_and_gradients`.
+    eps : float, default=1e-6
+        Step of the central difference ``(f(w + eps) - f(w - eps)) / (2 eps)``.
+    max_params : int or None, default=None
+        Check only this many parameters, drawn at random; None checks all.
+    random_state : int, RandomState instance or None, default=0
+        Chooses the parameters when ``max_params`` is set.
+
+    Returns
+    -------
+    max_rel_error : float
+        ``max_i |g_i - n_i| / max(|g_i|, |n_i|, 1e-8)`` over the checked
+        parameters, with ``g`` the analytic and ``n`` the numerical gradient.
+    """
+    check_is_fitted(estimator)
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps!r}.")
+    objective = _objective(estimator, X, y, sample_weight, np.float64)
+    params = estimator._pack(np.float64)
+    _, grad = objective(params)
+    grad = grad.copy()
+    idx = np.arange(params.shape[0])
+    if max_params is not None and max_params < idx.shape[0]:
+        rng = check_random_state(random_state)
+        idx = np.sort(rng.choice(idx, size=int(max_params), replace=False))
+    numerical = np.empty(idx.shape[0])
+    for k, i in enumerate(idx):
+        w = params[i]
+        params[i] = w + eps
+        f_plus, _ = objective(params, need_grad=False)
+        params[i] = w - eps
+        f_minus, _ = objective(params, need_grad=False)
+        params[i] = w
+        numerical[k] = (f_plus - f_minus) / (2 * eps)
+    analytic = grad[idx]
+    denom = np.maximum(np.maximum(np.abs(analytic), np.abs(numerical)), 1e-8)
+    return float(np.max(np.abs(analytic - numerical) / denom)) if idx.size else 0.0

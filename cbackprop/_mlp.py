@@ -1,0 +1,1137 @@
+"""MLPClassifier and MLPRegressor: scikit-learn's MLP API over cbackprop's kernels.
+
+Everything that is not arithmetic happens here: parameter and data
+validation, dtype choice, label binarisation, weight initialisation (the same
+draws as scikit-learn), shuffling, the early-stopping split and the stopping
+rules.  Each epoch, and each lbfgs function evaluation, is one call into a
+``nogil`` kernel of :mod:`cbackprop._kernels`.
+"""
+
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse as sp
+from scipy.special import log_expit, log_softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import accuracy_score, r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils import check_random_state, column_or_1d
+from sklearn.utils import shuffle as sk_shuffle
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import type_of_target, unique_labels
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from cbackprop import _kernels
+
+HIDDEN_ACTIVATIONS = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}
+OUTPUT_ACTIVATIONS = {"identity": 0, "logistic": 1, "softmax": 2, "exp": 3}
+LOSSES = {"squared_error": 0, "log_loss": 1, "binary_log_loss": 2, "poisson": 3}
+_STOCHASTIC_SOLVERS = ("sgd", "adam")
+_STATUS_NONFINITE = 1
+
+# Rows per block in the work buffers.  Large enough for BLAS to run near its
+# peak, small enough that a full-batch pass never holds every activation.
+_CHUNK = 512
+
+
+def _check_scalar(name, value, kind, low=None, high=None, closed="left",
+                  allow=()):
+    """Raise a TypeError or ValueError naming ``name`` unless ``value`` fits."""
+    if value in allow and not isinstance(value, bool):
+        return
+    if kind is Integral:
+        ok_type = isinstance(value, Integral) and not isinstance(value, bool)
+        tname = "an int"
+    elif kind is Real:
+        ok_type = isinstance(value, Real) and not isinstance(value, bool)
+        tname = "a float"
+    else:  # bool
+        ok_type = isinstance(value, (bool, np.bool_))
+        tname = "a bool"
+    if not ok_type:
+        raise TypeError(f"The '{name}' parameter must be {tname}, got {value!r}.")
+    if kind is bool:
+        return
+    lo_ok = low is None or (value >= low if closed in ("left", "both") else value > low)
+    hi_ok = high is None or (
+        value <= high if closed in ("right", "both") else value < high
+    )
+    if not (lo_ok and hi_ok):
+        left = "[" if closed in ("left", "both") else "("
+        right = "]" if closed in ("right", "both") else ")"
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(
+            f"The '{name}' parameter must be in the range {left}{lo}, {hi}{right}, "
+            f"got {value!r}."
+        )
+
+
+def _check_option(name, value, options):
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(
+            f"The '{name}' parameter must be one of {sorted(options)}, got {value!r}."
+        )
+
+
+class _BaseMLP(BaseEstimator):
+    """Shared machinery of :class:`MLPClassifier` and :class:`MLPRegressor`."""
+
+    def __init__(
+        self,
+        hidden_layer_sizes,
+        activation,
+        solver,
+        alpha,
+        batch_size,
+        learning_rate,
+        learning_rate_init,
+        power_t,
+        max_iter,
+        loss,
+        shuffle,
+        random_state,
+        tol,
+        verbose,
+        warm_start,
+        momentum,
+        nesterovs_momentum,
+        early_stopping,
+        validation_fraction,
+        beta_1,
+        beta_2,
+        epsilon,
+        n_iter_no_change,
+        max_fun,
+    ):
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.loss = loss
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+
+    # ------------------------------------------------------------------
+    # Validation
+    # ------------------------------------------------------------------
+    def _validate_params(self):
+        _check_option("activation", self.activation, HIDDEN_ACTIVATIONS)
+        _check_option("solver", self.solver, {"lbfgs", "sgd", "adam"})
+        _check_option("learning_rate", self.learning_rate,
+                      {"constant", "invscaling", "adaptive"})
+        _check_scalar("alpha", self.alpha, Real, 0)
+        if not (isinstance(self.batch_size, str) and self.batch_size == "auto"):
+            _check_scalar("batch_size", self.batch_size, Integral, 1)
+        _check_scalar("learning_rate_init", self.learning_rate_init, Real, 0,
+                      closed="neither")
+        _check_scalar("power_t", self.power_t, Real, 0)
+        _check_scalar("max_iter", self.max_iter, Integral, 1)
+        _check_scalar("shuffle", self.shuffle, bool)
+        _check_scalar("tol", self.tol, Real, 0)
+        _check_scalar("warm_start", self.warm_start, bool)
+        _check_scalar("momentum", self.momentum, Real, 0, 1, closed="both")
+        _check_scalar("nesterovs_momentum", self.nesterovs_momentum, bool)
+        _check_scalar("early_stopping", self.early_stopping, bool)
+        _check_scalar("validation_fraction", self.validation_fraction, Real, 0, 1)
+        _check_scalar("beta_1", self.beta_1, Real, 0, 1)
+        _check_scalar("beta_2", self.beta_2, Real, 0, 1)
+        _check_scalar("epsilon", self.epsilon, Real, 0, closed="neither")
+        _check_scalar("n_iter_no_change", self.n_iter_no_change, Integral, 1,
+                      allow=(np.inf,))
+        _check_scalar("max_fun", self.max_fun, Integral, 1)
+        if not isinstance(self.verbose, (bool, np.bool_, Integral)):
+            raise TypeError(f"The 'verbose' parameter must be an int or bool, got "
+                            f"{self.verbose!r}.")
+        # random_state is checked by check_random_state at fit time.
+
+    def _hidden_sizes(self):
+        sizes = self.hidden_layer_sizes
+        if not hasattr(sizes, "__iter__"):
+            sizes = [sizes]
+        sizes = list(sizes)
+        for s in sizes:
+            if not isinstance(s, Integral) or isinstance(s, bool):
+                raise TypeError(
+                    "hidden_layer_sizes must hold positive ints, got "
+                    f"{self.hidden_layer_sizes!r}."
+                )
+        if any(s <= 0 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
+        return [int(s) for s in sizes]
+
+    def _check_sample_weight(self, sample_weight, n_samples, dtype):
+        if sample_weight is None:
+            return None
+        if np.isscalar(sample_weight):
+            sample_weight = np.full(n_samples, sample_weight, dtype=dtype)
+        sw = check_array(sample_weight, ensure_2d=False, dtype=dtype, order="C",
+                         input_name="sample_weight")
+        if sw.ndim != 1 or sw.shape[0] != n_samples:
+            raise ValueError(
+                f"sample_weight.shape == {sw.shape}, expected ({n_samples},): give "
+                "one weight per sample."
+            )
+        if np.any(sw < 0):
+            raise ValueError(
+                "sample_weight has negative values; weights must be >= 0."
+            )
+        if not np.any(sw > 0):
+            raise ValueError(
+                "sample_weight sums to zero: give at least one sample a positive "
+                "weight."
+            )
+        return sw
+
+    # ------------------------------------------------------------------
+    # Parameter vector plumbing
+    # ------------------------------------------------------------------
+    @staticmethod
+    def _layout(layer_units):
+        """Offsets of every layer in the packed parameter vector."""
+        units = np.asarray(layer_units, dtype=np.intp)
+        coef_sizes = units[:-1] * units[1:]
+        coef_off = np.concatenate(([0], np.cumsum(coef_sizes)[:-1])).astype(np.intp)
+        n_coef = int(coef_sizes.sum())
+        icpt_off = (n_coef + np.concatenate(([0], np.cumsum(units[1:])[:-1]))).astype(
+            np.intp
+        )
+        n_params = n_coef + int(units[1:].sum())
+        return units, coef_off, icpt_off, n_params
+
+    def _layer_units(self):
+        units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+        return units
+
+    def _pack(self, dtype):
+        """The current ``coefs_`` / ``intercepts_`` as one flat vector.
+
+        Reading the lists every time means that whatever a user assigned to
+        them is what the kernels use.
+        """
+        units = self._layer_units()
+        for i, (c, b) in enumerate(zip(self.coefs_, self.intercepts_)):
+            if c.shape != (units[i], units[i + 1]) or np.shape(b) != (units[i + 1],):
+                raise ValueError(
+                    f"coefs_[{i}] has shape {np.shape(c)} and intercepts_[{i}] "
+                    f"{np.shape(b)}; they must be ({units[i]}, {units[i + 1]}) and "
+                    f"({units[i + 1]},) to chain the layers."
+                )
+        return np.concatenate(
+            [np.asarray(c, dtype=dtype).ravel() for c in self.coefs_]
+            + [np.asarray(b, dtype=dtype).ravel() for b in self.intercepts_]
+        )
+
+    def _unpack_views(self, params, layer_units):
+        """Point ``coefs_`` / ``intercepts_`` at slices of ``params``."""
+        units, coef_off, icpt_off, _ = self._layout(layer_units)
+        L = len(units) - 1
+        self.coefs_ = [
+            params[coef_off[i]: coef_off[i] + units[i] * units[i + 1]].reshape(
+                units[i], units[i + 1]
+            )
+            for i in range(L)
+        ]
+        self.intercepts_ = [
+            params[icpt_off[i]: icpt_off[i] + units[i + 1]] for i in range(L)
+        ]
+
+    @staticmethod
+    def _kernel_input(X, dtype):
+        """(X, indices, indptr) in the form the kernels read."""
+        if sp.issparse(X):
+            # Column order inside a row does not matter to the kernels, so
+            # the indices are used as they are (no sort, no copy of the user's
+            # matrix beyond dtype and index-width conversion).
+            X = sp.csr_matrix(X, dtype=dtype)
+            return (
+                np.ascontiguousarray(X.data, dtype=dtype),
+                np.ascontiguousarray(X.indices, dtype=np.intp),
+                np.ascontiguousarray(X.indptr, dtype=np.intp),
+            )
+        return np.ascontiguousarray(X, dtype=dtype), None, None
+
+    @staticmethod
+    def _buffers(units, n_rows, n_features, dtype, sparse):
+        chunk = max(1, min(_CHUNK, n_rows))
+        total = int(np.sum(units[1:]))
+        acts = np.empty(chunk * total, dtype=dtype)
+        deltas = np.empty(chunk * total, dtype=dtype)
+        xbuf = np.empty(1 if sparse else chunk * n_features, dtype=dtype)
+        return acts, deltas, xbuf
+
+    def _codes(self):
+        loss = self.loss
+        if loss == "log_loss" and self.out_activation_ == "logistic":
+            loss = "binary_log_loss"
+        return (
+            HIDDEN_ACTIVATIONS[self.activation],
+            OUTPUT_ACTIVATIONS[self.out_activation_],
+            LOSSES[loss],
+        )
+
+    def _loss_scale(self):
+        """scikit-learn averages multi-output squared error over outputs in the
+        reported loss (but not in its gradient); stopping rules use that scale
+        so that trajectories stay the same."""
+        return self.n_outputs_ if self.loss == "squared_error" else 1
+
+    # ------------------------------------------------------------------
+    # Forward pass
+    # ------------------------------------------------------------------
+    def _forward_raw(self, X, out_activation):
+        """Output of the network for validated X, with ``out_activation``."""
+        params = self._pack(self.coefs_[0].dtype)
+        x_dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
+        dtype = np.result_type(params.dtype, x_dtype)
+        params = params.astype(dtype, copy=False)
+        units, coef_off, icpt_off, _ = self._layout(self._layer_units())
+        n = X.shape[0]
+        data, ind, ptr = self._kernel_input(X, dtype)
+        out = np.empty((n, units[-1]), dtype=dtype)
+        if n == 0:
+            return out
+        acts, _, xbuf = self._buffers(units, n, X.shape[1], dtype, ind is not None)
+        _kernels.forward(data, ind, ptr, n, X.shape[1], units, coef_off, icpt_off,
+                         HIDDEN_ACTIVATIONS[self.activation],
+                         OUTPUT_ACTIVATIONS[out_activation], params, out, acts, xbuf)
+        return out
+
+    def _forward_pass_fast(self, X, check_input=True):
+        if check_input:
+            X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False,
+                              dtype=(np.float64, np.float32))
+        return self._forward_raw(X, self.out_activation_)
+
+    # ------------------------------------------------------------------
+    # Fitting
+    # ------------------------------------------------------------------
+    def _initialize(self, y, layer_units, dtype):
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_outputs_ = y.shape[1]
+        self.n_layers_ = len(layer_units)
+        if not is_classifier(self):
+            self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
+        elif self._label_binarizer.y_type_ == "multiclass":
+            self.out_activation_ = "softmax"
+        else:
+            self.out_activation_ = "logistic"
+
+        # Glorot-uniform draws in scikit-learn's order: for each layer the
+        # weight matrix, then the bias vector, from one RandomState stream.
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        coefs, intercepts = [], []
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            coefs.append(self._random_state.uniform(-bound, bound, (fan_in, fan_out)))
+            intercepts.append(self._random_state.uniform(-bound, bound, fan_out))
+        params = np.concatenate(
+            [c.ravel() for c in coefs] + [b.ravel() for b in intercepts]
+        ).astype(dtype, copy=False)
+        self._unpack_views(params, layer_units)
+        self._best_params = params.copy()
+
+        if self.solver in _STOCHASTIC_SOLVERS:
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self._best_stop_loss = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+
+    def _fit(self, X, y, sample_weight=None, incremental=False):
+        self._validate_params()
+        hidden = self._hidden_sizes()
+        first_pass = not hasattr(self, "coefs_") or (
+            not self.warm_start and not incremental
+        )
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        dtype = X.dtype if first_pass else self.coefs_[0].dtype
+        sample_weight = self._check_sample_weight(sample_weight, X.shape[0], dtype)
+        if y.ndim == 1:
+            y = y.reshape((-1, 1))
+        if not is_classifier(self) and self.loss == "poisson" and np.any(y < 0):
+            raise ValueError(
+                "loss='poisson' needs non-negative targets y; use "
+                "loss='squared_error' for targets that can be negative."
+            )
+        layer_units = [X.shape[1]] + hidden + [y.shape[1]]
+        if not first_pass:
+            if self._layer_units() != layer_units:
+                raise ValueError(
+                    f"The fitted network has layer sizes {self._layer_units()} but "
+                    f"this call needs {layer_units}: keep hidden_layer_sizes and the "
+                    "number of outputs, or fit with warm_start=False."
+                )
+        self.n_outputs_ = y.shape[1]
+        self._random_state = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(y, layer_units, dtype)
+
+        params = self._pack(dtype)
+        self._unpack_views(params, layer_units)
+        if self.solver in _STOCHASTIC_SOLVERS:
+            self._fit_stochastic(X, y, sample_weight, params, layer_units, incremental)
+        else:
+            self._fit_lbfgs(X, y, sample_weight, params, layer_units)
+
+        if not np.isfinite(params).all():
+            raise ValueError(
+                "Solver produced non-finite parameter weights. The input data may "
+                "contain large values and need to be preprocessed."
+            )
+        return self
+
+    def _objective_setup(self, X, y, sample_weight, dtype, layer_units):
+        """Everything the full-batch loss/gradient kernel needs, bundled."""
+        units, coef_off, icpt_off, n_params = self._layout(layer_units)
+        data, ind, ptr = self._kernel_input(X, dtype)
+        Y = np.ascontiguousarray(y, dtype=dtype)
+        has_sw = sample_weight is not None
+        sw = sample_weight if has_sw else np.empty(1, dtype=dtype)
+        acts, deltas, xbuf = self._buffers(units, X.shape[0], X.shape[1], dtype,
+                                           ind is not None)
+        grad = np.empty(n_params, dtype=dtype)
+        hidden, out, loss = self._codes()
+        alpha = float(self.alpha)
+
+        def objective(params, need_grad=True):
+            data_loss, l2 = _kernels.loss_grad(
+                data, ind, ptr, X.shape[1], Y, sw, has_sw, units, coef_off,
+                icpt_off, hidden, out, loss, params, grad, acts, deltas, xbuf,
+                alpha, need_grad,
+            )
+            return data_loss + l2, grad
+
+        return objective
+
+    def _fit_lbfgs(self, X, y, sample_weight, params, layer_units):
+        objective = self._objective_setup(X, y, sample_weight, params.dtype,
+                                          layer_units)
+
+        def fun(x):
+            params[:] = x
+            loss, grad = objective(params)
+            return loss, grad.astype(np.float64)
+
+        callback = None
+        if self.verbose:
+            def callback(intermediate_result):
+                print("Iteration, loss = %.8f" % intermediate_result.fun)
+
+        res = scipy.optimize.minimize(
+            fun, params.astype(np.float64), method="L-BFGS-B", jac=True,
+            callback=callback,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter,
+                     "gtol": self.tol},
+        )
+        self.n_iter_ = min(res.nit, self.max_iter)
+        if res.status != 0:
+            msg = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
+                   f"(status={res.status}):\n{res.message}\n")
+            if self.n_iter_ == self.max_iter:
+                msg += ("\nIncrease the number of iterations to improve the "
+                        f"convergence (max_iter={self.max_iter}).")
+            msg += "\nYou might also want to scale the data."
+            warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+        self.loss_ = float(res.fun)
+        params[:] = res.x
+
+    def _optimizer_state(self, n_params, dtype, incremental):
+        if incremental and getattr(self, "_opt", None) is not None \
+                and self._opt["state1"].shape[0] == n_params:
+            self._opt["state1"] = self._opt["state1"].astype(dtype, copy=False)
+            self._opt["state2"] = self._opt["state2"].astype(dtype, copy=False)
+            return self._opt
+        s1 = np.zeros(n_params, dtype=dtype)
+        if self.solver == "sgd":
+            self._opt = {
+                "kind": "sgd", "lr": float(self.learning_rate_init),
+                "momentum": float(self.momentum),
+                "nesterov": bool(self.nesterovs_momentum),
+                "alpha": float(self.alpha), "state1": s1, "state2": s1,
+            }
+        else:
+            self._opt = {
+                "kind": "adam", "lr": float(self.learning_rate_init),
+                "beta1": float(self.beta_1), "beta2": float(self.beta_2),
+                "eps": float(self.epsilon), "t": 0, "alpha": float(self.alpha),
+                "state1": s1, "state2": np.zeros(n_params, dtype=dtype),
+            }
+        return self._opt
+
+    def _fit_stochastic(self, X, y, sample_weight, params, layer_units, incremental):
+        dtype = params.dtype
+        units, coef_off, icpt_off, n_params = self._layout(layer_units)
+        opt = self._optimizer_state(n_params, dtype, incremental)
+        opt["alpha"] = float(self.alpha)
+
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early_stopping = self.early_stopping
+        if early_stopping:
+            stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
+            arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+            split = train_test_split(*arrays, random_state=self._random_state,
+                                     test_size=self.validation_fraction,
+                                     stratify=stratify)
+            X_train, X_val, y_train, y_val = split[:4]
+            sw_train, sw_val = (split[4], split[5]) if sample_weight is not None \
+                else (None, None)
+            if X_val.shape[0] < 2:
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' "
+                    "or the size of your dataset."
+                )
+            if is_classifier(self):
+                y_val = self._label_binarizer.inverse_transform(y_val)
+        else:
+            X_train, y_train, sw_train = X, y, sample_weight
+            X_val = y_val = sw_val = None
+
+        n_samples = X_train.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn(
+                    "Got `batch_size` less than 1 or larger than sample size. It is "
+                    "going to be clipped"
+                )
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+
+        data, ind, ptr = self._kernel_input(X_train, dtype)
+        Y = np.ascontiguousarray(y_train, dtype=dtype)
+        has_sw = sw_train is not None
+        sw = np.ascontiguousarray(sw_train, dtype=dtype) if has_sw \
+            else np.empty(1, dtype=dtype)
+        acts, deltas, xbuf = self._buffers(units, batch_size, X_train.shape[1], dtype,
+                                           ind is not None)
+        grad = np.empty(n_params, dtype=dtype)
+        hidden, out, loss_code = self._codes()
+        scale = self._loss_scale()
+        sample_idx = np.arange(n_samples, dtype=int)
+        snapshot = np.empty_like(params)
+
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                if self.shuffle:
+                    sample_idx = sk_shuffle(sample_idx, random_state=self._random_state)
+                order = np.ascontiguousarray(sample_idx, dtype=np.intp)
+                snapshot[:] = params
+                status, data_sum, l2_sum, _ = _kernels.run_epoch(
+                    data, ind, ptr, X_train.shape[1], Y, sw, has_sw, order, units,
+                    coef_off, icpt_off, hidden, out, loss_code, params,
+                    opt["state1"], opt["state2"], grad, acts, deltas, xbuf,
+                    batch_size, opt,
+                )
+                if status == _STATUS_NONFINITE:
+                    params[:] = snapshot
+                    raise ValueError(
+                        f"Training diverged in epoch {self.n_iter_ + 1}: the loss "
+                        "became infinite or NaN. The weights of the last finite epoch "
+                        "were kept. Lower learning_rate_init, scale the inputs (for "
+                        "example with StandardScaler) or increase alpha."
+                    )
+                self.n_iter_ += 1
+                self.loss_ = (data_sum + l2_sum) / n_samples
+                stop_loss = (data_sum / scale + l2_sum) / n_samples
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+
+                self._update_no_improvement_count(early_stopping, X_val, y_val,
+                                                  sw_val, stop_loss, params)
+                if opt["kind"] == "sgd" and self.learning_rate == "invscaling":
+                    opt["lr"] = float(self.learning_rate_init) / (
+                        self.t_ + 1) ** self.power_t
+
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if early_stopping:
+                        msg = ("Validation score did not improve more than "
+                               "tol=%f for %d consecutive epochs."
+                               % (self.tol, self.n_iter_no_change))
+                    else:
+                        msg = ("Training loss did not improve more than tol=%f"
+                               " for %d consecutive epochs."
+                               % (self.tol, self.n_iter_no_change))
+                    if self._trigger_stopping(msg, opt):
+                        break
+                    self._no_improvement_count = 0
+
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(
+                        "Stochastic Optimizer: Maximum iterations (%d) reached and "
+                        "the optimization hasn't converged yet." % self.max_iter,
+                        ConvergenceWarning,
+                    )
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+
+        if early_stopping:
+            params[:] = self._best_params
+
+    def _trigger_stopping(self, msg, opt):
+        """True to stop; the 'adaptive' schedule first divides the rate by 5."""
+        if opt["kind"] == "adam" or self.learning_rate != "adaptive":
+            if self.verbose:
+                print(msg + " Stopping.")
+            return True
+        if opt["lr"] <= 1e-6:
+            if self.verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        opt["lr"] /= 5.0
+        if self.verbose:
+            print(msg + " Setting learning rate to %f" % opt["lr"])
+        return False
+
+    def _update_no_improvement_count(self, early_stopping, X_val, y_val, sw_val,
+                                     stop_loss, params):
+        if early_stopping:
+            score = self._score(X_val, y_val, sample_weight=sw_val)
+            self.validation_scores_.append(score)
+            if self.verbose:
+                print("Validation score: %f" % score)
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_params = params.copy()
+        else:
+            if stop_loss > self._best_stop_loss - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if stop_loss < self._best_stop_loss:
+                self._best_stop_loss = stop_loss
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit the model to data matrix X and target(s) y.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data. float32 input trains float32 weights.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Class labels (classification) or real targets (regression).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative sample weights, not all zero.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+
+    def _check_solver(self):
+        if self.solver not in _STOCHASTIC_SOLVERS:
+            raise AttributeError(
+                "partial_fit is only available for stochastic optimizers. "
+                f"{self.solver} is not stochastic."
+            )
+        return True
+
+    def _score_with_function(self, X, y, sample_weight, score_function):
+        y_pred = self._predict(X, check_input=False)
+        if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
+            return np.nan
+        return score_function(y, y_pred, sample_weight=sample_weight)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+_PARAMS_DOC = """
+    hidden_layer_sizes : array-like of shape (n_layers - 2,), default=(100,)
+        Width of each hidden layer.
+    activation : {'identity', 'logistic', 'tanh', 'relu'}, default='relu'
+        Hidden-layer activation.
+    solver : {'lbfgs', 'sgd', 'adam'}, default='adam'
+        'sgd' and 'adam' run whole epochs inside one nogil kernel call;
+        'lbfgs' drives scipy's L-BFGS-B with a kernel that returns the
+        full-batch loss and gradient together.
+    alpha : float, default=0.0001
+        L2 penalty; the term ``0.5 * alpha * ||W||^2`` is divided by the
+        (weighted) number of samples of the batch, as in scikit-learn.
+    batch_size : int or 'auto', default='auto'
+        Mini-batch size; 'auto' is ``min(200, n_samples)``. ``batch_size=1`` runs
+        the online kernel, which updates the weights in place after every
+        sample.
+    learning_rate : {'constant', 'invscaling', 'adaptive'}, default='constant'
+        Learning-rate schedule of 'sgd'.
+    learning_rate_init : float, default=0.001
+        Initial step size of 'sgd' and 'adam'.
+    power_t : float, default=0.5
+        Exponent of the 'invscaling' schedule.
+    max_iter : int, default=200
+        Maximum number of epochs (stochastic solvers) or iterations (lbfgs).
+    shuffle : bool, default=True
+        Shuffle the samples every epoch (stochastic solvers).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial weights, the shuffles and the early-stopping split;
+        an int reproduces scikit-learn's trajectory.
+    tol : float, default=1e-4
+        Tolerance of the stopping rules.
+    verbose : bool, default=False
+        Print one line per epoch.
+    warm_start : bool, default=False
+        Start from the previous solution.
+    momentum : float, default=0.9
+        Momentum of 'sgd'.
+    nesterovs_momentum : bool, default=True
+        Nesterov momentum for 'sgd'.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the data and stop when the
+        validation score stops improving; the best weights are restored.
+    validation_fraction : float, default=0.1
+        Share of the training data held out for early stopping.
+    beta_1, beta_2 : float, default=0.9, 0.999
+        Adam's moment decay rates.
+    epsilon : float, default=1e-8
+        Adam's numerical-stability constant.
+    n_iter_no_change : int, default=10
+        Epochs without improvement by ``tol`` before stopping.
+    max_fun : int, default=15000
+        Maximum number of loss evaluations of 'lbfgs'.
+"""
+
+_ATTRS_DOC = """
+    Attributes
+    ----------
+    loss_ : float
+        Loss of the last epoch (stochastic solvers: mean of the batch losses).
+    best_loss_ : float or None
+        Smallest epoch loss; None with early stopping.
+    loss_curve_ : list of float
+        Loss of every epoch (stochastic solvers only).
+    validation_scores_ : list of float or None
+        Validation score of every epoch with early stopping.
+    best_validation_score_ : float or None
+        Best validation score with early stopping.
+    t_ : int
+        Number of training samples seen by the stochastic solvers.
+    coefs_ : list of ndarray
+        Weight matrices, ``coefs_[i]`` of shape ``(units[i], units[i + 1])``.
+        Assigning new arrays changes what predict and further training use.
+    intercepts_ : list of ndarray
+        Bias vectors.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of str
+        Feature names, when X had string column names.
+    n_iter_ : int
+        Epochs (or lbfgs iterations) run by the last fit.
+    n_layers_ : int
+        Number of layers, input and output included.
+    n_outputs_ : int
+        Number of outputs.
+    out_activation_ : str
+        Output activation.
+"""
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    __doc__ = (
+        """Multi-layer perceptron classifier trained by cbackprop's Cython kernels.
+
+    A drop-in replacement for :class:`sklearn.neural_network.MLPClassifier`:
+    same parameters, attributes and, for float64 data and an integer
+    ``random_state``, the same training trajectory.
+
+    Parameters
+    ----------"""
+        + _PARAMS_DOC
+        + _ATTRS_DOC
+        + """    classes_ : ndarray or list of ndarray
+        Class labels.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from cbackprop import MLPClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = MLPClassifier(max_iter=50, random_state=0).fit(X / 16, y)
+    >>> clf.score(X / 16, y) > 0.95
+    True
+    """
+    )
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            loss="log_loss",
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+        )
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"],
+                             multi_output=True, dtype=(np.float64, np.float32),
+                             reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
+            self._label_binarizer = LabelBinarizer()
+            self._label_binarizer.fit(y)
+            self.classes_ = self._label_binarizer.classes_
+        else:
+            classes = unique_labels(y)
+            if self.warm_start:
+                if set(classes) != set(self.classes_):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same classes "
+                        f"as in the previous call to fit. Previously got "
+                        f"{self.classes_}, `y` has {classes}"
+                    )
+            elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
+                raise ValueError(
+                    f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                    f"{self.classes_}. 'y' has {classes}."
+                )
+        y = self._label_binarizer.transform(y).astype(bool)
+        return X, y
+
+    def predict(self, X):
+        """Predict class labels.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_classes)
+            Predicted classes (an indicator matrix for multilabel targets).
+        """
+        check_is_fitted(self)
+        return self._predict(X)
+
+    def _predict(self, X, check_input=True):
+        y_pred = self._forward_pass_fast(X, check_input=check_input)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        return self._label_binarizer.inverse_transform(y_pred)
+
+    def _score(self, X, y, sample_weight=None):
+        return self._score_with_function(X, y, sample_weight, accuracy_score)
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """Run one epoch over the given data.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+        y : array-like of shape (n_samples,)
+            Target labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative sample weights.
+        classes : array of shape (n_classes,), default=None
+            Every class of the whole data; required on the first call.
+
+        Returns
+        -------
+        self : object
+            The updated estimator.
+        """
+        self._validate_params()
+        first = False
+        if getattr(self, "classes_", None) is None and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        if classes is not None:
+            if getattr(self, "classes_", None) is not None:
+                if not np.array_equal(self.classes_, unique_labels(classes)):
+                    raise ValueError(
+                        f"`classes={classes!r}` is not the same as on last call to "
+                        f"partial_fit, was: {self.classes_!r}"
+                    )
+            else:
+                self.classes_ = unique_labels(classes)
+                first = True
+        if first:
+            self._label_binarizer = LabelBinarizer()
+            if type_of_target(y).startswith("multilabel"):
+                self._label_binarizer.fit(y)
+            else:
+                self._label_binarizer.fit(classes)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
+
+    def predict_proba(self, X):
+        """Class probabilities.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+
+        Returns
+        -------
+        y_prob : ndarray of shape (n_samples, n_classes)
+            Probabilities, columns ordered as ``classes_``.
+        """
+        check_is_fitted(self)
+        y_pred = self._forward_pass_fast(X)
+        if self.n_outputs_ == 1:
+            y_pred = y_pred.ravel()
+        if y_pred.ndim == 1:
+            return np.vstack([1 - y_pred, y_pred]).T
+        return y_pred
+
+    def predict_log_proba(self, X):
+        """Log of the class probabilities, computed from the output scores.
+
+        Unlike ``log(predict_proba(X))`` this never returns -inf: the logs
+        are taken as log-softmax / log-sigmoid of the last layer's scores.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+
+        Returns
+        -------
+        log_y_prob : ndarray of shape (n_samples, n_classes)
+            Log-probabilities, columns ordered as ``classes_``.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False,
+                          dtype=(np.float64, np.float32))
+        z = self._forward_raw(X, "identity")
+        if self.out_activation_ == "softmax":
+            return log_softmax(z, axis=1)
+        if self.n_outputs_ == 1:
+            z = z.ravel()
+            return np.vstack([log_expit(-z), log_expit(z)]).T
+        return log_expit(z)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    __doc__ = (
+        """Multi-layer perceptron regressor trained by cbackprop's Cython kernels.
+
+    A drop-in replacement for :class:`sklearn.neural_network.MLPRegressor`.
+
+    Parameters
+    ----------
+    loss : {'squared_error', 'poisson'}, default='squared_error'
+        'poisson' uses an exponential output and needs non-negative targets."""
+        + _PARAMS_DOC
+        + _ATTRS_DOC
+        + """
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cbackprop import MLPRegressor
+    >>> X = np.linspace(-1, 1, 200).reshape(-1, 1)
+    >>> reg = MLPRegressor(solver="lbfgs", random_state=0).fit(X, X.ravel() ** 2)
+    >>> reg.score(X, X.ravel() ** 2) > 0.9
+    True
+    """
+    )
+
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+    ):
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            loss=loss,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+        )
+
+    def _validate_params(self):
+        _check_option("loss", self.loss, {"squared_error", "poisson"})
+        super()._validate_params()
+
+    def _validate_input(self, X, y, incremental, reset):
+        X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"],
+                             multi_output=True, y_numeric=True,
+                             dtype=(np.float64, np.float32), reset=reset)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        return X, y
+
+    def predict(self, X):
+        """Predict targets.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            Predicted values.
+        """
+        check_is_fitted(self)
+        return self._predict(X)
+
+    def _predict(self, X, check_input=True):
+        y_pred = self._forward_pass_fast(X, check_input=check_input)
+        if y_pred.shape[1] == 1:
+            return y_pred.ravel()
+        return y_pred
+
+    def _score(self, X, y, sample_weight=None):
+        return self._score_with_function(X, y, sample_weight, r2_score)
+
+    @available_if(lambda est: est._check_solver())
+    def partial_fit(self, X, y, sample_weight=None):
+        """Run one epoch over the given data.
+
+        Only the stochastic solvers have it: an lbfgs regressor has no
+        ``partial_fit`` (scikit-learn exposes one that cannot work).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            The input data.
+        y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative sample weights.
+
+        Returns
+        -------
+        self : object
+            The updated estimator.
+        """
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)

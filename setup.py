@@ -1,0 +1,67 @@
+"""Extension list and per-compiler OpenMP flags; all metadata is in pyproject.toml."""
+import os
+import sys
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+MODULES = ["_blas", "_kernels", "_openmp_helpers"]
+
+
+def _debug():
+    return os.environ.get("CBACKPROP_DEBUG", "0") not in ("", "0")
+
+
+class BuildExt(build_ext):
+    """Adds the OpenMP and optimisation flags that fit the compiler in use."""
+
+    def build_extensions(self):
+        ctype = self.compiler.compiler_type
+        require_omp = os.environ.get("CBACKPROP_REQUIRE_OPENMP", "0") not in ("", "0")
+        no_omp = os.environ.get("CBACKPROP_NO_OPENMP", "0") not in ("", "0")
+        if require_omp and no_omp:
+            raise RuntimeError(
+                "CBACKPROP_REQUIRE_OPENMP and CBACKPROP_NO_OPENMP are both set."
+            )
+        if ctype == "msvc":
+            compile_args = ["/O2"] + ([] if no_omp else ["/openmp"])
+            link_args = []
+        elif sys.platform == "darwin":
+            # Apple clang needs the preprocessor route and an explicit libomp.
+            compile_args = ["-O3"] + ([] if no_omp else ["-Xpreprocessor", "-fopenmp"])
+            link_args = [] if no_omp else ["-lomp"]
+        else:
+            compile_args = ["-O3"] + ([] if no_omp else ["-fopenmp"])
+            link_args = [] if no_omp else ["-fopenmp"]
+        if _debug() and ctype != "msvc":
+            compile_args = [a for a in compile_args if a != "-O3"] + ["-O0", "-g"]
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_args + ext.extra_compile_args
+            ext.extra_link_args = link_args + ext.extra_link_args
+        super().build_extensions()
+
+
+directives = {
+    "language_level": 3,
+    "boundscheck": _debug(),
+    "wraparound": _debug(),
+    "initializedcheck": _debug(),
+    "cdivision": True,
+}
+
+extensions = [
+    Extension(
+        f"cbackprop.{name}",
+        [f"cbackprop/{name}.pyx"],
+        include_dirs=["src", np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+    )
+    for name in MODULES
+]
+
+setup(
+    ext_modules=cythonize(extensions, compiler_directives=directives),
+    cmdclass={"build_ext": BuildExt},
+)

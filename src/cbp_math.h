@@ -1,0 +1,207 @@
+/*
+ * cbp_math.h -- numerically stable activations, their derivatives, softmax
+ * and the per-row losses used by the cbackprop kernels.
+ *
+ * Plain C99, no Python.h.  Every routine exists in a float ("_f") and a
+ * double ("_d") flavour generated from one macro body so that the two can
+ * never drift apart.  Loss sums are returned in double whatever the data
+ * type, because float32 accumulators lose digits over large batches.
+ */
+#ifndef CBP_MATH_H
+#define CBP_MATH_H
+
+#include <math.h>
+#include <stddef.h>
+#include <float.h>
+
+/* Hidden-layer activation codes (mirrored in cbackprop/_codes.py). */
+enum {
+    CBP_ACT_IDENTITY = 0,
+    CBP_ACT_LOGISTIC = 1,
+    CBP_ACT_TANH = 2,
+    CBP_ACT_RELU = 3
+};
+
+/* Output activation codes. */
+enum {
+    CBP_OUT_IDENTITY = 0,
+    CBP_OUT_LOGISTIC = 1,
+    CBP_OUT_SOFTMAX = 2,
+    CBP_OUT_EXP = 3
+};
+
+/* Loss codes. */
+enum {
+    CBP_LOSS_SQUARED = 0,
+    CBP_LOSS_LOG = 1,        /* categorical cross-entropy on softmax */
+    CBP_LOSS_BINARY_LOG = 2, /* per-output cross-entropy on logistic */
+    CBP_LOSS_POISSON = 3
+};
+
+/* Logistic function that never evaluates exp of a large positive number:
+ * for x < 0 the algebraically equal form exp(x) / (1 + exp(x)) is used. */
+static inline double cbp_sigmoid_d(double x)
+{
+    if (x >= 0.0) {
+        return 1.0 / (1.0 + exp(-x));
+    }
+    double e = exp(x);
+    return e / (1.0 + e);
+}
+
+static inline float cbp_sigmoid_f(float x)
+{
+    if (x >= 0.0f) {
+        return 1.0f / (1.0f + expf(-x));
+    }
+    float e = expf(x);
+    return e / (1.0f + e);
+}
+
+/* log(1 + exp(x)) without overflow; used by tests and the log-sum-exp. */
+static inline double cbp_softplus_d(double x)
+{
+    if (x > 0.0) {
+        return x + log1p(exp(-x));
+    }
+    return log1p(exp(x));
+}
+
+#define CBP_DEFINE_MATH(T, S, EXP, TANH, LOG, SIGMOID, EPS)                   \
+                                                                              \
+/* In-place hidden activation of n contiguous values. */                      \
+static inline void cbp_hidden_forward_##S(int code, T *z, ptrdiff_t n)        \
+{                                                                             \
+    ptrdiff_t i;                                                              \
+    switch (code) {                                                           \
+    case CBP_ACT_LOGISTIC:                                                    \
+        for (i = 0; i < n; i++) z[i] = SIGMOID(z[i]);                         \
+        break;                                                                \
+    case CBP_ACT_TANH:                                                        \
+        for (i = 0; i < n; i++) z[i] = TANH(z[i]);                            \
+        break;                                                                \
+    case CBP_ACT_RELU:                                                        \
+        for (i = 0; i < n; i++) z[i] = z[i] > (T)0 ? z[i] : (T)0;             \
+        break;                                                                \
+    default:                                                                  \
+        break;                                                                \
+    }                                                                         \
+}                                                                             \
+                                                                              \
+/* delta *= f'(z), with f' written in terms of the activation a = f(z), */    \
+/* which is what the forward pass keeps. */                                   \
+static inline void cbp_hidden_backward_##S(int code, const T *a, T *delta,    \
+                                           ptrdiff_t n)                       \
+{                                                                             \
+    ptrdiff_t i;                                                              \
+    switch (code) {                                                           \
+    case CBP_ACT_LOGISTIC:                                                    \
+        for (i = 0; i < n; i++) {                                             \
+            delta[i] *= a[i];                                                 \
+            delta[i] *= (T)1 - a[i];                                          \
+        }                                                                     \
+        break;                                                                \
+    case CBP_ACT_TANH:                                                        \
+        for (i = 0; i < n; i++) delta[i] *= (T)1 - a[i] * a[i];               \
+        break;                                                                \
+    case CBP_ACT_RELU:                                                        \
+        for (i = 0; i < n; i++) if (a[i] == (T)0) delta[i] = (T)0;            \
+        break;                                                                \
+    default:                                                                  \
+        break;                                                                \
+    }                                                                         \
+}                                                                             \
+                                                                              \
+/* Softmax of one row, shifted by its maximum so exp never overflows. */      \
+static inline void cbp_softmax_row_##S(T *z, ptrdiff_t n)                     \
+{                                                                             \
+    ptrdiff_t j;                                                              \
+    T m = z[0], s = (T)0;                                                     \
+    for (j = 1; j < n; j++) if (z[j] > m) m = z[j];                           \
+    for (j = 0; j < n; j++) { z[j] = EXP(z[j] - m); }                         \
+    for (j = 0; j < n; j++) s += z[j];                                        \
+    for (j = 0; j < n; j++) z[j] /= s;                                        \
+}                                                                             \
+                                                                              \
+/* log(sum(exp(z))) of one row, stable for any magnitude. */                  \
+static inline double cbp_logsumexp_##S(const T *z, ptrdiff_t n)               \
+{                                                                             \
+    ptrdiff_t j;                                                              \
+    double m = (double)z[0], s = 0.0;                                         \
+    for (j = 1; j < n; j++) if ((double)z[j] > m) m = (double)z[j];           \
+    for (j = 0; j < n; j++) s += exp((double)z[j] - m);                       \
+    return m + log(s);                                                        \
+}                                                                             \
+                                                                              \
+/* In-place output activation of a rows x cols block. */                      \
+static inline void cbp_output_forward_##S(int code, T *z, ptrdiff_t rows,     \
+                                          ptrdiff_t cols)                     \
+{                                                                             \
+    ptrdiff_t i, n = rows * cols;                                             \
+    switch (code) {                                                           \
+    case CBP_OUT_LOGISTIC:                                                    \
+        for (i = 0; i < n; i++) z[i] = SIGMOID(z[i]);                         \
+        break;                                                                \
+    case CBP_OUT_SOFTMAX:                                                     \
+        for (i = 0; i < rows; i++) cbp_softmax_row_##S(z + i * cols, cols);   \
+        break;                                                                \
+    case CBP_OUT_EXP:                                                         \
+        for (i = 0; i < n; i++) z[i] = EXP(z[i]);                             \
+        break;                                                                \
+    default:                                                                  \
+        break;                                                                \
+    }                                                                         \
+}                                                                             \
+                                                                              \
+/* Loss of one sample (one row of outputs p against targets y), unweighted. */\
+/* Probabilities are clipped to [eps, 1 - eps] of the data type so the */     \
+/* loss is always finite; squared error is summed over outputs. */            \
+static inline double cbp_row_loss_##S(int loss, const T *p, const T *y,       \
+                                      ptrdiff_t cols)                         \
+{                                                                             \
+    ptrdiff_t j;                                                              \
+    double s = 0.0;                                                           \
+    const T eps = EPS;                                                        \
+    switch (loss) {                                                           \
+    case CBP_LOSS_SQUARED:                                                    \
+        for (j = 0; j < cols; j++) {                                          \
+            double d = (double)y[j] - (double)p[j];                           \
+            s += d * d;                                                       \
+        }                                                                     \
+        return 0.5 * s;                                                       \
+    case CBP_LOSS_LOG:                                                        \
+        for (j = 0; j < cols; j++) {                                          \
+            if (y[j] != (T)0) {                                               \
+                T q = p[j] < eps ? eps : (p[j] > (T)1 - eps ? (T)1 - eps      \
+                                                           : p[j]);           \
+                s -= (double)y[j] * LOG((double)q);                           \
+            }                                                                 \
+        }                                                                     \
+        return s;                                                             \
+    case CBP_LOSS_BINARY_LOG:                                                 \
+        for (j = 0; j < cols; j++) {                                          \
+            T q = p[j] < eps ? eps : (p[j] > (T)1 - eps ? (T)1 - eps : p[j]); \
+            T r = (T)1 - q;                                                   \
+            if (y[j] != (T)0) s -= (double)y[j] * LOG((double)q);             \
+            if ((T)1 - y[j] != (T)0)                                          \
+                s -= (double)((T)1 - y[j]) * LOG((double)r);                  \
+        }                                                                     \
+        return s;                                                             \
+    case CBP_LOSS_POISSON:                                                    \
+        for (j = 0; j < cols; j++) {                                          \
+            double yj = (double)y[j], pj = (double)p[j];                      \
+            if (yj != 0.0) s += yj * LOG(yj / pj);                            \
+            s += pj - yj;                                                     \
+        }                                                                     \
+        return s;                                                             \
+    default:                                                                  \
+        return NAN;                                                           \
+    }                                                                         \
+}
+
+CBP_DEFINE_MATH(double, d, exp, tanh, log, cbp_sigmoid_d, DBL_EPSILON)
+CBP_DEFINE_MATH(float, f, expf, tanhf, log, cbp_sigmoid_f, FLT_EPSILON)
+
+#undef CBP_DEFINE_MATH
+
+#endif /* CBP_MATH_H */
