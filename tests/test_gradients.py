@@ -1,0 +1,168 @@
+"""Exact gradients: kernels vs the NumPy reference vs finite differences."""
+
+import itertools
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from cbackprop import (
+    MLPClassifier,
+    MLPRegressor,
+    check_gradients,
+    loss_and_gradients,
+)
+from cbackprop import _reference as ref
+
+ACTIVATIONS = ["identity", "logistic", "tanh", "relu"]
+
+
+def _problem(kind, rng, n=40, n_features=5):
+    X = rng.normal(size=(n, n_features))
+    if kind == "binary":
+        y = rng.randint(0, 2, n)
+    elif kind == "multiclass":
+        y = rng.randint(0, 4, n)
+    elif kind == "multilabel":
+        y = rng.randint(0, 2, (n, 3))
+    elif kind == "regression":
+        y = rng.normal(size=n)
+    elif kind == "multioutput":
+        y = rng.normal(size=(n, 3))
+    elif kind == "poisson":
+        y = rng.poisson(2.0, size=n).astype(float)
+    return X, y
+
+
+def _fitted(kind, activation, dtype=np.float64, alpha=1e-2, hidden=(6, 4), seed=0):
+    """An estimator initialised on the problem (1 epoch, so weights are generic)."""
+    rng = np.random.RandomState(seed)
+    X, y = _problem(kind, rng)
+    X = X.astype(dtype)
+    if kind in ("binary", "multiclass", "multilabel"):
+        est = MLPClassifier(hidden_layer_sizes=hidden, activation=activation,
+                            alpha=alpha, max_iter=1, random_state=seed)
+    else:
+        loss = "poisson" if kind == "poisson" else "squared_error"
+        est = MLPRegressor(loss=loss, hidden_layer_sizes=hidden, activation=activation,
+                           alpha=alpha, max_iter=1, random_state=seed,
+                           learning_rate_init=1e-3)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    return est, X, y
+
+
+def _reference(est, X, y, sample_weight=None):
+    if hasattr(est, "classes_"):
+        Y = est._label_binarizer.transform(y)
+    else:
+        Y = np.asarray(y, dtype=float).reshape(X.shape[0], -1)
+    return ref.loss_and_gradients(est.coefs_, est.intercepts_, X, Y, est.activation,
+                                  est.out_activation_, est.loss, est.alpha,
+                                  sample_weight)
+
+
+KINDS = ["binary", "multiclass", "multilabel", "regression", "multioutput", "poisson"]
+
+
+@pytest.mark.parametrize("kind,activation", itertools.product(KINDS, ACTIVATIONS))
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kernel_matches_numpy_reference_float64(kind, activation, weighted):
+    est, X, y = _fitted(kind, activation)
+    sw = np.random.RandomState(1).uniform(0.1, 3.0, X.shape[0]) if weighted else None
+    loss, cg, ig = loss_and_gradients(est, X, y, sample_weight=sw)
+    rloss, rcg, rig = _reference(est, X, y, sw)
+    assert loss == pytest.approx(rloss, rel=1e-12)
+    for a, b in zip(cg + ig, rcg + rig):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_kernel_matches_numpy_reference_float32(kind, activation):
+    est, X, y = _fitted(kind, activation, dtype=np.float32)
+    assert est.coefs_[0].dtype == np.float32
+    loss, cg, ig = loss_and_gradients(est, X, y)
+    assert all(g.dtype == np.float32 for g in cg + ig)
+    rloss, rcg, rig = _reference(est, X, y)
+    assert loss == pytest.approx(rloss, rel=1e-5)
+    scale = max(np.max(np.abs(g)) for g in rcg + rig)
+    for a, b in zip(cg + ig, rcg + rig):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh"])
+def test_finite_differences_float64(kind, activation):
+    est, X, y = _fitted(kind, activation)
+    assert check_gradients(est, X, y) < 1e-7
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "regression"])
+def test_finite_differences_relu_away_from_kinks(kind):
+    # relu is not differentiable at 0; with generic weights no sample sits
+    # within eps of a kink, so central differences are exact there too.
+    est, X, y = _fitted(kind, "relu")
+    assert check_gradients(est, X, y) < 1e-7
+
+
+def test_finite_differences_with_sample_weight_and_sparse_input():
+    est, X, y = _fitted("multiclass", "tanh")
+    sw = np.random.RandomState(3).uniform(0, 2, X.shape[0])
+    Xs = X.copy()
+    Xs[np.abs(Xs) < 0.8] = 0
+    for data in (Xs, sp.csr_matrix(Xs), sp.csc_matrix(Xs)):
+        assert check_gradients(est, data, y, sample_weight=sw) < 1e-7
+    dense = loss_and_gradients(est, Xs, y, sw)
+    sparse = loss_and_gradients(est, sp.csr_matrix(Xs), y, sw)
+    assert dense[0] == pytest.approx(sparse[0], rel=1e-13)
+    for a, b in zip(dense[1] + dense[2], sparse[1] + sparse[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14)
+
+
+def test_check_gradients_detects_a_wrong_gradient(monkeypatch):
+    # The check must be able to fail: corrupt one gradient entry.
+    est, X, y = _fitted("multiclass", "tanh")
+    original = type(est)._objective_setup
+
+    def broken(self, *args, **kwargs):
+        objective = original(self, *args, **kwargs)
+
+        def wrapped(params, need_grad=True):
+            loss, grad = objective(params, need_grad)
+            if need_grad:
+                grad[3] += 1e-3
+            return loss, grad
+        return wrapped
+
+    monkeypatch.setattr(type(est), "_objective_setup", broken)
+    assert check_gradients(est, X, y) > 1e-4
+
+
+def test_check_gradients_subset_and_deep_network():
+    est, X, y = _fitted("multiclass", "tanh", hidden=(8, 7, 6))
+    err = check_gradients(est, X, y, max_params=50, random_state=1)
+    assert err < 1e-7
+
+
+def test_loss_and_gradients_is_what_lbfgs_minimises():
+    # At an lbfgs optimum the exposed gradient is (near) zero.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(60, 3))
+    y = X @ np.array([1.0, -2.0, 0.5])
+    est = MLPRegressor(hidden_layer_sizes=(5,), solver="lbfgs", activation="tanh",
+                       max_iter=2000, tol=1e-10, random_state=0).fit(X, y)
+    loss, cg, ig = loss_and_gradients(est, X, y)
+    assert loss == pytest.approx(est.loss_, rel=1e-10)
+    assert max(np.max(np.abs(g)) for g in cg + ig) < 1e-3
+
+
+def test_loss_and_gradients_validates_labels():
+    est, X, y = _fitted("multiclass", "tanh")
+    with pytest.raises(ValueError, match="not fitted on"):
+        loss_and_gradients(est, X, np.full(X.shape[0], 99))
+    with pytest.raises(ValueError, match="samples"):
+        loss_and_gradients(est, X, y[:-1])
