@@ -6,7 +6,7 @@ Layout
 ------
 All parameters live in one flat vector ``params`` in scikit-learn's packing
 order: every coefficient matrix (row-major, ``fan_in x fan_out``) one after the
-other, then every intercept vector.  ``coef_off[l]`` and ``icpt_off[l]`` give
+other, then every intercept vector.  ``coef_off[li]`` and ``icpt_off[li]`` give
 where layer ``l`` starts.  The optimiser state (velocities, or Adam's first and
 second moments) and the gradient accumulator use the same layout, so one loop
 over the vector applies an update.
@@ -169,7 +169,7 @@ cdef void _forward_block(const Net* net, const floating* params, const Source* s
     direct slice of X); sparse input is read through ``rows`` from the CSR
     arrays of ``src``.
     """
-    cdef Py_ssize_t L = net.n_layers, l, r, j, p, u_in, u_out
+    cdef Py_ssize_t L = net.n_layers, li, r, j, p, u_in, u_out
     cdef const floating* a_in
     cdef floating* z
     cdef const floating* W
@@ -177,13 +177,13 @@ cdef void _forward_block(const Net* net, const floating* params, const Source* s
     cdef const floating* data
     cdef const floating* wrow
     cdef floating xv
-    for l in range(L):
-        u_in = net.units[l]
-        u_out = net.units[l + 1]
-        W = params + net.coef_off[l]
-        b = params + net.icpt_off[l]
-        z = acts + _layer_off(net, l + 1)
-        if l == 0 and src.sparse:
+    for li in range(L):
+        u_in = net.units[li]
+        u_out = net.units[li + 1]
+        W = params + net.coef_off[li]
+        b = params + net.icpt_off[li]
+        z = acts + _layer_off(net, li + 1)
+        if li == 0 and src.sparse:
             data = <const floating*>src.x
             memset(z, 0, nr * u_out * sizeof(floating))
             for r in range(nr):
@@ -193,14 +193,14 @@ cdef void _forward_block(const Net* net, const floating* params, const Source* s
                     for j in range(u_out):
                         z[r * u_out + j] += xv * wrow[j]
         else:
-            a_in = xin if l == 0 else acts + _layer_off(net, l)
+            a_in = xin if li == 0 else acts + _layer_off(net, li)
             mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>u_out, <int>u_in,
                         <floating>1, a_in, <int>u_in, W, <int>u_out,
                         <floating>0, z, <int>u_out)
         for r in range(nr):
             for j in range(u_out):
                 z[r * u_out + j] += b[j]
-        if l < L - 1:
+        if li < L - 1:
             _hidden_forward(net.hidden_act, z, nr * u_out)
         else:
             _output_forward(net.out_act, z, nr, u_out)
@@ -213,7 +213,7 @@ cdef void _backward_block(const Net* net, const floating* params, const Source* 
                           double* loss_sum, double* sw_sum, bint need_grad) noexcept nogil:
     """Loss of ``nr`` rows, and when ``need_grad`` their gradient, added to
     ``grad`` (unnormalised: ``A^T delta`` and column sums of ``delta``)."""
-    cdef Py_ssize_t L = net.n_layers, l, r, j, p, u_in, u_out, i
+    cdef Py_ssize_t L = net.n_layers, li, r, j, p, u_in, u_out, i
     cdef Py_ssize_t n_out = net.units[L]
     cdef const floating* out
     cdef const floating* yrow
@@ -244,21 +244,21 @@ cdef void _backward_block(const Net* net, const floating* params, const Source* 
     if not need_grad:
         return
 
-    for l in range(L - 1, -1, -1):
-        u_in = net.units[l]
-        u_out = net.units[l + 1]
-        d = deltas + _layer_off(net, l + 1)
-        G = grad + net.coef_off[l]
-        gb = grad + net.icpt_off[l]
+    for li in range(L - 1, -1, -1):
+        u_in = net.units[li]
+        u_out = net.units[li + 1]
+        d = deltas + _layer_off(net, li + 1)
+        G = grad + net.coef_off[li]
+        gb = grad + net.icpt_off[li]
         # Delta of the layer below first: it needs this layer's weights.
-        if l > 0:
-            dprev = deltas + _layer_off(net, l)
+        if li > 0:
+            dprev = deltas + _layer_off(net, li)
             mm_rowmajor(NoTrans, Trans, <int>nr, <int>u_in, <int>u_out,
-                        <floating>1, d, <int>u_out, params + net.coef_off[l],
+                        <floating>1, d, <int>u_out, params + net.coef_off[li],
                         <int>u_out, <floating>0, dprev, <int>u_in)
-            _hidden_backward(net.hidden_act, acts + _layer_off(net, l), dprev,
+            _hidden_backward(net.hidden_act, acts + _layer_off(net, li), dprev,
                              nr * u_in)
-        if l == 0 and src.sparse:
+        if li == 0 and src.sparse:
             data = <const floating*>src.x
             for r in range(nr):
                 for p in range(src.ptr[rows[r]], src.ptr[rows[r] + 1]):
@@ -268,7 +268,7 @@ cdef void _backward_block(const Net* net, const floating* params, const Source* 
                         G[i * u_out + j] += xv * d[r * u_out + j]
         else:
             mm_rowmajor(Trans, NoTrans, <int>u_in, <int>u_out, <int>nr,
-                        <floating>1, xin if l == 0 else acts + _layer_off(net, l),
+                        <floating>1, xin if li == 0 else acts + _layer_off(net, li),
                         <int>u_in, d, <int>u_out, <floating>1, G, <int>u_out)
         for r in range(nr):
             for j in range(u_out):
@@ -360,7 +360,7 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
     updated right after the delta of the layer below has been computed from
     them, which equals computing every gradient first and updating after.
     """
-    cdef Py_ssize_t L = net.n_layers, l, i, j, u_in, u_out
+    cdef Py_ssize_t L = net.n_layers, li, i, j, u_in, u_out
     cdef Py_ssize_t n_out = net.units[L]
     cdef floating* z
     cdef const floating* a_in
@@ -374,12 +374,12 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
 
     # Forward pass.  Rows of W are added for each non-zero input, which skips
     # the zero pixels of image data and blank one-hot columns for free.
-    for l in range(L):
-        u_in = net.units[l]
-        u_out = net.units[l + 1]
-        W = params + net.coef_off[l]
-        z = acts + _layer_off(net, l + 1)
-        a_in = x if l == 0 else acts + _layer_off(net, l)
+    for li in range(L):
+        u_in = net.units[li]
+        u_out = net.units[li + 1]
+        W = params + net.coef_off[li]
+        z = acts + _layer_off(net, li + 1)
+        a_in = x if li == 0 else acts + _layer_off(net, li)
         memset(z, 0, u_out * sizeof(floating))
         for i in range(u_in):
             ai = a_in[i]
@@ -387,8 +387,8 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
                 for j in range(u_out):
                     z[j] += ai * W[i * u_out + j]
         for j in range(u_out):
-            z[j] += params[net.icpt_off[l] + j]
-        if l < L - 1:
+            z[j] += params[net.icpt_off[li] + j]
+        if li < L - 1:
             _hidden_forward(net.hidden_act, z, u_out)
         else:
             _output_forward(net.out_act, z, 1, u_out)
@@ -402,14 +402,14 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
 
     if o.kind == OPT_ADAM:
         lr_t = _adam_rate(o)
-    for l in range(L - 1, -1, -1):
-        u_in = net.units[l]
-        u_out = net.units[l + 1]
-        Wm = params + net.coef_off[l]
-        d = deltas + _layer_off(net, l + 1)
-        a_in = x if l == 0 else acts + _layer_off(net, l)
-        if l > 0:
-            dprev = deltas + _layer_off(net, l)
+    for li in range(L - 1, -1, -1):
+        u_in = net.units[li]
+        u_out = net.units[li + 1]
+        Wm = params + net.coef_off[li]
+        d = deltas + _layer_off(net, li + 1)
+        a_in = x if li == 0 else acts + _layer_off(net, li)
+        if li > 0:
+            dprev = deltas + _layer_off(net, li)
             for i in range(u_in):
                 acc = 0
                 for j in range(u_out):
@@ -418,13 +418,13 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
             _hidden_backward(net.hidden_act, a_in, dprev, u_in)
         for i in range(u_in):
             ai = a_in[i]
-            base = net.coef_off[l] + i * u_out
+            base = net.coef_off[li] + i * u_out
             for j in range(u_out):
                 ssq += (<double>params[base + j]) * params[base + j]
                 g = ((<double>(ai * d[j])) + o.alpha * params[base + j]) / sw_sum
                 _opt_update(o, params + base + j, s1 + base + j, s2 + base + j,
                             g, lr_t)
-        base = net.icpt_off[l]
+        base = net.icpt_off[li]
         for j in range(u_out):
             g = (<double>d[j]) / sw_sum
             _opt_update(o, params + base + j, s1 + base + j, s2 + base + j, g, lr_t)

@@ -523,7 +523,7 @@ class _BaseMLP(BaseEstimator):
             if self.batch_size > n_samples:
                 warnings.warn(
                     "Got `batch_size` less than 1 or larger than sample size. It is "
-                    "going to be clipped"
+                    "going to be clipped", stacklevel=3
                 )
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
@@ -594,10 +594,10 @@ class _BaseMLP(BaseEstimator):
                     warnings.warn(
                         "Stochastic Optimizer: Maximum iterations (%d) reached and "
                         "the optimization hasn't converged yet." % self.max_iter,
-                        ConvergenceWarning,
+                        ConvergenceWarning, stacklevel=3,
                     )
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.")
+            warnings.warn("Training interrupted by user.", stacklevel=3)
 
         if early_stopping:
             params[:] = self._best_params

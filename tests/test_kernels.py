@@ -1,0 +1,105 @@
+"""The C helpers and BLAS wrappers, each against NumPy."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.special import expit, logsumexp, softmax
+
+from cbackprop import _blas, _kernels, _openmp_helpers
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_mm_rowmajor_matches_numpy(dtype, rtol, ta, tb):
+    rng = np.random.RandomState(0)
+    a = rng.normal(size=(7, 5) if not ta else (5, 7)).astype(dtype)
+    b = rng.normal(size=(5, 3) if not tb else (3, 5)).astype(dtype)
+    expected = (a.T if ta else a) @ (b.T if tb else b)
+    got = _blas._py_mm_rowmajor(a, b, ta, tb)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol)
+
+
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(1, 9),
+       st.sampled_from([np.float32, np.float64]))
+def test_mm_rowmajor_shapes(m, k, n, dtype):
+    rng = np.random.RandomState(m * 100 + k * 10 + n)
+    a = rng.normal(size=(m, k)).astype(dtype)
+    b = rng.normal(size=(k, n)).astype(dtype)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(_blas._py_mm_rowmajor(a, b), a @ b, rtol=tol, atol=tol)
+
+
+def test_mm_rowmajor_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="inner dimensions"):
+        _blas._py_mm_rowmajor(np.ones((2, 3)), np.ones((2, 3)))
+
+
+def test_dot():
+    x = np.arange(5.0)
+    assert _blas._py_dot(x, x) == 30.0
+    assert _blas._py_dot(x.astype(np.float32), x.astype(np.float32)) == 30.0
+
+
+EXTREMES = np.array([-1e4, -800.0, -50.0, -1.0, -1e-8, 0.0, 1e-8, 1.0, 50.0, 800.0, 1e4])
+
+
+@pytest.mark.parametrize("dtype,suffix", [(np.float64, ""), (np.float32, "_f")])
+def test_hidden_activations_are_stable(dtype, suffix):
+    fn = getattr(_kernels, "_py_hidden" + suffix)
+    expected = {0: EXTREMES, 1: expit(EXTREMES), 2: np.tanh(EXTREMES),
+                3: np.maximum(EXTREMES, 0)}
+    for code, exp in expected.items():
+        z = EXTREMES.astype(dtype)
+        with np.errstate(all="raise"):
+            fn(code, z)
+        assert np.isfinite(z).all()
+        np.testing.assert_allclose(z, exp.astype(dtype), rtol=1e-6 if suffix else 1e-15)
+
+
+@pytest.mark.parametrize("dtype,suffix", [(np.float64, ""), (np.float32, "_f")])
+def test_softmax_and_logistic_outputs_are_stable(dtype, suffix):
+    fn = getattr(_kernels, "_py_output" + suffix)
+    z = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [3.0, 1.0, 2.0]], dtype=dtype)
+    out = z.copy()
+    fn(2, out)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, softmax(z.astype(float), axis=1), rtol=1e-6,
+                               atol=1e-30)
+    out = z.copy()
+    fn(1, out)
+    np.testing.assert_allclose(out, expit(z.astype(float)), rtol=1e-6)
+
+
+def test_logsumexp():
+    for z in (np.array([1e4, 1e4 - 1]), np.array([-1e4, -1e4]), np.arange(5.0)):
+        assert _kernels._py_logsumexp(z) == pytest.approx(logsumexp(z), rel=1e-14)
+
+
+def test_counter_rng_is_deterministic_and_uniform():
+    draws = np.array([_kernels._py_rng_uniform(7, 0, i, 3) for i in range(20000)])
+    again = np.array([_kernels._py_rng_uniform(7, 0, i, 3) for i in range(20000)])
+    np.testing.assert_array_equal(draws, again)
+    assert ((draws >= 0) & (draws < 1)).all()
+    assert abs(draws.mean() - 0.5) < 0.01
+    hist, _ = np.histogram(draws, bins=10, range=(0, 1))
+    assert hist.min() > 1800 and hist.max() < 2200
+    other = np.array([_kernels._py_rng_uniform(8, 0, i, 3) for i in range(200)])
+    assert not np.allclose(other, draws[:200])
+    # Neighbouring counters are uncorrelated.
+    assert abs(np.corrcoef(draws[:-1], draws[1:])[0, 1]) < 0.03
+
+
+def test_effective_n_threads():
+    n = _openmp_helpers.effective_n_threads()
+    assert n >= 1
+    assert _openmp_helpers.effective_n_threads(1) == 1
+    if _openmp_helpers.openmp_enabled():
+        assert _openmp_helpers.effective_n_threads(-1) == _openmp_helpers._cpu_count()
+        assert _openmp_helpers.effective_n_threads(3) == 3
+    with pytest.raises(ValueError, match="n_threads=0"):
+        _openmp_helpers.effective_n_threads(0)
+    with pytest.raises(TypeError):
+        _openmp_helpers.effective_n_threads(2.5)
