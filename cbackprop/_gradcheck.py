@@ -10,6 +10,8 @@ from sklearn.base import is_classifier
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
+from cbackprop._mlp import _blas_single_thread
+
 
 def _objective(estimator, X, y, sample_weight, dtype):
     check_is_fitted(estimator)
@@ -84,7 +86,8 @@ def loss_and_gradients(estimator, X, y, sample_weight=None):
     dtype = estimator.coefs_[0].dtype
     objective = _objective(estimator, X, y, sample_weight, dtype)
     params = estimator._pack(dtype)
-    loss, grad = objective(params)
+    with _blas_single_thread():
+        loss, grad = objective(params)
     coef_grads, intercept_grads = _split(estimator, grad)
     return float(loss), coef_grads, intercept_grads
 
@@ -129,7 +132,12 @@ def check_gradients(estimator, X, y, sample_weight=None, eps=1e-4, max_params=No
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}.")
     objective = _objective(estimator, X, y, sample_weight, np.float64)
-    params = estimator._pack(np.float64)
+    with _blas_single_thread():
+        return _finite_differences(objective, estimator._pack(np.float64), eps,
+                                   max_params, random_state)
+
+
+def _finite_differences(objective, params, eps, max_params, random_state):
     _, grad = objective(params)
     grad = grad.copy()
     idx = np.arange(params.shape[0])

@@ -6,18 +6,36 @@ Layout
 ------
 All parameters live in one flat vector ``params`` in scikit-learn's packing
 order: every coefficient matrix (row-major, ``fan_in x fan_out``) one after the
-other, then every intercept vector.  ``coef_off[li]`` and ``icpt_off[li]`` give
-where layer ``l`` starts.  The optimiser state (velocities, or Adam's first and
-second moments) and the gradient accumulator use the same layout, so one loop
-over the vector applies an update.
+other, then every intercept vector.  ``coef_off[l]`` and ``icpt_off[l]`` say
+where layer ``l`` starts.  The optimiser state (velocities, or Adam's moments)
+and the gradient use the same layout, so one loop over the vector updates it.
 
-Per-block work buffers hold, for layers ``1..L``, the activations and deltas of
-up to ``chunk`` samples: layer ``l`` (``1 <= l <= L``) starts at
-``chunk * (units[1] + ... + units[l-1])``.
+Activations and deltas of a block of up to ``cap`` rows are stored layer by
+layer: layer ``l`` (``1 <= l <= L``) starts at ``cap * (units[1] + ... +
+units[l-1])`` and row ``r`` of it at ``+ r * units[l]``.
+
+Determinism
+-----------
+Every piece of parallel work is cut the same way whatever the number of
+threads: rows in chunks whose size depends only on the batch size, weight
+gradients in blocks of ``GRAD_BLOCK`` input units, updates in blocks of
+``UPDATE_BLOCK`` parameters.  Each piece is computed by one thread in a fixed
+order and reductions over pieces run in index order, so the fitted weights
+are bitwise the same for any thread count.
+
+Layer 0 and zeros
+-----------------
+When the input has many zeros (images, one-hot columns, CSR matrices) the
+first layer skips them: ``z = b + sum_{x_i != 0} x_i W[i, :]`` and
+``dW[i, :] += x_i delta`` only for non-zero ``x_i``.  In online SGD the rows of
+``W0`` whose input is zero only feel weight decay and momentum, a linear map
+``M`` per step; they are brought up to date lazily with ``M^k`` when next
+needed, together with their share of the L2 term of the reported loss.
 
 Every entry point returns an integer status; Python turns it into an exception.
 """
 from cython cimport floating
+from cython.parallel cimport prange
 from libc.math cimport sqrt, pow, isfinite
 from libc.string cimport memset, memcpy
 
@@ -34,14 +52,37 @@ cdef extern from "cbp_math.h" nogil:
     void cbp_output_forward_f(int code, float* z, Py_ssize_t r, Py_ssize_t c)
     double cbp_row_loss_d(int loss, const double* p, const double* y, Py_ssize_t c)
     double cbp_row_loss_f(int loss, const float* p, const float* y, Py_ssize_t c)
-    double cbp_sigmoid_d(double x)
     double cbp_logsumexp_d(const double* z, Py_ssize_t n)
+
+cdef extern from "cbp_loops.h" nogil:
+    void cbp_axpy_d(Py_ssize_t n, double a, const double* x, double* y)
+    void cbp_axpy_f(Py_ssize_t n, float a, const float* x, float* y)
+    double cbp_dot_d(Py_ssize_t n, const double* x, const double* y)
+    float cbp_dot_f(Py_ssize_t n, const float* x, const float* y)
+    double cbp_sumsq_d(Py_ssize_t n, const double* x)
+    double cbp_sumsq_f(Py_ssize_t n, const float* x)
+    void cbp_sgd_d(Py_ssize_t n, double* w, double* v, double a, const double* x,
+                   double alpha, double sw, double lr, double mom, int nesterov)
+    void cbp_sgd_f(Py_ssize_t n, float* w, float* v, float a, const float* x,
+                   float alpha, float sw, float lr, float mom, int nesterov)
+    void cbp_adam_d(Py_ssize_t n, double* w, double* m, double* v, double a,
+                    const double* x, double alpha, double sw, double lr_t,
+                    double b1, double b2, double eps)
+    void cbp_adam_f(Py_ssize_t n, float* w, float* m, float* v, float a,
+                    const float* x, float alpha, float sw, float lr_t,
+                    float b1, float b2, float eps)
+    void cbp_lazy_d(Py_ssize_t n, double* w, double* v, double ma, double mb,
+                    double mc, double md)
+    void cbp_lazy_f(Py_ssize_t n, float* w, float* v, double ma, double mb,
+                    double mc, double md)
+    void cbp_rowstats_d(Py_ssize_t n, const double* w, const double* v, double* out)
+    void cbp_rowstats_f(Py_ssize_t n, const float* w, const float* v, double* out)
 
 cdef extern from "cbp_rng.h" nogil:
     double cbp_rng_uniform(unsigned long long seed, unsigned long long a,
                            unsigned long long b, unsigned long long c)
 
-# Status codes shared with cbackprop/_codes.py.
+# Status codes shared with cbackprop/_mlp.py.
 cdef enum:
     STATUS_OK = 0
     STATUS_NONFINITE = 1
@@ -50,15 +91,27 @@ cdef enum:
     OPT_SGD = 0
     OPT_ADAM = 1
 
+# Fixed work partition (see "Determinism" above).
+cdef enum:
+    GRAD_BLOCK = 64       # input units per weight-gradient block
+    UPDATE_BLOCK = 16384  # parameters per update block
+    SUPER_ROWS = 2048     # rows per pass when a batch is larger than this
+
+# Below this many multiply-adds per batch, threads cost more than they save.
+cdef double PARALLEL_MIN_WORK = 2.0e5
+
+GRAD_BLOCK_ROWS = GRAD_BLOCK
+SUPER_BLOCK_ROWS = SUPER_ROWS
+
 
 cdef struct Net:
     Py_ssize_t n_layers        # weight layers L
     const Py_ssize_t* units    # L + 1 layer widths, input first
     const Py_ssize_t* coef_off
     const Py_ssize_t* icpt_off
-    Py_ssize_t n_coef          # number of coefficients (intercepts follow)
+    Py_ssize_t n_coef          # coefficients come first, intercepts after
     Py_ssize_t n_params
-    Py_ssize_t chunk           # rows per block in the work buffers
+    Py_ssize_t total_units     # units[1] + ... + units[L]
     int hidden_act
     int out_act
     int loss
@@ -77,16 +130,17 @@ cdef struct Optim:
 
 
 cdef struct Source:
-    # Where block rows come from: a dense row-major X, or CSR arrays.
-    bint sparse
+    # Where input rows come from.
+    bint csr                # CSR arrays (x = data) instead of a dense X
+    bint skip_zeros         # layer 0 reads only the non-zeros of each row
     Py_ssize_t n_features
-    const void* x           # dense X (floating*), or CSR data
+    const void* x           # dense row-major X (floating*), or CSR data
     const Py_ssize_t* ind   # CSR column indices
     const Py_ssize_t* ptr   # CSR row pointers
 
 
 # ---------------------------------------------------------------------------
-# Small helpers, written once over ``floating``.
+# Dtype dispatch of the C helpers.
 # ---------------------------------------------------------------------------
 
 cdef inline void _hidden_forward(int code, floating* z, Py_ssize_t n) noexcept nogil:
@@ -120,34 +174,45 @@ cdef inline double _row_loss(int loss, const floating* p, const floating* y,
         return cbp_row_loss_d(loss, p, y, c)
 
 
-cdef inline Py_ssize_t _layer_off(const Net* net, Py_ssize_t layer) noexcept nogil:
-    """Offset of layer ``layer`` (1..L) in a block buffer."""
-    cdef Py_ssize_t k, off = 0
-    for k in range(1, layer):
-        off += net.units[k]
-    return off * net.chunk
-
-
-cdef inline void _opt_update(const Optim* o, floating* w, floating* s1,
-                             floating* s2, double g, double lr_t) noexcept nogil:
-    """Apply one optimiser step to a single parameter with gradient ``g``.
-
-    The arithmetic follows scikit-learn's optimisers operation by operation so
-    float64 trajectories agree to rounding.
-    """
-    cdef double upd, m, v
-    if o.kind == OPT_SGD:
-        upd = o.momentum * s1[0] - o.lr * g
-        s1[0] = <floating>upd
-        if o.nesterov:
-            upd = o.momentum * <double>s1[0] - o.lr * g
-        w[0] = <floating>(w[0] + upd)
+cdef inline void _axpy(Py_ssize_t n, floating a, const floating* x,
+                       floating* y) noexcept nogil:
+    if floating is float:
+        cbp_axpy_f(n, a, x, y)
     else:
-        m = o.beta1 * s1[0] + (1.0 - o.beta1) * g
-        v = o.beta2 * s2[0] + (1.0 - o.beta2) * (g * g)
-        s1[0] = <floating>m
-        s2[0] = <floating>v
-        w[0] = <floating>(w[0] + (-lr_t * <double>s1[0]) / (sqrt(<double>s2[0]) + o.eps))
+        cbp_axpy_d(n, a, x, y)
+
+
+cdef inline floating _dot(Py_ssize_t n, const floating* x,
+                          const floating* y) noexcept nogil:
+    if floating is float:
+        return cbp_dot_f(n, x, y)
+    else:
+        return cbp_dot_d(n, x, y)
+
+
+cdef inline double _sumsq(Py_ssize_t n, const floating* x) noexcept nogil:
+    if floating is float:
+        return cbp_sumsq_f(n, x)
+    else:
+        return cbp_sumsq_d(n, x)
+
+
+cdef inline void _step(const Optim* o, Py_ssize_t n, floating* w, floating* s1,
+                       floating* s2, floating a, const floating* x, double alpha,
+                       double sw, double lr_t) noexcept nogil:
+    """Optimiser step on ``n`` parameters with gradient ``(a x + alpha w) / sw``."""
+    if o.kind == OPT_SGD:
+        if floating is float:
+            cbp_sgd_f(n, w, s1, a, x, <float>alpha, <float>sw, <float>o.lr,
+                      <float>o.momentum, o.nesterov)
+        else:
+            cbp_sgd_d(n, w, s1, a, x, alpha, sw, o.lr, o.momentum, o.nesterov)
+    else:
+        if floating is float:
+            cbp_adam_f(n, w, s1, s2, a, x, <float>alpha, <float>sw, <float>lr_t,
+                       <float>o.beta1, <float>o.beta2, <float>o.eps)
+        else:
+            cbp_adam_d(n, w, s1, s2, a, x, alpha, sw, lr_t, o.beta1, o.beta2, o.eps)
 
 
 cdef inline double _adam_rate(Optim* o) noexcept nogil:
@@ -156,246 +221,396 @@ cdef inline double _adam_rate(Optim* o) noexcept nogil:
     return o.lr * sqrt(1.0 - pow(o.beta2, <double>o.t)) / (1.0 - pow(o.beta1, <double>o.t))
 
 
+cdef inline Py_ssize_t _layer_base(const Net* net, Py_ssize_t cap,
+                                   Py_ssize_t layer) noexcept nogil:
+    """Start of layer ``layer`` (1..L) in a block buffer holding ``cap`` rows."""
+    cdef Py_ssize_t k, off = 0
+    for k in range(1, layer):
+        off += net.units[k]
+    return off * cap
+
+
+cdef inline Py_ssize_t _chunk_rows(Py_ssize_t nb) noexcept nogil:
+    """Rows per forward chunk: a function of the batch size only."""
+    cdef Py_ssize_t c = nb // 4
+    if c < 8:
+        c = 8
+    if c > 64:
+        c = 64
+    return c
+
+
 # ---------------------------------------------------------------------------
-# Block forward / backward over up to ``chunk`` rows.
+# Layer 0 of one row block.
 # ---------------------------------------------------------------------------
 
-cdef void _forward_block(const Net* net, const floating* params, const Source* src,
-                         const floating* xin, const Py_ssize_t* rows, Py_ssize_t nr,
-                         floating* acts) noexcept nogil:
-    """Activations of layers 1..L for ``nr`` rows.
+cdef void _layer0_forward(const Net* net, const floating* params, const Source* src,
+                          const Py_ssize_t* rows, Py_ssize_t nr,
+                          const floating* xin, floating* z) noexcept nogil:
+    """``z[r, :] = x_r W0 + b0`` for ``nr`` rows (no activation)."""
+    cdef Py_ssize_t u_in = net.units[0], u_out = net.units[1], r, i, p
+    cdef const floating* W = params
+    cdef const floating* b = params + net.icpt_off[0]
+    cdef const floating* X = <const floating*>src.x
+    cdef const floating* xr
+    cdef floating* zr
+    if src.csr or src.skip_zeros:
+        for r in range(nr):
+            zr = z + r * u_out
+            memcpy(zr, b, u_out * sizeof(floating))
+            if src.csr:
+                for p in range(src.ptr[rows[r]], src.ptr[rows[r] + 1]):
+                    _axpy(u_out, X[p], W + src.ind[p] * u_out, zr)
+            else:
+                xr = X + rows[r] * u_in
+                for i in range(u_in):
+                    if xr[i] != 0:
+                        _axpy(u_out, xr[i], W + i * u_out, zr)
+        return
+    mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>u_out, <int>u_in, <floating>1, xin,
+                <int>u_in, W, <int>u_out, <floating>0, z, <int>u_out)
+    for r in range(nr):
+        _axpy(u_out, <floating>1, b, z + r * u_out)
 
-    Dense input comes as ``xin`` (``nr x n_features``, already gathered or a
-    direct slice of X); sparse input is read through ``rows`` from the CSR
-    arrays of ``src``.
-    """
-    cdef Py_ssize_t L = net.n_layers, li, r, j, p, u_in, u_out
-    cdef const floating* a_in
+
+cdef void _layer0_grad_block(const Net* net, const Source* src,
+                             const Py_ssize_t* rows, Py_ssize_t nb,
+                             const floating* xin, const floating* d,
+                             floating* G, Py_ssize_t i0, Py_ssize_t i1,
+                             bint accumulate) noexcept nogil:
+    """Rows ``i0:i1`` of ``dW0 (+)= X^T delta`` over the ``nb`` batch rows."""
+    cdef Py_ssize_t u_in = net.units[0], u_out = net.units[1], r, i, p
+    cdef const floating* X = <const floating*>src.x
+    cdef const floating* xr
+    if src.csr or src.skip_zeros:
+        if not accumulate:
+            memset(G + i0 * u_out, 0, (i1 - i0) * u_out * sizeof(floating))
+        for r in range(nb):
+            if src.csr:
+                for p in range(src.ptr[rows[r]], src.ptr[rows[r] + 1]):
+                    i = src.ind[p]
+                    if i0 <= i < i1:
+                        _axpy(u_out, X[p], d + r * u_out, G + i * u_out)
+            else:
+                xr = X + rows[r] * u_in
+                for i in range(i0, i1):
+                    if xr[i] != 0:
+                        _axpy(u_out, xr[i], d + r * u_out, G + i * u_out)
+        return
+    mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>u_out, <int>nb, <floating>1,
+                xin + i0, <int>u_in, d, <int>u_out,
+                <floating>1 if accumulate else <floating>0,
+                G + i0 * u_out, <int>u_out)
+
+
+# ---------------------------------------------------------------------------
+# Row-local work: forward, loss, output error and deltas of a chunk.
+# ---------------------------------------------------------------------------
+
+cdef void _forward_rows(const Net* net, const floating* params, const Source* src,
+                        const Py_ssize_t* rows, Py_ssize_t nr, const floating* xin,
+                        floating* acts, Py_ssize_t cap, Py_ssize_t r0) noexcept nogil:
+    """Activations of layers 1..L for rows ``r0 .. r0 + nr`` of a block."""
+    cdef Py_ssize_t L = net.n_layers, li, r, u_in, u_out
     cdef floating* z
-    cdef const floating* W
-    cdef const floating* b
-    cdef const floating* data
-    cdef const floating* wrow
-    cdef floating xv
+    cdef const floating* a_in
     for li in range(L):
         u_in = net.units[li]
         u_out = net.units[li + 1]
-        W = params + net.coef_off[li]
-        b = params + net.icpt_off[li]
-        z = acts + _layer_off(net, li + 1)
-        if li == 0 and src.sparse:
-            data = <const floating*>src.x
-            memset(z, 0, nr * u_out * sizeof(floating))
-            for r in range(nr):
-                for p in range(src.ptr[rows[r]], src.ptr[rows[r] + 1]):
-                    xv = data[p]
-                    wrow = W + src.ind[p] * u_out
-                    for j in range(u_out):
-                        z[r * u_out + j] += xv * wrow[j]
+        z = acts + _layer_base(net, cap, li + 1) + r0 * u_out
+        if li == 0:
+            _layer0_forward(net, params, src, rows + r0, nr,
+                            xin + r0 * u_in if xin != NULL else NULL, z)
         else:
-            a_in = xin if li == 0 else acts + _layer_off(net, li)
+            a_in = acts + _layer_base(net, cap, li) + r0 * u_in
             mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>u_out, <int>u_in,
-                        <floating>1, a_in, <int>u_in, W, <int>u_out,
-                        <floating>0, z, <int>u_out)
-        for r in range(nr):
-            for j in range(u_out):
-                z[r * u_out + j] += b[j]
+                        <floating>1, a_in, <int>u_in, params + net.coef_off[li],
+                        <int>u_out, <floating>0, z, <int>u_out)
+            for r in range(nr):
+                _axpy(u_out, <floating>1, params + net.icpt_off[li], z + r * u_out)
         if li < L - 1:
             _hidden_forward(net.hidden_act, z, nr * u_out)
         else:
             _output_forward(net.out_act, z, nr, u_out)
 
 
-cdef void _backward_block(const Net* net, const floating* params, const Source* src,
-                          const floating* xin, const Py_ssize_t* rows, Py_ssize_t nr,
-                          const floating* Y, const floating* sw,
-                          floating* acts, floating* deltas, floating* grad,
-                          double* loss_sum, double* sw_sum, bint need_grad) noexcept nogil:
-    """Loss of ``nr`` rows, and when ``need_grad`` their gradient, added to
-    ``grad`` (unnormalised: ``A^T delta`` and column sums of ``delta``)."""
-    cdef Py_ssize_t L = net.n_layers, li, r, j, p, u_in, u_out, i
+cdef void _chunk_backward(const Net* net, const floating* params, const Source* src,
+                          const Py_ssize_t* rows, Py_ssize_t nr, const floating* xin,
+                          const floating* Y, const floating* sw, floating* acts,
+                          floating* deltas, Py_ssize_t cap, Py_ssize_t r0,
+                          double* loss_out, double* sw_out,
+                          bint need_grad) noexcept nogil:
+    """Forward pass, loss, and (``need_grad``) every delta of one row chunk."""
+    cdef Py_ssize_t L = net.n_layers, li, r, j, u_in, u_out
     cdef Py_ssize_t n_out = net.units[L]
-    cdef const floating* out
-    cdef const floating* yrow
+    cdef floating* out
     cdef floating* d
     cdef floating* dprev
-    cdef floating* G
-    cdef floating* gb
-    cdef const floating* data
-    cdef floating w, xv
-    cdef double wl
+    cdef const floating* yrow
+    cdef floating w
+    cdef double loss = 0.0, wsum = 0.0
 
-    _forward_block(net, params, src, xin, rows, nr, acts)
-    out = acts + _layer_off(net, L)
-    d = deltas + _layer_off(net, L)
+    _forward_rows(net, params, src, rows, nr, xin, acts, cap, r0)
+    out = acts + _layer_base(net, cap, L) + r0 * n_out
+    d = deltas + _layer_base(net, cap, L) + r0 * n_out
     for r in range(nr):
-        yrow = Y + rows[r] * n_out
-        w = sw[rows[r]] if sw != NULL else <floating>1
-        wl = _row_loss(net.loss, out + r * n_out, yrow, n_out)
-        loss_sum[0] += (<double>w) * wl
-        sw_sum[0] += <double>w
+        yrow = Y + rows[r0 + r] * n_out
+        w = sw[rows[r0 + r]] if sw != NULL else <floating>1
+        loss += (<double>w) * _row_loss(net.loss, out + r * n_out, yrow, n_out)
+        wsum += <double>w
         if need_grad:
-            # Every supported loss is paired with its canonical link, so the
-            # output delta is prediction minus target.
+            # Every loss is paired with its canonical link: delta = p - y.
             for j in range(n_out):
                 d[r * n_out + j] = out[r * n_out + j] - yrow[j]
                 if sw != NULL:
                     d[r * n_out + j] *= w
+    loss_out[0] = loss
+    sw_out[0] = wsum
+    if not need_grad:
+        return
+    for li in range(L - 1, 0, -1):
+        u_in = net.units[li]
+        u_out = net.units[li + 1]
+        d = deltas + _layer_base(net, cap, li + 1) + r0 * u_out
+        dprev = deltas + _layer_base(net, cap, li) + r0 * u_in
+        mm_rowmajor(NoTrans, Trans, <int>nr, <int>u_in, <int>u_out, <floating>1, d,
+                    <int>u_out, params + net.coef_off[li], <int>u_out, <floating>0,
+                    dprev, <int>u_in)
+        _hidden_backward(net.hidden_act, acts + _layer_base(net, cap, li) + r0 * u_in,
+                         dprev, nr * u_in)
+
+
+# ---------------------------------------------------------------------------
+# One block of rows: loss and gradient, in parallel.
+# ---------------------------------------------------------------------------
+
+cdef void _block_grad(const Net* net, const floating* params, const Source* src,
+                      const Py_ssize_t* rows, Py_ssize_t nb, const floating* Y,
+                      const floating* sw, floating* acts, floating* deltas,
+                      floating* xbuf, Py_ssize_t cap, floating* grad,
+                      double* closs, double* csw, const Py_ssize_t* gblocks,
+                      Py_ssize_t n_gblocks, bint accumulate, bint need_grad,
+                      int n_threads, double* loss_sum, double* sw_sum) noexcept nogil:
+    """Loss of ``nb`` rows added to ``loss_sum``/``sw_sum`` and, with
+    ``need_grad``, their unnormalised gradient written to (``accumulate``:
+    added to) ``grad``: ``A^T delta`` and column sums of ``delta``."""
+    cdef Py_ssize_t ch = _chunk_rows(nb), n_chunks, c, r0, nr, k, li, i0, i1
+    cdef Py_ssize_t nf = src.n_features, u_in, u_out, r, j
+    cdef const floating* xin = NULL
+    cdef const floating* X = <const floating*>src.x
+    cdef const floating* a_in
+    cdef floating* d
+    cdef floating* gb
+    cdef bint consecutive = True
+    n_chunks = (nb + ch - 1) // ch
+
+    # Dense BLAS input: rows are used in place when they are consecutive in
+    # X, otherwise gathered once into the batch-sized buffer.
+    if not (src.csr or src.skip_zeros):
+        for r in range(1, nb):
+            if rows[r] != rows[0] + r:
+                consecutive = False
+                break
+        if consecutive:
+            xin = X + rows[0] * nf
+        else:
+            for r in prange(nb, num_threads=n_threads, schedule="static"):
+                memcpy(xbuf + r * nf, X + rows[r] * nf, nf * sizeof(floating))
+            xin = xbuf
+
+    for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
+        r0 = c * ch
+        nr = min(ch, nb - r0)
+        _chunk_backward(net, params, src, rows, nr, xin, Y, sw, acts, deltas, cap,
+                        r0, &closs[c], &csw[c], need_grad)
+    for c in range(n_chunks):
+        loss_sum[0] += closs[c]
+        sw_sum[0] += csw[c]
     if not need_grad:
         return
 
-    for li in range(L - 1, -1, -1):
+    # Weight gradients, one block of input units at a time: each element of
+    # dW is summed over the rows in row order by exactly one thread.
+    for k in prange(n_gblocks, num_threads=n_threads, schedule="dynamic"):
+        li = gblocks[3 * k]
+        i0 = gblocks[3 * k + 1]
+        i1 = gblocks[3 * k + 2]
         u_in = net.units[li]
         u_out = net.units[li + 1]
-        d = deltas + _layer_off(net, li + 1)
-        G = grad + net.coef_off[li]
-        gb = grad + net.icpt_off[li]
-        # Delta of the layer below first: it needs this layer's weights.
-        if li > 0:
-            dprev = deltas + _layer_off(net, li)
-            mm_rowmajor(NoTrans, Trans, <int>nr, <int>u_in, <int>u_out,
-                        <floating>1, d, <int>u_out, params + net.coef_off[li],
-                        <int>u_out, <floating>0, dprev, <int>u_in)
-            _hidden_backward(net.hidden_act, acts + _layer_off(net, li), dprev,
-                             nr * u_in)
-        if li == 0 and src.sparse:
-            data = <const floating*>src.x
-            for r in range(nr):
-                for p in range(src.ptr[rows[r]], src.ptr[rows[r] + 1]):
-                    xv = data[p]
-                    i = src.ind[p]
-                    for j in range(u_out):
-                        G[i * u_out + j] += xv * d[r * u_out + j]
+        d = deltas + _layer_base(net, cap, li + 1)
+        if li == 0:
+            _layer0_grad_block(net, src, rows, nb, xin, d, grad, i0, i1, accumulate)
         else:
-            mm_rowmajor(Trans, NoTrans, <int>u_in, <int>u_out, <int>nr,
-                        <floating>1, xin if li == 0 else acts + _layer_off(net, li),
-                        <int>u_in, d, <int>u_out, <floating>1, G, <int>u_out)
-        for r in range(nr):
+            a_in = acts + _layer_base(net, cap, li)
+            mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>u_out, <int>nb,
+                        <floating>1, a_in + i0, <int>u_in, d, <int>u_out,
+                        <floating>1 if accumulate else <floating>0,
+                        grad + net.coef_off[li] + i0 * u_out, <int>u_out)
+    for li in range(net.n_layers):
+        u_out = net.units[li + 1]
+        d = deltas + _layer_base(net, cap, li + 1)
+        gb = grad + net.icpt_off[li]
+        if not accumulate:
+            memset(gb, 0, u_out * sizeof(floating))
+        for r in range(nb):
             for j in range(u_out):
                 gb[j] += d[r * u_out + j]
-
-
-cdef const floating* _block_input(const Net* net, const Source* src,
-                                  const Py_ssize_t* rows, Py_ssize_t nr,
-                                  floating* xbuf) noexcept nogil:
-    """Dense rows of a block: a direct pointer into X when the rows are
-    consecutive, otherwise gathered into ``xbuf``."""
-    cdef Py_ssize_t r, nf = src.n_features
-    cdef const floating* X = <const floating*>src.x
-    cdef bint consecutive = True
-    if src.sparse:
-        return NULL
-    for r in range(1, nr):
-        if rows[r] != rows[0] + r:
-            consecutive = False
-            break
-    if consecutive:
-        return X + rows[0] * nf
-    for r in range(nr):
-        memcpy(xbuf + r * nf, X + rows[r] * nf, nf * sizeof(floating))
-    return xbuf
 
 
 cdef void _accumulate(const Net* net, const floating* params, const Source* src,
                       const Py_ssize_t* rows, Py_ssize_t n, const floating* Y,
                       const floating* sw, floating* acts, floating* deltas,
-                      floating* xbuf, floating* grad, double* loss_sum,
-                      double* sw_sum, bint need_grad) noexcept nogil:
-    """Loss and unnormalised gradient of ``n`` rows, ``chunk`` rows at a time."""
-    cdef Py_ssize_t start, nr
-    cdef const floating* xin
-    if need_grad:
-        memset(grad, 0, net.n_params * sizeof(floating))
+                      floating* xbuf, Py_ssize_t cap, floating* grad, double* closs,
+                      double* csw, const Py_ssize_t* gblocks, Py_ssize_t n_gblocks,
+                      bint need_grad, int n_threads, double* loss_sum,
+                      double* sw_sum) noexcept nogil:
+    """Loss and unnormalised gradient of ``n`` rows, ``cap`` rows per pass."""
+    cdef Py_ssize_t start = 0, nb
     loss_sum[0] = 0.0
     sw_sum[0] = 0.0
-    start = 0
     while start < n:
-        nr = min(net.chunk, n - start)
-        xin = _block_input(net, src, rows + start, nr, xbuf)
-        _backward_block(net, params, src, xin, rows + start, nr, Y, sw, acts,
-                        deltas, grad, loss_sum, sw_sum, need_grad)
-        start += nr
-
-
-cdef double _sum_sq_coefs(const Net* net, const floating* params) noexcept nogil:
-    cdef Py_ssize_t k
-    cdef double s = 0.0
-    for k in range(net.n_coef):
-        s += (<double>params[k]) * params[k]
-    return s
+        nb = min(cap, n - start)
+        _block_grad(net, params, src, rows + start, nb, Y, sw, acts, deltas, xbuf,
+                    cap, grad, closs, csw, gblocks, n_gblocks, start > 0, need_grad,
+                    n_threads, loss_sum, sw_sum)
+        start += nb
 
 
 cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1,
-                        floating* s2, const floating* grad, double sw_sum) noexcept nogil:
+                        floating* s2, const floating* grad, double sw_sum,
+                        double* bssq, int n_threads) noexcept nogil:
     """Normalise an accumulated gradient, add the L2 term and update the
     parameters in place.  Returns the sum of squared coefficients *before* the
     update, which the batch loss needs."""
-    cdef Py_ssize_t k
-    cdef double g, ssq = 0.0, lr_t = 0.0
-    cdef floating wk
+    cdef Py_ssize_t n_coef = net.n_coef, P = net.n_params
+    cdef Py_ssize_t n_cblocks = (n_coef + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    cdef Py_ssize_t n_iblocks = (P - n_coef + UPDATE_BLOCK - 1) // UPDATE_BLOCK
+    cdef Py_ssize_t k, k0, k1
+    cdef double lr_t = 0.0, ssq = 0.0
     if o.kind == OPT_ADAM:
         lr_t = _adam_rate(o)
-    for k in range(net.n_coef):
-        wk = params[k]
-        ssq += (<double>wk) * wk
-        g = (grad[k] + o.alpha * wk) / sw_sum
-        _opt_update(o, params + k, s1 + k, s2 + k, g, lr_t)
-    for k in range(net.n_coef, net.n_params):
-        g = grad[k] / sw_sum
-        _opt_update(o, params + k, s1 + k, s2 + k, g, lr_t)
+    for k in prange(n_cblocks + n_iblocks, num_threads=n_threads, schedule="static"):
+        if k < n_cblocks:
+            k0 = k * UPDATE_BLOCK
+            k1 = min(k0 + UPDATE_BLOCK, n_coef)
+            bssq[k] = _sumsq(k1 - k0, params + k0)
+            _step(o, k1 - k0, params + k0, s1 + k0, s2 + k0, <floating>1, grad + k0,
+                  o.alpha, sw_sum, lr_t)
+        else:
+            k0 = n_coef + (k - n_cblocks) * UPDATE_BLOCK
+            k1 = min(k0 + UPDATE_BLOCK, P)
+            _step(o, k1 - k0, params + k0, s1 + k0, s2 + k0, <floating>1, grad + k0,
+                  0.0, sw_sum, lr_t)
+    for k in range(n_cblocks):
+        ssq += bssq[k]
     return ssq
 
 
 # ---------------------------------------------------------------------------
-# Online mode: one sample, updated in place with no gradient accumulator.
+# Online mode: one sample at a time, updated in place, no gradient buffer.
 # ---------------------------------------------------------------------------
 
+cdef struct Lazy:
+    # Deferred data-free SGD steps of the rows of W0 (see module docstring).
+    bint on
+    Py_ssize_t* last        # per input unit: time its row is valid at
+    double* stats           # per input unit: sum w^2, sum w v, sum v^2 at ``last``
+    const double* powers    # M^k as (a, b, c, d), k = 0..n
+    const double* prefix    # sum_{k<m} (a_k^2, a_k b_k, b_k^2), m = 0..n
+    double l2               # sum over samples of ||W0||^2 for lazy rows
+
+
+cdef inline void _lazy_catch_up(const Net* net, floating* params, floating* s1,
+                                Lazy* lz, Py_ssize_t i, Py_ssize_t t) noexcept nogil:
+    """Bring row ``i`` of W0 from time ``last[i]`` to time ``t``."""
+    cdef Py_ssize_t m = t - lz.last[i], u_out = net.units[1]
+    cdef const double* P
+    cdef const double* S
+    if m <= 0:
+        return
+    S = lz.prefix + 3 * m
+    lz.l2 += (lz.stats[3 * i] * S[0] + 2.0 * lz.stats[3 * i + 1] * S[1]
+              + lz.stats[3 * i + 2] * S[2])
+    P = lz.powers + 4 * m
+    if floating is float:
+        cbp_lazy_f(u_out, params + i * u_out, s1 + i * u_out, P[0], P[1], P[2], P[3])
+    else:
+        cbp_lazy_d(u_out, params + i * u_out, s1 + i * u_out, P[0], P[1], P[2], P[3])
+    lz.last[i] = t
+
+
+cdef inline void _lazy_stats(const Net* net, const floating* params,
+                             const floating* s1, Lazy* lz, Py_ssize_t i) noexcept nogil:
+    cdef Py_ssize_t u_out = net.units[1]
+    if floating is float:
+        cbp_rowstats_f(u_out, params + i * u_out, s1 + i * u_out, lz.stats + 3 * i)
+    else:
+        cbp_rowstats_d(u_out, params + i * u_out, s1 + i * u_out, lz.stats + 3 * i)
+
+
 cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1,
-                        floating* s2, const floating* x, const floating* y,
-                        floating w, floating* acts, floating* deltas,
+                        floating* s2, const Source* src, Py_ssize_t row,
+                        Py_ssize_t t, const floating* y, floating w, floating* acts,
+                        floating* deltas, Py_ssize_t* nzi, floating* nzv, Lazy* lz,
                         double* data_loss, double* l2_loss) noexcept nogil:
-    """Forward, deltas and in-place update for one dense sample.
+    """Forward, deltas and in-place update for one sample at time ``t``.
 
     Layers are processed from the output down; each layer's weights are
     updated right after the delta of the layer below has been computed from
     them, which equals computing every gradient first and updating after.
     """
-    cdef Py_ssize_t L = net.n_layers, li, i, j, u_in, u_out
+    cdef Py_ssize_t L = net.n_layers, li, i, j, p, nnz = 0, u_in, u_out, base
     cdef Py_ssize_t n_out = net.units[L]
+    cdef const floating* X = <const floating*>src.x
+    cdef const floating* xr
     cdef floating* z
     cdef const floating* a_in
-    cdef const floating* W
     cdef floating* Wm
     cdef floating* d
     cdef floating* dprev
-    cdef floating ai, acc
-    cdef double g, ssq = 0.0, lr_t = 0.0, sw_sum = <double>w, loss
-    cdef Py_ssize_t base
+    cdef floating ai
+    cdef double ssq = 0.0, lr_t = 0.0, sw = <double>w, loss
 
-    # Forward pass.  Rows of W are added for each non-zero input, which skips
-    # the zero pixels of image data and blank one-hot columns for free.
+    # Non-zero inputs of the sample.
+    if src.csr:
+        for p in range(src.ptr[row], src.ptr[row + 1]):
+            nzi[nnz] = src.ind[p]
+            nzv[nnz] = X[p]
+            nnz += 1
+    else:
+        xr = X + row * net.units[0]
+        for i in range(net.units[0]):
+            if xr[i] != 0:
+                nzi[nnz] = i
+                nzv[nnz] = xr[i]
+                nnz += 1
+    if lz.on:
+        for p in range(nnz):
+            _lazy_catch_up(net, params, s1, lz, nzi[p], t)
+
+    # Forward pass; hidden units that are exactly zero (relu) are skipped.
     for li in range(L):
         u_in = net.units[li]
         u_out = net.units[li + 1]
-        W = params + net.coef_off[li]
-        z = acts + _layer_off(net, li + 1)
-        a_in = x if li == 0 else acts + _layer_off(net, li)
-        memset(z, 0, u_out * sizeof(floating))
-        for i in range(u_in):
-            ai = a_in[i]
-            if ai != 0:
-                for j in range(u_out):
-                    z[j] += ai * W[i * u_out + j]
-        for j in range(u_out):
-            z[j] += params[net.icpt_off[li] + j]
+        Wm = params + net.coef_off[li]
+        z = acts + _layer_base(net, 1, li + 1)
+        memcpy(z, params + net.icpt_off[li], u_out * sizeof(floating))
+        if li == 0:
+            for p in range(nnz):
+                _axpy(u_out, nzv[p], Wm + nzi[p] * u_out, z)
+        else:
+            a_in = acts + _layer_base(net, 1, li)
+            for i in range(u_in):
+                if a_in[i] != 0:
+                    _axpy(u_out, a_in[i], Wm + i * u_out, z)
         if li < L - 1:
             _hidden_forward(net.hidden_act, z, u_out)
         else:
             _output_forward(net.out_act, z, 1, u_out)
 
-    z = acts + _layer_off(net, L)
+    z = acts + _layer_base(net, 1, L)
     loss = _row_loss(net.loss, z, y, n_out)
-    d = deltas + _layer_off(net, L)
+    d = deltas + _layer_base(net, 1, L)
     for j in range(n_out):
         d[j] = z[j] - y[j]
         d[j] *= w
@@ -406,68 +621,89 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
         u_in = net.units[li]
         u_out = net.units[li + 1]
         Wm = params + net.coef_off[li]
-        d = deltas + _layer_off(net, li + 1)
-        a_in = x if li == 0 else acts + _layer_off(net, li)
+        d = deltas + _layer_base(net, 1, li + 1)
         if li > 0:
-            dprev = deltas + _layer_off(net, li)
+            a_in = acts + _layer_base(net, 1, li)
+            dprev = deltas + _layer_base(net, 1, li)
             for i in range(u_in):
-                acc = 0
-                for j in range(u_out):
-                    acc += Wm[i * u_out + j] * d[j]
-                dprev[i] = acc
+                dprev[i] = _dot(u_out, Wm + i * u_out, d)
             _hidden_backward(net.hidden_act, a_in, dprev, u_in)
-        for i in range(u_in):
-            ai = a_in[i]
-            base = net.coef_off[li] + i * u_out
-            for j in range(u_out):
-                ssq += (<double>params[base + j]) * params[base + j]
-                g = ((<double>(ai * d[j])) + o.alpha * params[base + j]) / sw_sum
-                _opt_update(o, params + base + j, s1 + base + j, s2 + base + j,
-                            g, lr_t)
+            ssq += _sumsq(u_in * u_out, Wm)
+            for i in range(u_in):
+                base = i * u_out
+                _step(o, u_out, Wm + base, s1 + net.coef_off[li] + base,
+                      s2 + net.coef_off[li] + base, a_in[i], d, o.alpha, sw, lr_t)
+        elif lz.on:
+            # Only the rows with a non-zero input get a data gradient now.
+            for p in range(nnz):
+                base = nzi[p] * u_out
+                lz.l2 += _sumsq(u_out, Wm + base)
+                _step(o, u_out, Wm + base, s1 + base, s2 + base, nzv[p], d, o.alpha,
+                      sw, lr_t)
+                _lazy_stats(net, params, s1, lz, nzi[p])
+                lz.last[nzi[p]] = t + 1
+        else:
+            ssq += _sumsq(u_in * u_out, Wm)
+            p = 0
+            for i in range(u_in):
+                if p < nnz and nzi[p] == i:
+                    ai = nzv[p]
+                    p += 1
+                else:
+                    ai = 0
+                base = i * u_out
+                _step(o, u_out, Wm + base, s1 + base, s2 + base, ai, d, o.alpha, sw,
+                      lr_t)
         base = net.icpt_off[li]
-        for j in range(u_out):
-            g = (<double>d[j]) / sw_sum
-            _opt_update(o, params + base + j, s1 + base + j, s2 + base + j, g, lr_t)
+        _step(o, u_out, params + base, s1 + base, s2 + base, <floating>1, d, 0.0, sw,
+              lr_t)
 
     data_loss[0] = loss
-    l2_loss[0] = 0.5 * o.alpha * ssq / sw_sum
+    l2_loss[0] = 0.5 * o.alpha * ssq / sw
     if not (isfinite(loss) and isfinite(l2_loss[0])):
         return STATUS_NONFINITE
     return STATUS_OK
 
 
 # ---------------------------------------------------------------------------
-# Python entry points.  Each validates nothing: the estimators hand them
+# Python entry points.  They validate nothing: the estimators hand them
 # checked, contiguous arrays of one dtype.
 # ---------------------------------------------------------------------------
 
+cdef Py_ssize_t _total_units(const Py_ssize_t[::1] units) noexcept:
+    cdef Py_ssize_t k, s = 0
+    for k in range(1, units.shape[0]):
+        s += units[k]
+    return s
+
+
 cdef void _make_net(Net* net, const Py_ssize_t[::1] units,
                     const Py_ssize_t[::1] coef_off, const Py_ssize_t[::1] icpt_off,
-                    Py_ssize_t n_params, Py_ssize_t buf_len, int hidden_act,
-                    int out_act, int loss) noexcept:
+                    Py_ssize_t n_params, int hidden_act, int out_act,
+                    int loss) noexcept:
     net.n_layers = units.shape[0] - 1
     net.units = &units[0]
     net.coef_off = &coef_off[0]
     net.icpt_off = &icpt_off[0]
     net.n_coef = icpt_off[0]
     net.n_params = n_params
-    # The work buffers hold ``chunk`` rows of every layer.
-    net.chunk = buf_len // _total_units(units)
+    net.total_units = _total_units(units)
     net.hidden_act = hidden_act
     net.out_act = out_act
     net.loss = loss
 
 
 cdef void _make_source(Source* src, object X, Py_ssize_t n_features,
-                       object indices, object indptr,
+                       object indices, object indptr, bint skip_zeros,
                        const floating[::1] dtype_witness) except *:
     cdef const floating[::1] data
     cdef const floating[:, ::1] dense
     cdef const Py_ssize_t[::1] ind
     cdef const Py_ssize_t[::1] ptr
     src.n_features = n_features
-    src.sparse = indices is not None
-    if src.sparse:
+    src.csr = indices is not None
+    src.skip_zeros = skip_zeros and not src.csr
+    if src.csr:
         data = X
         ind = indices
         ptr = indptr
@@ -481,36 +717,7 @@ cdef void _make_source(Source* src, object X, Py_ssize_t n_features,
         src.ptr = NULL
 
 
-def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
-              const floating[:, ::1] Y, const floating[::1] sw, bint has_sw,
-              const Py_ssize_t[::1] order, const Py_ssize_t[::1] units,
-              const Py_ssize_t[::1] coef_off, const Py_ssize_t[::1] icpt_off,
-              int hidden_act, int out_act, int loss,
-              floating[::1] params, floating[::1] state1, floating[::1] state2,
-              floating[::1] grad, floating[::1] acts, floating[::1] deltas,
-              floating[::1] xbuf, Py_ssize_t batch_size, dict opt):
-    """Run one epoch of mini-batch (or online) training over ``order``.
-
-    Returns ``(status, data_loss_sum, l2_loss_sum, n_done)`` where the loss
-    sums are batch losses weighted by batch size (scikit-learn's
-    ``accumulated_loss``), split into the data term and the L2 term, and the
-    optimiser dict's ``t`` is advanced in place.
-    """
-    cdef Net net
-    cdef Source src
-    cdef Optim o
-    cdef Py_ssize_t n = order.shape[0], start, nb, k
-    cdef double data_sum = 0.0, l2_sum = 0.0, loss_sum, sw_sum, ssq, dl, ll
-    cdef int status = STATUS_OK
-    cdef const floating* Yp = &Y[0, 0]
-    cdef const floating* swp = &sw[0] if has_sw else NULL
-    cdef const floating* xrow
-    cdef const floating* Xd
-    cdef floating one = 1
-
-    _make_net(&net, units, coef_off, icpt_off, params.shape[0],
-              acts.shape[0], hidden_act, out_act, loss)
-    _make_source(&src, X, n_features, indices, indptr, params)
+cdef void _make_optim(Optim* o, dict opt) except *:
     o.kind = OPT_ADAM if opt["kind"] == "adam" else OPT_SGD
     o.lr = opt["lr"]
     o.momentum = opt.get("momentum", 0.0)
@@ -521,32 +728,136 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     o.alpha = opt["alpha"]
     o.t = opt.get("t", 0)
 
-    with nogil:
-        if batch_size == 1 and not src.sparse:
-            Xd = <const floating*>src.x
+
+def lazy_tables(Py_ssize_t n, double lr, double momentum, bint nesterov,
+                double alpha):
+    """Powers of the data-free SGD step map and prefix sums of their norms.
+
+    One data-free step (zero input, so the gradient is ``alpha * w``) maps
+    ``(w, v)`` linearly; ``powers[k]`` is its k-th power as ``(a, b, c, d)``
+    with ``w_k = a w + b v`` and ``v_k = c w + d v``, and ``prefix[m]`` sums
+    ``(a_k^2, a_k b_k, b_k^2)`` over ``k < m``.
+    """
+    cdef double[:, ::1] pw = np.empty((n + 1, 4))
+    cdef double[:, ::1] pf = np.empty((n + 2, 3))
+    cdef double c = lr * alpha, a1, b1, c1, d1
+    cdef Py_ssize_t k
+    if nesterov:
+        a1 = 1.0 - c - momentum * c
+        b1 = momentum * momentum
+    else:
+        a1 = 1.0 - c
+        b1 = momentum
+    c1 = -c
+    d1 = momentum
+    pw[0, 0] = 1.0
+    pw[0, 1] = 0.0
+    pw[0, 2] = 0.0
+    pw[0, 3] = 1.0
+    for k in range(1, n + 1):
+        pw[k, 0] = a1 * pw[k - 1, 0] + b1 * pw[k - 1, 2]
+        pw[k, 1] = a1 * pw[k - 1, 1] + b1 * pw[k - 1, 3]
+        pw[k, 2] = c1 * pw[k - 1, 0] + d1 * pw[k - 1, 2]
+        pw[k, 3] = c1 * pw[k - 1, 1] + d1 * pw[k - 1, 3]
+    pf[0, 0] = 0.0
+    pf[0, 1] = 0.0
+    pf[0, 2] = 0.0
+    for k in range(1, n + 2):
+        pf[k, 0] = pf[k - 1, 0] + pw[k - 1, 0] * pw[k - 1, 0]
+        pf[k, 1] = pf[k - 1, 1] + pw[k - 1, 0] * pw[k - 1, 1]
+        pf[k, 2] = pf[k - 1, 2] + pw[k - 1, 1] * pw[k - 1, 1]
+    return np.asarray(pw), np.asarray(pf)
+
+
+def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
+              bint skip_zeros, const floating[:, ::1] Y, const floating[::1] sw,
+              bint has_sw, const Py_ssize_t[::1] order, const Py_ssize_t[::1] units,
+              const Py_ssize_t[::1] coef_off, const Py_ssize_t[::1] icpt_off,
+              const Py_ssize_t[::1] gblocks, int hidden_act, int out_act, int loss,
+              floating[::1] params, floating[::1] state1, floating[::1] state2,
+              floating[::1] grad, floating[::1] acts, floating[::1] deltas,
+              floating[::1] xbuf, Py_ssize_t[::1] iwork, double[::1] dwork,
+              Py_ssize_t batch_size, int n_threads, dict opt, object lazy=None):
+    """Run one epoch of mini-batch (or online) training over ``order``.
+
+    Returns ``(status, data_loss_sum, l2_loss_sum, n_done)``: the batch losses
+    weighted by batch size (scikit-learn's ``accumulated_loss``), split into
+    the data term and the L2 term.  Adam's step counter ``opt["t"]`` is
+    advanced in place.  ``lazy`` is ``(powers, prefix)`` from
+    :func:`lazy_tables` to defer the data-free steps of online SGD.
+    """
+    cdef Net net
+    cdef Source src
+    cdef Optim o
+    cdef Lazy lz
+    cdef Py_ssize_t n = order.shape[0], start, nb, k, i, cap
+    cdef Py_ssize_t n_gblocks = gblocks.shape[0] // 3, u1
+    cdef double data_sum = 0.0, l2_sum = 0.0, loss_sum, sw_sum, ssq, dl, ll
+    cdef int status = STATUS_OK, threads
+    cdef const floating* Yp = &Y[0, 0]
+    cdef const floating* swp = &sw[0] if has_sw else NULL
+    cdef floating one = 1
+    cdef const double[:, ::1] powers
+    cdef const double[:, ::1] prefix
+    cdef floating[::1] nzv
+
+    _make_net(&net, units, coef_off, icpt_off, params.shape[0], hidden_act, out_act,
+              loss)
+    _make_source(&src, X, n_features, indices, indptr, skip_zeros, params)
+    _make_optim(&o, opt)
+    cap = acts.shape[0] // net.total_units
+
+    if batch_size == 1:
+        lz.on = lazy is not None
+        lz.l2 = 0.0
+        nzv = np.empty(n_features, dtype=np.asarray(params).dtype)
+        if lz.on:
+            powers = lazy[0]
+            prefix = lazy[1]
+            lz.powers = &powers[0, 0]
+            lz.prefix = &prefix[0, 0]
+            lz.last = &iwork[n_features]
+            lz.stats = &dwork[0]
+        u1 = units[1]
+        with nogil:
+            if lz.on:
+                for i in range(n_features):
+                    lz.last[i] = 0
+                    _lazy_stats(&net, &params[0], &state1[0], &lz, i)
             for k in range(n):
                 if swp != NULL and swp[order[k]] == 0:
                     continue
-                xrow = Xd + order[k] * n_features
                 status = _online_sample(&net, &o, &params[0], &state1[0], &state2[0],
-                                        xrow, Yp + order[k] * net.units[net.n_layers],
+                                        &src, order[k], k, Yp + order[k] * units[net.n_layers],
                                         swp[order[k]] if swp != NULL else one,
-                                        &acts[0], &deltas[0], &dl, &ll)
+                                        &acts[0], &deltas[0], &iwork[0], &nzv[0], &lz,
+                                        &dl, &ll)
                 data_sum += dl
                 l2_sum += ll
                 if status != STATUS_OK:
                     n = k + 1
                     break
-        else:
+            if lz.on:
+                for i in range(n_features):
+                    _lazy_catch_up(&net, &params[0], &state1[0], &lz, i, n)
+                l2_sum += 0.5 * o.alpha * lz.l2
+                if not isfinite(l2_sum):
+                    status = STATUS_NONFINITE
+    else:
+        threads = n_threads
+        if <double>min(batch_size, n) * net.n_coef < PARALLEL_MIN_WORK:
+            threads = 1
+        with nogil:
             start = 0
             while start < n:
                 nb = min(batch_size, n - start)
                 _accumulate(&net, &params[0], &src, &order[start], nb, Yp, swp,
-                            &acts[0], &deltas[0], &xbuf[0], &grad[0],
-                            &loss_sum, &sw_sum, True)
+                            &acts[0], &deltas[0], &xbuf[0], cap, &grad[0], &dwork[0],
+                            &dwork[cap], &gblocks[0], n_gblocks, True, threads,
+                            &loss_sum, &sw_sum)
                 if sw_sum > 0:
                     ssq = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
-                                      &grad[0], sw_sum)
+                                      &grad[0], sw_sum, &dwork[2 * cap], threads)
                     dl = loss_sum / sw_sum
                     ll = 0.5 * o.alpha * ssq / sw_sum
                 else:
@@ -565,20 +876,14 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     return status, data_sum, l2_sum, n
 
 
-cdef Py_ssize_t _total_units(const Py_ssize_t[::1] units) noexcept:
-    cdef Py_ssize_t k, s = 0
-    for k in range(1, units.shape[0]):
-        s += units[k]
-    return s
-
-
 def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
-              const floating[:, ::1] Y, const floating[::1] sw, bint has_sw,
-              const Py_ssize_t[::1] units, const Py_ssize_t[::1] coef_off,
-              const Py_ssize_t[::1] icpt_off, int hidden_act, int out_act,
-              int loss, const floating[::1] params, floating[::1] grad,
-              floating[::1] acts, floating[::1] deltas, floating[::1] xbuf,
-              double alpha, bint need_grad=True):
+              bint skip_zeros, const floating[:, ::1] Y, const floating[::1] sw,
+              bint has_sw, const Py_ssize_t[::1] units, const Py_ssize_t[::1] coef_off,
+              const Py_ssize_t[::1] icpt_off, const Py_ssize_t[::1] gblocks,
+              int hidden_act, int out_act, int loss, const floating[::1] params,
+              floating[::1] grad, floating[::1] acts, floating[::1] deltas,
+              floating[::1] xbuf, double[::1] dwork, double alpha, int n_threads,
+              bint need_grad=True):
     """Full-batch objective and gradient at ``params`` (lbfgs, gradient checks).
 
     Returns ``(data_loss, l2_loss)``; ``grad`` receives the gradient of their
@@ -586,19 +891,24 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
     """
     cdef Net net
     cdef Source src
-    cdef Py_ssize_t n = Y.shape[0], k
+    cdef Py_ssize_t n = Y.shape[0], k, cap
     cdef double loss_sum = 0.0, sw_sum = 0.0, ssq
     cdef const floating* swp = &sw[0] if has_sw else NULL
     cdef Py_ssize_t[::1] rows = np.arange(n, dtype=np.intp)
+    cdef int threads = n_threads
 
-    _make_net(&net, units, coef_off, icpt_off, params.shape[0], acts.shape[0],
-              hidden_act, out_act, loss)
-    _make_source(&src, X, n_features, indices, indptr, params)
+    _make_net(&net, units, coef_off, icpt_off, params.shape[0], hidden_act, out_act,
+              loss)
+    _make_source(&src, X, n_features, indices, indptr, skip_zeros, params)
+    cap = acts.shape[0] // net.total_units
+    if <double>min(cap, n) * net.n_coef < PARALLEL_MIN_WORK:
+        threads = 1
     with nogil:
-        _accumulate(&net, &params[0], &src, &rows[0], n, &Y[0, 0], swp,
-                    &acts[0], &deltas[0], &xbuf[0], &grad[0], &loss_sum, &sw_sum,
-                    need_grad)
-        ssq = _sum_sq_coefs(&net, &params[0])
+        _accumulate(&net, &params[0], &src, &rows[0], n, &Y[0, 0], swp, &acts[0],
+                    &deltas[0], &xbuf[0], cap, &grad[0], &dwork[0], &dwork[cap],
+                    &gblocks[0], gblocks.shape[0] // 3, need_grad, threads,
+                    &loss_sum, &sw_sum)
+        ssq = _sumsq(net.n_coef, &params[0])
         if need_grad:
             for k in range(net.n_coef):
                 grad[k] = (grad[k] + alpha * params[k]) / sw_sum
@@ -608,30 +918,50 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
 
 
 def forward(object X, object indices, object indptr, Py_ssize_t n_samples,
-            Py_ssize_t n_features, const Py_ssize_t[::1] units,
+            Py_ssize_t n_features, bint skip_zeros, const Py_ssize_t[::1] units,
             const Py_ssize_t[::1] coef_off, const Py_ssize_t[::1] icpt_off,
             int hidden_act, int out_act, const floating[::1] params,
-            floating[:, ::1] out, floating[::1] acts, floating[::1] xbuf):
-    """Output-layer activations of every row of X, written into ``out``."""
+            floating[:, ::1] out, floating[:, ::1] acts, int n_threads):
+    """Output-layer activations of every row of X, written into ``out``.
+
+    Rows are processed in chunks of ``acts.shape[1] // total_units`` rows, in
+    parallel over ``acts.shape[0]`` thread-private buffers.
+    """
     cdef Net net
     cdef Source src
-    cdef Py_ssize_t start, nr, L, n_out
+    cdef Py_ssize_t L, n_out, cap, n_chunks, c, r0, nr, tid
     cdef Py_ssize_t[::1] rows = np.arange(n_samples, dtype=np.intp)
-    cdef const floating* xin
-    _make_net(&net, units, coef_off, icpt_off, params.shape[0], acts.shape[0],
-              hidden_act, out_act, 0)
-    _make_source(&src, X, n_features, indices, indptr, params)
+    cdef const floating* X0 = NULL
+    cdef int threads = min(n_threads, acts.shape[0])
+    _make_net(&net, units, coef_off, icpt_off, params.shape[0], hidden_act, out_act,
+              0)
+    _make_source(&src, X, n_features, indices, indptr, skip_zeros, params)
+    if not (src.csr or src.skip_zeros):
+        X0 = <const floating*>src.x
     L = net.n_layers
     n_out = units[L]
+    cap = acts.shape[1] // net.total_units
+    n_chunks = (n_samples + cap - 1) // cap
+    if n_chunks < 2:
+        threads = 1
     with nogil:
-        start = 0
-        while start < n_samples:
-            nr = min(net.chunk, n_samples - start)
-            xin = _block_input(&net, &src, &rows[start], nr, &xbuf[0])
-            _forward_block(&net, &params[0], &src, xin, &rows[start], nr, &acts[0])
-            memcpy(&out[start, 0], &acts[0] + _layer_off(&net, L),
+        for c in prange(n_chunks, num_threads=threads, schedule="static"):
+            tid = _thread_id()
+            r0 = c * cap
+            nr = min(cap, n_samples - r0)
+            _forward_rows(&net, &params[0], &src, &rows[r0], nr,
+                          X0 + r0 * n_features if X0 != NULL else NULL,
+                          &acts[tid, 0], cap, 0)
+            memcpy(&out[r0, 0], &acts[tid, 0] + _layer_base(&net, cap, L),
                    nr * n_out * sizeof(floating))
-            start += nr
+
+
+cdef extern from "cbp_omp.h" nogil:
+    int omp_get_thread_num()
+
+
+cdef inline Py_ssize_t _thread_id() noexcept nogil:
+    return omp_get_thread_num()
 
 
 # ---------------------------------------------------------------------------
@@ -667,3 +997,13 @@ def _py_rng_uniform(unsigned long long seed, unsigned long long a,
                     unsigned long long b, unsigned long long c):
     """Counter-based uniform draw keyed by (seed, a, b, c)."""
     return cbp_rng_uniform(seed, a, b, c)
+
+
+def _py_dot(floating[::1] x, floating[::1] y):
+    """Fixed-order dot product of the loop header."""
+    return _dot(x.shape[0], &x[0], &y[0])
+
+
+def _py_sumsq(floating[::1] x):
+    """Fixed-order sum of squares (in double) of the loop header."""
+    return _sumsq(x.shape[0], &x[0])

@@ -8,6 +8,7 @@ rules.  Each epoch, and each lbfgs function evaluation, is one call into a
 """
 
 import warnings
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
@@ -24,8 +25,10 @@ from sklearn.utils import shuffle as sk_shuffle
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+from threadpoolctl import ThreadpoolController
 
 from cbackprop import _kernels
+from cbackprop._openmp_helpers import effective_n_threads
 
 HIDDEN_ACTIVATIONS = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}
 OUTPUT_ACTIVATIONS = {"identity": 0, "logistic": 1, "softmax": 2, "exp": 3}
@@ -33,9 +36,87 @@ LOSSES = {"squared_error": 0, "log_loss": 1, "binary_log_loss": 2, "poisson": 3}
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 _STATUS_NONFINITE = 1
 
-# Rows per block in the work buffers.  Large enough for BLAS to run near its
-# peak, small enough that a full-batch pass never holds every activation.
-_CHUNK = 512
+# Rows per thread-private block when predicting.
+_PREDICT_ROWS = 256
+
+# Below this share of non-zeros, the first layer reads only the non-zero
+# inputs instead of calling BLAS on the dense block (measured crossover on
+# MNIST-like data with float32 and float64; see benches/).
+_SKIP_ZEROS_DENSITY = 0.4
+
+
+def _kernel_input(X, dtype, canonical=False):
+    """``(data, indices, indptr, skip_zeros)``: X in the form the kernels read.
+
+    Dense X stays as it is when already C-contiguous in ``dtype`` (no copy);
+    sparse X becomes CSR with ``intp`` indices.
+    """
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=dtype)
+        if canonical and not X.has_canonical_format:
+            # Online mode walks each row once in column order.
+            X = X.copy()
+            X.sum_duplicates()
+        return (np.ascontiguousarray(X.data, dtype=dtype),
+                np.ascontiguousarray(X.indices, dtype=np.intp),
+                np.ascontiguousarray(X.indptr, dtype=np.intp), False)
+    X = np.ascontiguousarray(X, dtype=dtype)
+    density = np.count_nonzero(X) / X.size if X.size else 1.0
+    return X, None, None, bool(density < _SKIP_ZEROS_DENSITY)
+
+
+class _Workspace:
+    """Work buffers of one fit (or one objective), allocated once.
+
+    ``cap`` is the number of rows a kernel pass holds: the batch size for
+    stochastic solvers, at most ``SUPER_BLOCK_ROWS`` for full-batch passes.
+    """
+
+    def __init__(self, X, dtype, layer_units, cap, n_threads, canonical=False):
+        self.data, self.ind, self.ptr, self.skip_zeros = _kernel_input(
+            X, dtype, canonical)
+        self.n_features = X.shape[1]
+        self.layout = _BaseMLP._layout(layer_units)
+        units, _, _, n_params = self.layout
+        total = int(np.sum(units[1:]))
+        self.cap = cap = max(1, int(cap))
+        self.acts = np.empty(cap * total, dtype=dtype)
+        self.deltas = np.empty(cap * total, dtype=dtype)
+        dense_blas = self.ind is None and not self.skip_zeros
+        self.xbuf = np.empty(cap * self.n_features if dense_blas else 1, dtype=dtype)
+        self.grad = np.empty(n_params, dtype=dtype)
+        n_update_blocks = n_params // 16384 + 2
+        self.dwork = np.empty(max(2 * cap + n_update_blocks, 3 * self.n_features, 1))
+        self.iwork = np.empty(max(2 * self.n_features, 1), dtype=np.intp)
+        self.gblocks = self._grad_blocks(units)
+        self.n_threads = n_threads
+
+    @staticmethod
+    def _grad_blocks(units):
+        """(layer, first unit, end unit) of every weight-gradient block."""
+        step = _kernels.GRAD_BLOCK_ROWS
+        blocks = [(layer, i0, min(i0 + step, units[layer]))
+                  for layer in range(len(units) - 1)
+                  for i0 in range(0, units[layer], step)]
+        return np.ascontiguousarray(np.array(blocks, dtype=np.intp).ravel())
+
+
+_CONTROLLER = []
+
+
+@contextmanager
+def _blas_single_thread():
+    """Hold BLAS to one thread while the kernels run.
+
+    Our own OpenMP threads are the one level of parallelism (no
+    oversubscription), and a BLAS that splits its products by thread count
+    would make results depend on it.  The threadpoolctl controller is built
+    once: scanning the loaded libraries costs milliseconds.
+    """
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    with _CONTROLLER[0].limit(limits=1, user_api="blas"):
+        yield
 
 
 def _check_scalar(name, value, kind, low=None, high=None, closed="left",
@@ -107,6 +188,7 @@ class _BaseMLP(BaseEstimator):
         epsilon,
         n_iter_no_change,
         max_fun,
+        n_threads=None,
     ):
         self.activation = activation
         self.solver = solver
@@ -132,6 +214,7 @@ class _BaseMLP(BaseEstimator):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
+        self.n_threads = n_threads
 
     # ------------------------------------------------------------------
     # Validation
@@ -164,7 +247,16 @@ class _BaseMLP(BaseEstimator):
         if not isinstance(self.verbose, (bool, np.bool_, Integral)):
             raise TypeError(f"The 'verbose' parameter must be an int or bool, got "
                             f"{self.verbose!r}.")
+        if self.n_threads is not None:
+            _check_scalar("n_threads", self.n_threads, Integral)
+            if self.n_threads == 0:
+                raise ValueError("The 'n_threads' parameter must be None, -1 or a "
+                                 "non-zero int, got 0.")
         # random_state is checked by check_random_state at fit time.
+
+    def _n_threads(self):
+        """Threads the kernels may use (see the n_threads parameter)."""
+        return effective_n_threads(getattr(self, "n_threads", None))
 
     def _hidden_sizes(self):
         sizes = self.hidden_layer_sizes
@@ -257,30 +349,6 @@ class _BaseMLP(BaseEstimator):
             params[icpt_off[i]: icpt_off[i] + units[i + 1]] for i in range(L)
         ]
 
-    @staticmethod
-    def _kernel_input(X, dtype):
-        """(X, indices, indptr) in the form the kernels read."""
-        if sp.issparse(X):
-            # Column order inside a row does not matter to the kernels, so
-            # the indices are used as they are (no sort, no copy of the user's
-            # matrix beyond dtype and index-width conversion).
-            X = sp.csr_matrix(X, dtype=dtype)
-            return (
-                np.ascontiguousarray(X.data, dtype=dtype),
-                np.ascontiguousarray(X.indices, dtype=np.intp),
-                np.ascontiguousarray(X.indptr, dtype=np.intp),
-            )
-        return np.ascontiguousarray(X, dtype=dtype), None, None
-
-    @staticmethod
-    def _buffers(units, n_rows, n_features, dtype, sparse):
-        chunk = max(1, min(_CHUNK, n_rows))
-        total = int(np.sum(units[1:]))
-        acts = np.empty(chunk * total, dtype=dtype)
-        deltas = np.empty(chunk * total, dtype=dtype)
-        xbuf = np.empty(1 if sparse else chunk * n_features, dtype=dtype)
-        return acts, deltas, xbuf
-
     def _codes(self):
         loss = self.loss
         if loss == "log_loss" and self.out_activation_ == "logistic":
@@ -308,14 +376,18 @@ class _BaseMLP(BaseEstimator):
         params = params.astype(dtype, copy=False)
         units, coef_off, icpt_off, _ = self._layout(self._layer_units())
         n = X.shape[0]
-        data, ind, ptr = self._kernel_input(X, dtype)
         out = np.empty((n, units[-1]), dtype=dtype)
         if n == 0:
             return out
-        acts, _, xbuf = self._buffers(units, n, X.shape[1], dtype, ind is not None)
-        _kernels.forward(data, ind, ptr, n, X.shape[1], units, coef_off, icpt_off,
-                         HIDDEN_ACTIVATIONS[self.activation],
-                         OUTPUT_ACTIVATIONS[out_activation], params, out, acts, xbuf)
+        data, ind, ptr, skip = _kernel_input(X, dtype)
+        cap = min(_PREDICT_ROWS, n)
+        threads = self._n_threads() if n > cap else 1
+        acts = np.empty((threads, cap * int(np.sum(units[1:]))), dtype=dtype)
+        with _blas_single_thread():
+            _kernels.forward(data, ind, ptr, n, X.shape[1], skip, units, coef_off,
+                             icpt_off, HIDDEN_ACTIVATIONS[self.activation],
+                             OUTPUT_ACTIVATIONS[out_activation], params, out, acts,
+                             threads)
         return out
 
     def _forward_pass_fast(self, X, check_input=True):
@@ -397,10 +469,12 @@ class _BaseMLP(BaseEstimator):
 
         params = self._pack(dtype)
         self._unpack_views(params, layer_units)
-        if self.solver in _STOCHASTIC_SOLVERS:
-            self._fit_stochastic(X, y, sample_weight, params, layer_units, incremental)
-        else:
-            self._fit_lbfgs(X, y, sample_weight, params, layer_units)
+        with _blas_single_thread():
+            if self.solver in _STOCHASTIC_SOLVERS:
+                self._fit_stochastic(X, y, sample_weight, params, layer_units,
+                                     incremental)
+            else:
+                self._fit_lbfgs(X, y, sample_weight, params, layer_units)
 
         if not np.isfinite(params).all():
             raise ValueError(
@@ -410,25 +484,24 @@ class _BaseMLP(BaseEstimator):
         return self
 
     def _objective_setup(self, X, y, sample_weight, dtype, layer_units):
-        """Everything the full-batch loss/gradient kernel needs, bundled."""
-        units, coef_off, icpt_off, n_params = self._layout(layer_units)
-        data, ind, ptr = self._kernel_input(X, dtype)
+        """Full-batch loss/gradient function ``objective(params, need_grad)``."""
+        ws = _Workspace(X, dtype, layer_units,
+                        min(X.shape[0], _kernels.SUPER_BLOCK_ROWS), self._n_threads())
+        units, coef_off, icpt_off, _ = ws.layout
         Y = np.ascontiguousarray(y, dtype=dtype)
         has_sw = sample_weight is not None
         sw = sample_weight if has_sw else np.empty(1, dtype=dtype)
-        acts, deltas, xbuf = self._buffers(units, X.shape[0], X.shape[1], dtype,
-                                           ind is not None)
-        grad = np.empty(n_params, dtype=dtype)
         hidden, out, loss = self._codes()
         alpha = float(self.alpha)
 
         def objective(params, need_grad=True):
             data_loss, l2 = _kernels.loss_grad(
-                data, ind, ptr, X.shape[1], Y, sw, has_sw, units, coef_off,
-                icpt_off, hidden, out, loss, params, grad, acts, deltas, xbuf,
-                alpha, need_grad,
+                ws.data, ws.ind, ws.ptr, ws.n_features, ws.skip_zeros, Y, sw,
+                has_sw, units, coef_off, icpt_off, ws.gblocks, hidden, out, loss,
+                params, ws.grad, ws.acts, ws.deltas, ws.xbuf, ws.dwork, alpha,
+                ws.n_threads, need_grad,
             )
-            return data_loss + l2, grad
+            return data_loss + l2, ws.grad
 
         return objective
 
@@ -527,15 +600,19 @@ class _BaseMLP(BaseEstimator):
                 )
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
-        data, ind, ptr = self._kernel_input(X_train, dtype)
+        ws = _Workspace(X_train, dtype, layer_units,
+                        min(batch_size, _kernels.SUPER_BLOCK_ROWS), self._n_threads(),
+                        canonical=batch_size == 1)
         Y = np.ascontiguousarray(y_train, dtype=dtype)
         has_sw = sw_train is not None
         sw = np.ascontiguousarray(sw_train, dtype=dtype) if has_sw \
             else np.empty(1, dtype=dtype)
-        acts, deltas, xbuf = self._buffers(units, batch_size, X_train.shape[1], dtype,
-                                           ind is not None)
-        grad = np.empty(n_params, dtype=dtype)
         hidden, out, loss_code = self._codes()
+        # Online SGD defers the weight-decay / momentum steps of first-layer
+        # rows whose input is zero (see _kernels); worth it on sparse inputs.
+        lazy = (batch_size == 1 and opt["kind"] == "sgd" and not has_sw
+                and (ws.skip_zeros or ws.ind is not None)
+                and (self.alpha > 0 or self.momentum > 0))
         scale = self._loss_scale()
         sample_idx = np.arange(n_samples, dtype=int)
         snapshot = np.empty_like(params)
@@ -547,11 +624,15 @@ class _BaseMLP(BaseEstimator):
                     sample_idx = sk_shuffle(sample_idx, random_state=self._random_state)
                 order = np.ascontiguousarray(sample_idx, dtype=np.intp)
                 snapshot[:] = params
+                tables = _kernels.lazy_tables(
+                    n_samples, opt["lr"], opt["momentum"], opt["nesterov"],
+                    opt["alpha"]) if lazy else None
                 status, data_sum, l2_sum, _ = _kernels.run_epoch(
-                    data, ind, ptr, X_train.shape[1], Y, sw, has_sw, order, units,
-                    coef_off, icpt_off, hidden, out, loss_code, params,
-                    opt["state1"], opt["state2"], grad, acts, deltas, xbuf,
-                    batch_size, opt,
+                    ws.data, ws.ind, ws.ptr, ws.n_features, ws.skip_zeros, Y, sw,
+                    has_sw, order, units, coef_off, icpt_off, ws.gblocks, hidden,
+                    out, loss_code, params, opt["state1"], opt["state2"], ws.grad,
+                    ws.acts, ws.deltas, ws.xbuf, ws.iwork, ws.dwork, batch_size,
+                    ws.n_threads, opt, tables,
                 )
                 if status == _STATUS_NONFINITE:
                     params[:] = snapshot
@@ -732,6 +813,13 @@ _PARAMS_DOC = """
         Epochs without improvement by ``tol`` before stopping.
     max_fun : int, default=15000
         Maximum number of loss evaluations of 'lbfgs'.
+    n_threads : int or None, default=None
+        OpenMP threads for training and prediction (not in scikit-learn).
+        None follows scikit-learn's convention (``OMP_NUM_THREADS`` and
+        threadpoolctl limits, else every core this process may use), -1 means
+        every core, a positive int is exact. Small work (small networks and
+        batches, online mode) runs on one thread regardless. The fitted weights
+        are bitwise identical for every value.
 """
 
 _ATTRS_DOC = """
@@ -821,6 +909,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         epsilon=1e-8,
         n_iter_no_change=10,
         max_fun=15000,
+        n_threads=None,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -847,6 +936,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             epsilon=epsilon,
             n_iter_no_change=n_iter_no_change,
             max_fun=max_fun,
+            n_threads=n_threads,
         )
 
     def _validate_input(self, X, y, incremental, reset):
@@ -1048,6 +1138,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         epsilon=1e-8,
         n_iter_no_change=10,
         max_fun=15000,
+        n_threads=None,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -1074,6 +1165,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             epsilon=epsilon,
             n_iter_no_change=n_iter_no_change,
             max_fun=max_fun,
+            n_threads=n_threads,
         )
 
     def _validate_params(self):

@@ -26,7 +26,10 @@ def digits():
 def test_constructor_signature_matches_sklearn(ours, theirs):
     a = inspect.signature(ours.__init__).parameters
     b = inspect.signature(theirs.__init__).parameters
-    assert list(a) == list(b)
+    # scikit-learn's parameters, in order, then cbackprop's own (keyword-only).
+    assert list(a)[: len(b)] == list(b)
+    assert list(a)[len(b):] == ["n_threads"]
+    assert a["n_threads"].kind == inspect.Parameter.KEYWORD_ONLY
     for name in b:
         assert a[name].default == b[name].default, name
         assert a[name].kind == b[name].kind, name

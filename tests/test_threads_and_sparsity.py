@@ -1,0 +1,129 @@
+"""Zero-skipping first layer, lazy online SGD, and thread-count independence."""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn import neural_network as sknn
+from sklearn.exceptions import ConvergenceWarning
+
+from cbackprop import MLPClassifier, MLPRegressor, _mlp
+
+
+def _sparse_dense_data(n=120, n_features=40, density=0.15, seed=0):
+    """Dense array with mostly zeros, like images or one-hot columns."""
+    rng = np.random.RandomState(seed)
+    X = rng.uniform(0, 1, size=(n, n_features))
+    X[rng.uniform(size=X.shape) > density] = 0
+    y = (X @ rng.normal(size=n_features) > 0).astype(int) + 2 * (X[:, 0] > 0)
+    return X, y
+
+
+def _fit(cls, X, y, **params):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return cls(**params).fit(X, y)
+
+
+def _same(a, b, rtol):
+    for u, v in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_allclose(u, v, rtol=rtol, atol=rtol * np.abs(v).max())
+    np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=rtol)
+
+
+def test_data_is_sparse_enough_to_take_the_zero_skipping_path():
+    X, _ = _sparse_dense_data()
+    assert _mlp._kernel_input(X, np.float64)[3]
+    assert not _mlp._kernel_input(np.ones((4, 3)), np.float64)[3]
+
+
+@pytest.mark.parametrize("params", [
+    dict(momentum=0.9, nesterovs_momentum=True, alpha=1e-2),
+    dict(momentum=0.9, nesterovs_momentum=False, alpha=1e-3),
+    dict(momentum=0.0, alpha=1e-2),
+    dict(momentum=0.5, alpha=0.0),
+    dict(momentum=0.9, alpha=1e-4, learning_rate="invscaling", power_t=0.3),
+])
+@pytest.mark.parametrize("fmt", [np.asarray, sp.csr_matrix])
+def test_lazy_online_sgd_matches_sklearn(params, fmt):
+    X, y = _sparse_dense_data()
+    common = dict(hidden_layer_sizes=(15,), solver="sgd", batch_size=1, max_iter=4,
+                  learning_rate_init=0.01, random_state=0, **params)
+    ours = _fit(MLPClassifier, fmt(X), y, **common)
+    theirs = _fit(sknn.MLPClassifier, X, y, **common)
+    _same(ours, theirs, 1e-6)
+
+
+def test_lazy_online_sgd_float32_follows_float64():
+    X, y = _sparse_dense_data()
+    common = dict(hidden_layer_sizes=(15,), solver="sgd", batch_size=1, max_iter=3,
+                  learning_rate_init=0.01, alpha=1e-2, random_state=0)
+    a = _fit(MLPClassifier, X.astype(np.float32), y, **common)
+    b = _fit(MLPClassifier, X, y, **common)
+    assert a.coefs_[0].dtype == np.float32
+    np.testing.assert_allclose(a.coefs_[0], b.coefs_[0], atol=1e-4)
+    np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=1e-4)
+
+
+@pytest.mark.parametrize("solver,batch_size", [("adam", 200), ("sgd", 32),
+                                               ("adam", 1), ("sgd", "auto")])
+def test_zero_skipping_batch_path_matches_sklearn(solver, batch_size):
+    X, y = _sparse_dense_data(n=300, n_features=60)
+    common = dict(hidden_layer_sizes=(70, 20), solver=solver, batch_size=batch_size,
+                  max_iter=5 if batch_size == 1 else 15, random_state=0,
+                  learning_rate_init=0.01)
+    _same(_fit(MLPClassifier, X, y, **common), _fit(sknn.MLPClassifier, X, y, **common),
+          1e-6 if batch_size == 1 else 1e-8)
+
+
+CASES = [
+    dict(solver="adam", batch_size=200, hidden_layer_sizes=(150, 70)),
+    dict(solver="sgd", batch_size=64, hidden_layer_sizes=(130,)),
+    dict(solver="adam", batch_size=500, hidden_layer_sizes=(100, 100), activation="tanh"),
+    dict(solver="lbfgs", max_iter=15, hidden_layer_sizes=(90,)),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("kind", ["dense", "zeros", "csr"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bitwise_identical_for_any_thread_count(case, kind, dtype):
+    rng = np.random.RandomState(0)
+    if kind == "dense":
+        X = rng.normal(size=(1200, 80))
+        y = (X[:, :3] @ [1.0, -1.0, 0.5] > 0).astype(int) + (X[:, 3] > 1)
+    else:
+        X, y = _sparse_dense_data(n=1200, n_features=80, seed=1)
+    X = X.astype(dtype)
+    if kind == "csr":
+        X = sp.csr_matrix(X)
+    params = {"max_iter": 4, "random_state": 0, **case}
+    fits = [_fit(MLPClassifier, X, y, n_threads=t, **params) for t in (1, 2, 3, -1)]
+    for other in fits[1:]:
+        for a, b in zip(fits[0].coefs_ + fits[0].intercepts_,
+                        other.coefs_ + other.intercepts_):
+            np.testing.assert_array_equal(a, b)
+        assert fits[0].loss_ == other.loss_
+    probas = [f.predict_proba(X) for f in fits]
+    for p in probas[1:]:
+        np.testing.assert_array_equal(probas[0], p)
+
+
+def test_regressor_threads_and_predict_many_rows():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(3000, 20))
+    y = np.sin(X[:, 0]) + X[:, 1]
+    a = _fit(MLPRegressor, X, y, hidden_layer_sizes=(64,), max_iter=3, n_threads=1,
+             random_state=0)
+    b = _fit(MLPRegressor, X, y, hidden_layer_sizes=(64,), max_iter=3, n_threads=2,
+             random_state=0)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    np.testing.assert_array_equal(a.coefs_[0], b.coefs_[0])
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, "all"])
+def test_bad_n_threads(bad):
+    X, y = _sparse_dense_data()
+    with pytest.raises((ValueError, TypeError), match="n_threads"):
+        MLPClassifier(n_threads=bad).fit(X, y)
