@@ -77,6 +77,55 @@ cdef extern from "cbp_loops.h" nogil:
                     double mc, double md)
     void cbp_rowstats_d(Py_ssize_t n, const double* w, const double* v, double* out)
     void cbp_rowstats_f(Py_ssize_t n, const float* w, const float* v, double* out)
+    Py_ssize_t cbp_compact_d(Py_ssize_t n, const double* x, Py_ssize_t* idx, double* val)
+    Py_ssize_t cbp_compact_f(Py_ssize_t n, const float* x, Py_ssize_t* idx, float* val)
+    void cbp_sprows_d(Py_ssize_t nr, const Py_ssize_t* rs, const Py_ssize_t* re,
+                      const Py_ssize_t* idx, const double* val, const double* W,
+                      Py_ssize_t m, const double* b, double* z)
+    void cbp_sprows_f(Py_ssize_t nr, const Py_ssize_t* rs, const Py_ssize_t* re,
+                      const Py_ssize_t* idx, const float* val, const float* W,
+                      Py_ssize_t m, const float* b, float* z)
+    void cbp_spgrad_d(Py_ssize_t i0, Py_ssize_t i1, const Py_ssize_t* fptr,
+                      const Py_ssize_t* frow, const double* fval, const double* D,
+                      Py_ssize_t m, double* G, int accumulate)
+    void cbp_spgrad_f(Py_ssize_t i0, Py_ssize_t i1, const Py_ssize_t* fptr,
+                      const Py_ssize_t* frow, const float* fval, const float* D,
+                      Py_ssize_t m, float* G, int accumulate)
+    void cbp_gemv_skip_d(Py_ssize_t n, const double* a, const double* W, Py_ssize_t m,
+                         const double* b, double* z)
+    void cbp_gemv_skip_f(Py_ssize_t n, const float* a, const float* W, Py_ssize_t m,
+                         const float* b, float* z)
+    void cbp_gemv_t_d(Py_ssize_t n, Py_ssize_t m, const double* W, const double* d,
+                      double* out)
+    void cbp_gemv_t_f(Py_ssize_t n, Py_ssize_t m, const float* W, const float* d,
+                      float* out)
+    double cbp_sgd_outer_d(Py_ssize_t n, Py_ssize_t m, const double* a, const double* d,
+                           double* W, double* V, double alpha, double sw, double lr,
+                           double mom, int nesterov)
+    double cbp_sgd_outer_f(Py_ssize_t n, Py_ssize_t m, const float* a, const float* d,
+                           float* W, float* V, float alpha, float sw, float lr,
+                           float mom, int nesterov)
+    double cbp_adam_outer_d(Py_ssize_t n, Py_ssize_t m, const double* a,
+                            const double* d, double* W, double* M1, double* M2,
+                            double alpha, double sw, double lr_t, double b1, double b2,
+                            double eps)
+    double cbp_adam_outer_f(Py_ssize_t n, Py_ssize_t m, const float* a, const float* d,
+                            float* W, float* M1, float* M2, float alpha, float sw,
+                            float lr_t, float b1, float b2, float eps)
+    double cbp_lazy_catchup_d(Py_ssize_t n, const Py_ssize_t* rows, Py_ssize_t* last,
+                              Py_ssize_t t, const double* powers, const double* prefix,
+                              const double* stats, double* W, double* V, Py_ssize_t m)
+    double cbp_lazy_catchup_f(Py_ssize_t n, const Py_ssize_t* rows, Py_ssize_t* last,
+                              Py_ssize_t t, const double* powers, const double* prefix,
+                              const double* stats, float* W, float* V, Py_ssize_t m)
+    double cbp_lazy_step_d(Py_ssize_t n, const Py_ssize_t* rows, const double* vals,
+                           Py_ssize_t* last, Py_ssize_t t, double* stats, double* W,
+                           double* V, Py_ssize_t m, const double* d, double alpha,
+                           double lr, double mom, int nesterov)
+    double cbp_lazy_step_f(Py_ssize_t n, const Py_ssize_t* rows, const float* vals,
+                           Py_ssize_t* last, Py_ssize_t t, double* stats, float* W,
+                           float* V, Py_ssize_t m, const float* d, float alpha,
+                           float lr, float mom, int nesterov)
 
 cdef extern from "cbp_rng.h" nogil:
     double cbp_rng_uniform(unsigned long long seed, unsigned long long a,
@@ -137,6 +186,21 @@ cdef struct Source:
     const void* x           # dense row-major X (floating*), or CSR data
     const Py_ssize_t* ind   # CSR column indices
     const Py_ssize_t* ptr   # CSR row pointers
+
+
+cdef struct SpBatch:
+    # The non-zeros of the rows of one block: row r holds entries
+    # rs[r] .. re[r] of (idx, val); and the same entries by feature
+    # (fptr / frow / fval, rows in increasing order) for X^T delta.
+    Py_ssize_t* rs
+    Py_ssize_t* re
+    const Py_ssize_t* idx
+    const void* val
+    Py_ssize_t* nz_idx      # compaction buffers for dense X
+    void* nz_val
+    Py_ssize_t* fptr
+    Py_ssize_t* frow
+    void* fval
 
 
 # ---------------------------------------------------------------------------
@@ -245,57 +309,39 @@ cdef inline Py_ssize_t _chunk_rows(Py_ssize_t nb) noexcept nogil:
 # ---------------------------------------------------------------------------
 
 cdef void _layer0_forward(const Net* net, const floating* params, const Source* src,
-                          const Py_ssize_t* rows, Py_ssize_t nr,
+                          const SpBatch* sb, Py_ssize_t r0, Py_ssize_t nr,
                           const floating* xin, floating* z) noexcept nogil:
-    """``z[r, :] = x_r W0 + b0`` for ``nr`` rows (no activation)."""
-    cdef Py_ssize_t u_in = net.units[0], u_out = net.units[1], r, i, p
-    cdef const floating* W = params
+    """``z[r, :] = x_r W0 + b0`` for rows ``r0 .. r0 + nr`` (no activation)."""
+    cdef Py_ssize_t u_in = net.units[0], u_out = net.units[1], r
     cdef const floating* b = params + net.icpt_off[0]
-    cdef const floating* X = <const floating*>src.x
-    cdef const floating* xr
-    cdef floating* zr
     if src.csr or src.skip_zeros:
-        for r in range(nr):
-            zr = z + r * u_out
-            memcpy(zr, b, u_out * sizeof(floating))
-            if src.csr:
-                for p in range(src.ptr[rows[r]], src.ptr[rows[r] + 1]):
-                    _axpy(u_out, X[p], W + src.ind[p] * u_out, zr)
-            else:
-                xr = X + rows[r] * u_in
-                for i in range(u_in):
-                    if xr[i] != 0:
-                        _axpy(u_out, xr[i], W + i * u_out, zr)
+        if floating is float:
+            cbp_sprows_f(nr, sb.rs + r0, sb.re + r0, sb.idx, <const float*>sb.val,
+                         params, u_out, b, z)
+        else:
+            cbp_sprows_d(nr, sb.rs + r0, sb.re + r0, sb.idx, <const double*>sb.val,
+                         params, u_out, b, z)
         return
-    mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>u_out, <int>u_in, <floating>1, xin,
-                <int>u_in, W, <int>u_out, <floating>0, z, <int>u_out)
+    mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>u_out, <int>u_in, <floating>1,
+                xin + r0 * u_in, <int>u_in, params, <int>u_out, <floating>0, z,
+                <int>u_out)
     for r in range(nr):
         _axpy(u_out, <floating>1, b, z + r * u_out)
 
 
-cdef void _layer0_grad_block(const Net* net, const Source* src,
-                             const Py_ssize_t* rows, Py_ssize_t nb,
-                             const floating* xin, const floating* d,
+cdef void _layer0_grad_block(const Net* net, const Source* src, const SpBatch* sb,
+                             Py_ssize_t nb, const floating* xin, const floating* d,
                              floating* G, Py_ssize_t i0, Py_ssize_t i1,
                              bint accumulate) noexcept nogil:
     """Rows ``i0:i1`` of ``dW0 (+)= X^T delta`` over the ``nb`` batch rows."""
-    cdef Py_ssize_t u_in = net.units[0], u_out = net.units[1], r, i, p
-    cdef const floating* X = <const floating*>src.x
-    cdef const floating* xr
+    cdef Py_ssize_t u_in = net.units[0], u_out = net.units[1]
     if src.csr or src.skip_zeros:
-        if not accumulate:
-            memset(G + i0 * u_out, 0, (i1 - i0) * u_out * sizeof(floating))
-        for r in range(nb):
-            if src.csr:
-                for p in range(src.ptr[rows[r]], src.ptr[rows[r] + 1]):
-                    i = src.ind[p]
-                    if i0 <= i < i1:
-                        _axpy(u_out, X[p], d + r * u_out, G + i * u_out)
-            else:
-                xr = X + rows[r] * u_in
-                for i in range(i0, i1):
-                    if xr[i] != 0:
-                        _axpy(u_out, xr[i], d + r * u_out, G + i * u_out)
+        if floating is float:
+            cbp_spgrad_f(i0, i1, sb.fptr, sb.frow, <const float*>sb.fval, d, u_out, G,
+                         accumulate)
+        else:
+            cbp_spgrad_d(i0, i1, sb.fptr, sb.frow, <const double*>sb.fval, d, u_out, G,
+                         accumulate)
         return
     mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>u_out, <int>nb, <floating>1,
                 xin + i0, <int>u_in, d, <int>u_out,
@@ -303,12 +349,62 @@ cdef void _layer0_grad_block(const Net* net, const Source* src,
                 G + i0 * u_out, <int>u_out)
 
 
+cdef void _sparse_rows(const Source* src, SpBatch* sb, const Py_ssize_t* rows,
+                       Py_ssize_t nb, floating* val_witness) noexcept nogil:
+    """Row lists of the non-zeros of the block (CSR: pointers into X)."""
+    cdef Py_ssize_t r, cursor = 0, nf = src.n_features
+    cdef const floating* X = <const floating*>src.x
+    if src.csr:
+        for r in range(nb):
+            sb.rs[r] = src.ptr[rows[r]]
+            sb.re[r] = src.ptr[rows[r] + 1]
+        sb.idx = src.ind
+        sb.val = src.x
+        return
+    for r in range(nb):
+        sb.rs[r] = cursor
+        if floating is float:
+            cursor += cbp_compact_f(nf, X + rows[r] * nf, sb.nz_idx + cursor,
+                                    <float*>sb.nz_val + cursor)
+        else:
+            cursor += cbp_compact_d(nf, X + rows[r] * nf, sb.nz_idx + cursor,
+                                    <double*>sb.nz_val + cursor)
+        sb.re[r] = cursor
+    sb.idx = sb.nz_idx
+    sb.val = sb.nz_val
+
+
+cdef void _sparse_by_feature(const Source* src, SpBatch* sb, Py_ssize_t nb,
+                             floating* val_witness) noexcept nogil:
+    """Counting sort of the block's non-zeros by feature, rows kept in order."""
+    cdef Py_ssize_t r, p, i, nf = src.n_features, pos
+    cdef const floating* val = <const floating*>sb.val
+    cdef floating* fval = <floating*>sb.fval
+    memset(sb.fptr, 0, (nf + 1) * sizeof(Py_ssize_t))
+    for r in range(nb):
+        for p in range(sb.rs[r], sb.re[r]):
+            sb.fptr[sb.idx[p] + 1] += 1
+    for i in range(nf):
+        sb.fptr[i + 1] += sb.fptr[i]
+    for r in range(nb):
+        for p in range(sb.rs[r], sb.re[r]):
+            i = sb.idx[p]
+            # fptr[i] is used as the fill cursor and restored below.
+            pos = sb.fptr[i]
+            sb.frow[pos] = r
+            fval[pos] = val[p]
+            sb.fptr[i] = pos + 1
+    for i in range(nf, 0, -1):
+        sb.fptr[i] = sb.fptr[i - 1]
+    sb.fptr[0] = 0
+
+
 # ---------------------------------------------------------------------------
 # Row-local work: forward, loss, output error and deltas of a chunk.
 # ---------------------------------------------------------------------------
 
 cdef void _forward_rows(const Net* net, const floating* params, const Source* src,
-                        const Py_ssize_t* rows, Py_ssize_t nr, const floating* xin,
+                        const SpBatch* sb, Py_ssize_t nr, const floating* xin,
                         floating* acts, Py_ssize_t cap, Py_ssize_t r0) noexcept nogil:
     """Activations of layers 1..L for rows ``r0 .. r0 + nr`` of a block."""
     cdef Py_ssize_t L = net.n_layers, li, r, u_in, u_out
@@ -319,8 +415,7 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
         u_out = net.units[li + 1]
         z = acts + _layer_base(net, cap, li + 1) + r0 * u_out
         if li == 0:
-            _layer0_forward(net, params, src, rows + r0, nr,
-                            xin + r0 * u_in if xin != NULL else NULL, z)
+            _layer0_forward(net, params, src, sb, r0, nr, xin, z)
         else:
             a_in = acts + _layer_base(net, cap, li) + r0 * u_in
             mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>u_out, <int>u_in,
@@ -335,7 +430,8 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
 
 
 cdef void _chunk_backward(const Net* net, const floating* params, const Source* src,
-                          const Py_ssize_t* rows, Py_ssize_t nr, const floating* xin,
+                          const SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t nr,
+                          const floating* xin,
                           const floating* Y, const floating* sw, floating* acts,
                           floating* deltas, Py_ssize_t cap, Py_ssize_t r0,
                           double* loss_out, double* sw_out,
@@ -350,7 +446,7 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
     cdef floating w
     cdef double loss = 0.0, wsum = 0.0
 
-    _forward_rows(net, params, src, rows, nr, xin, acts, cap, r0)
+    _forward_rows(net, params, src, sb, nr, xin, acts, cap, r0)
     out = acts + _layer_base(net, cap, L) + r0 * n_out
     d = deltas + _layer_base(net, cap, L) + r0 * n_out
     for r in range(nr):
@@ -385,7 +481,8 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
 # ---------------------------------------------------------------------------
 
 cdef void _block_grad(const Net* net, const floating* params, const Source* src,
-                      const Py_ssize_t* rows, Py_ssize_t nb, const floating* Y,
+                      SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t nb,
+                      const floating* Y,
                       const floating* sw, floating* acts, floating* deltas,
                       floating* xbuf, Py_ssize_t cap, floating* grad,
                       double* closs, double* csw, const Py_ssize_t* gblocks,
@@ -406,7 +503,9 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
 
     # Dense BLAS input: rows are used in place when they are consecutive in
     # X, otherwise gathered once into the batch-sized buffer.
-    if not (src.csr or src.skip_zeros):
+    if src.csr or src.skip_zeros:
+        _sparse_rows(src, sb, rows, nb, xbuf)
+    else:
         for r in range(1, nb):
             if rows[r] != rows[0] + r:
                 consecutive = False
@@ -421,13 +520,15 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
         r0 = c * ch
         nr = min(ch, nb - r0)
-        _chunk_backward(net, params, src, rows, nr, xin, Y, sw, acts, deltas, cap,
-                        r0, &closs[c], &csw[c], need_grad)
+        _chunk_backward(net, params, src, sb, rows, nr, xin, Y, sw, acts, deltas,
+                        cap, r0, &closs[c], &csw[c], need_grad)
     for c in range(n_chunks):
         loss_sum[0] += closs[c]
         sw_sum[0] += csw[c]
     if not need_grad:
         return
+    if src.csr or src.skip_zeros:
+        _sparse_by_feature(src, sb, nb, xbuf)
 
     # Weight gradients, one block of input units at a time: each element of
     # dW is summed over the rows in row order by exactly one thread.
@@ -439,7 +540,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         u_out = net.units[li + 1]
         d = deltas + _layer_base(net, cap, li + 1)
         if li == 0:
-            _layer0_grad_block(net, src, rows, nb, xin, d, grad, i0, i1, accumulate)
+            _layer0_grad_block(net, src, sb, nb, xin, d, grad, i0, i1, accumulate)
         else:
             a_in = acts + _layer_base(net, cap, li)
             mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>u_out, <int>nb,
@@ -458,7 +559,8 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
 
 
 cdef void _accumulate(const Net* net, const floating* params, const Source* src,
-                      const Py_ssize_t* rows, Py_ssize_t n, const floating* Y,
+                      SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t n,
+                      const floating* Y,
                       const floating* sw, floating* acts, floating* deltas,
                       floating* xbuf, Py_ssize_t cap, floating* grad, double* closs,
                       double* csw, const Py_ssize_t* gblocks, Py_ssize_t n_gblocks,
@@ -470,7 +572,7 @@ cdef void _accumulate(const Net* net, const floating* params, const Source* src,
     sw_sum[0] = 0.0
     while start < n:
         nb = min(cap, n - start)
-        _block_grad(net, params, src, rows + start, nb, Y, sw, acts, deltas, xbuf,
+        _block_grad(net, params, src, sb, rows + start, nb, Y, sw, acts, deltas, xbuf,
                     cap, grad, closs, csw, gblocks, n_gblocks, start > 0, need_grad,
                     n_threads, loss_sum, sw_sum)
         start += nb
@@ -520,56 +622,60 @@ cdef struct Lazy:
     double l2               # sum over samples of ||W0||^2 for lazy rows
 
 
-cdef inline void _lazy_catch_up(const Net* net, floating* params, floating* s1,
-                                Lazy* lz, Py_ssize_t i, Py_ssize_t t) noexcept nogil:
-    """Bring row ``i`` of W0 from time ``last[i]`` to time ``t``."""
-    cdef Py_ssize_t m = t - lz.last[i], u_out = net.units[1]
-    cdef const double* P
-    cdef const double* S
-    if m <= 0:
-        return
-    S = lz.prefix + 3 * m
-    lz.l2 += (lz.stats[3 * i] * S[0] + 2.0 * lz.stats[3 * i + 1] * S[1]
-              + lz.stats[3 * i + 2] * S[2])
-    P = lz.powers + 4 * m
+cdef inline double _lazy_catch_up(const Net* net, floating* params, floating* s1,
+                                  Lazy* lz, const Py_ssize_t* rows, Py_ssize_t n,
+                                  Py_ssize_t t) noexcept nogil:
+    """Bring ``rows`` of W0 to time ``t``; returns their skipped L2 mass."""
     if floating is float:
-        cbp_lazy_f(u_out, params + i * u_out, s1 + i * u_out, P[0], P[1], P[2], P[3])
+        return cbp_lazy_catchup_f(n, rows, lz.last, t, lz.powers, lz.prefix,
+                                  lz.stats, params, s1, net.units[1])
     else:
-        cbp_lazy_d(u_out, params + i * u_out, s1 + i * u_out, P[0], P[1], P[2], P[3])
-    lz.last[i] = t
+        return cbp_lazy_catchup_d(n, rows, lz.last, t, lz.powers, lz.prefix,
+                                  lz.stats, params, s1, net.units[1])
 
 
-cdef inline void _lazy_stats(const Net* net, const floating* params,
-                             const floating* s1, Lazy* lz, Py_ssize_t i) noexcept nogil:
-    cdef Py_ssize_t u_out = net.units[1]
+cdef double _outer_step(const Optim* o, Py_ssize_t n, Py_ssize_t m, const floating* a,
+                        const floating* d, floating* W, floating* s1, floating* s2,
+                        double sw, double lr_t) noexcept nogil:
+    """One sample's step of a whole layer; returns sum W^2 before it."""
+    if o.kind == OPT_SGD:
+        if floating is float:
+            return cbp_sgd_outer_f(n, m, a, d, W, s1, <float>o.alpha, <float>sw,
+                                   <float>o.lr, <float>o.momentum, o.nesterov)
+        else:
+            return cbp_sgd_outer_d(n, m, a, d, W, s1, o.alpha, sw, o.lr, o.momentum,
+                                   o.nesterov)
     if floating is float:
-        cbp_rowstats_f(u_out, params + i * u_out, s1 + i * u_out, lz.stats + 3 * i)
+        return cbp_adam_outer_f(n, m, a, d, W, s1, s2, <float>o.alpha, <float>sw,
+                                <float>lr_t, <float>o.beta1, <float>o.beta2,
+                                <float>o.eps)
     else:
-        cbp_rowstats_d(u_out, params + i * u_out, s1 + i * u_out, lz.stats + 3 * i)
+        return cbp_adam_outer_d(n, m, a, d, W, s1, s2, o.alpha, sw, lr_t, o.beta1,
+                                o.beta2, o.eps)
 
 
 cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1,
                         floating* s2, const Source* src, Py_ssize_t row,
                         Py_ssize_t t, const floating* y, floating w, floating* acts,
-                        floating* deltas, Py_ssize_t* nzi, floating* nzv, Lazy* lz,
-                        double* data_loss, double* l2_loss) noexcept nogil:
+                        floating* deltas, Py_ssize_t* nzi, floating* nzv,
+                        floating* xdense, Lazy* lz, double* data_loss,
+                        double* l2_loss) noexcept nogil:
     """Forward, deltas and in-place update for one sample at time ``t``.
 
     Layers are processed from the output down; each layer's weights are
     updated right after the delta of the layer below has been computed from
     them, which equals computing every gradient first and updating after.
     """
-    cdef Py_ssize_t L = net.n_layers, li, i, j, p, nnz = 0, u_in, u_out, base
-    cdef Py_ssize_t n_out = net.units[L]
+    cdef Py_ssize_t L = net.n_layers, li, j, p, nnz = 0, u_in, u_out
+    cdef Py_ssize_t n_out = net.units[L], u0 = net.units[0]
     cdef const floating* X = <const floating*>src.x
-    cdef const floating* xr
+    cdef const floating* xr = NULL
     cdef floating* z
     cdef const floating* a_in
-    cdef floating* Wm
     cdef floating* d
     cdef floating* dprev
-    cdef floating ai
     cdef double ssq = 0.0, lr_t = 0.0, sw = <double>w, loss
+    cdef Py_ssize_t zero = 0
 
     # Non-zero inputs of the sample.
     if src.csr:
@@ -578,31 +684,35 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
             nzv[nnz] = X[p]
             nnz += 1
     else:
-        xr = X + row * net.units[0]
-        for i in range(net.units[0]):
-            if xr[i] != 0:
-                nzi[nnz] = i
-                nzv[nnz] = xr[i]
-                nnz += 1
+        xr = X + row * u0
+        if floating is float:
+            nnz = cbp_compact_f(u0, xr, nzi, nzv)
+        else:
+            nnz = cbp_compact_d(u0, xr, nzi, nzv)
     if lz.on:
-        for p in range(nnz):
-            _lazy_catch_up(net, params, s1, lz, nzi[p], t)
+        lz.l2 += _lazy_catch_up(net, params, s1, lz, nzi, nnz, t)
 
-    # Forward pass; hidden units that are exactly zero (relu) are skipped.
+    # Forward pass; inputs and hidden units that are exactly zero are skipped.
     for li in range(L):
         u_in = net.units[li]
         u_out = net.units[li + 1]
-        Wm = params + net.coef_off[li]
         z = acts + _layer_base(net, 1, li + 1)
-        memcpy(z, params + net.icpt_off[li], u_out * sizeof(floating))
         if li == 0:
-            for p in range(nnz):
-                _axpy(u_out, nzv[p], Wm + nzi[p] * u_out, z)
+            p = nnz
+            if floating is float:
+                cbp_sprows_f(1, &zero, &p, nzi, nzv, params, u_out,
+                             params + net.icpt_off[0], z)
+            else:
+                cbp_sprows_d(1, &zero, &p, nzi, nzv, params, u_out,
+                             params + net.icpt_off[0], z)
         else:
             a_in = acts + _layer_base(net, 1, li)
-            for i in range(u_in):
-                if a_in[i] != 0:
-                    _axpy(u_out, a_in[i], Wm + i * u_out, z)
+            if floating is float:
+                cbp_gemv_skip_f(u_in, a_in, params + net.coef_off[li], u_out,
+                                params + net.icpt_off[li], z)
+            else:
+                cbp_gemv_skip_d(u_in, a_in, params + net.coef_off[li], u_out,
+                                params + net.icpt_off[li], z)
         if li < L - 1:
             _hidden_forward(net.hidden_act, z, u_out)
         else:
@@ -620,43 +730,41 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
     for li in range(L - 1, -1, -1):
         u_in = net.units[li]
         u_out = net.units[li + 1]
-        Wm = params + net.coef_off[li]
         d = deltas + _layer_base(net, 1, li + 1)
         if li > 0:
             a_in = acts + _layer_base(net, 1, li)
             dprev = deltas + _layer_base(net, 1, li)
-            for i in range(u_in):
-                dprev[i] = _dot(u_out, Wm + i * u_out, d)
+            if floating is float:
+                cbp_gemv_t_f(u_in, u_out, params + net.coef_off[li], d, dprev)
+            else:
+                cbp_gemv_t_d(u_in, u_out, params + net.coef_off[li], d, dprev)
             _hidden_backward(net.hidden_act, a_in, dprev, u_in)
-            ssq += _sumsq(u_in * u_out, Wm)
-            for i in range(u_in):
-                base = i * u_out
-                _step(o, u_out, Wm + base, s1 + net.coef_off[li] + base,
-                      s2 + net.coef_off[li] + base, a_in[i], d, o.alpha, sw, lr_t)
+            ssq += _outer_step(o, u_in, u_out, a_in, d, params + net.coef_off[li],
+                               s1 + net.coef_off[li], s2 + net.coef_off[li], sw, lr_t)
         elif lz.on:
-            # Only the rows with a non-zero input get a data gradient now.
-            for p in range(nnz):
-                base = nzi[p] * u_out
-                lz.l2 += _sumsq(u_out, Wm + base)
-                _step(o, u_out, Wm + base, s1 + base, s2 + base, nzv[p], d, o.alpha,
-                      sw, lr_t)
-                _lazy_stats(net, params, s1, lz, nzi[p])
-                lz.last[nzi[p]] = t + 1
+            # Only the rows with a non-zero input get a data step now.
+            if floating is float:
+                lz.l2 += cbp_lazy_step_f(nnz, nzi, nzv, lz.last, t, lz.stats, params,
+                                         s1, u_out, d, <float>o.alpha, <float>o.lr,
+                                         <float>o.momentum, o.nesterov)
+            else:
+                lz.l2 += cbp_lazy_step_d(nnz, nzi, nzv, lz.last, t, lz.stats, params,
+                                         s1, u_out, d, o.alpha, o.lr, o.momentum,
+                                         o.nesterov)
         else:
-            ssq += _sumsq(u_in * u_out, Wm)
-            p = 0
-            for i in range(u_in):
-                if p < nnz and nzi[p] == i:
-                    ai = nzv[p]
-                    p += 1
-                else:
-                    ai = 0
-                base = i * u_out
-                _step(o, u_out, Wm + base, s1 + base, s2 + base, ai, d, o.alpha, sw,
-                      lr_t)
-        base = net.icpt_off[li]
-        _step(o, u_out, params + base, s1 + base, s2 + base, <floating>1, d, 0.0, sw,
-              lr_t)
+            if xr == NULL:
+                # CSR row: spread it into a dense vector for the full update.
+                for p in range(nnz):
+                    xdense[nzi[p]] = nzv[p]
+                a_in = xdense
+            else:
+                a_in = xr
+            ssq += _outer_step(o, u_in, u_out, a_in, d, params, s1, s2, sw, lr_t)
+            if xr == NULL:
+                for p in range(nnz):
+                    xdense[nzi[p]] = 0
+        _step(o, u_out, params + net.icpt_off[li], s1 + net.icpt_off[li],
+              s2 + net.icpt_off[li], <floating>1, d, 0.0, sw, lr_t)
 
     data_loss[0] = loss
     l2_loss[0] = 0.5 * o.alpha * ssq / sw
@@ -729,6 +837,28 @@ cdef void _make_optim(Optim* o, dict opt) except *:
     o.t = opt.get("t", 0)
 
 
+cdef void _make_spbatch(SpBatch* sb, Py_ssize_t[::1] spi, floating[::1] spv,
+                        Py_ssize_t cap, Py_ssize_t nnz_cap,
+                        Py_ssize_t n_features) noexcept:
+    """Carve the sparse-block buffers out of one int and one float array:
+    spi = [rs: cap | re: cap | nz_idx: nnz_cap | fptr: nf + 1 | frow: nnz_cap],
+    spv = [nz_val: nnz_cap | fval: nnz_cap]."""
+    sb.rs = &spi[0]
+    sb.re = &spi[cap]
+    sb.nz_idx = &spi[2 * cap]
+    sb.fptr = &spi[2 * cap + nnz_cap]
+    sb.frow = &spi[2 * cap + nnz_cap + n_features + 1]
+    sb.nz_val = &spv[0]
+    sb.fval = &spv[nnz_cap]
+    sb.idx = sb.nz_idx
+    sb.val = sb.nz_val
+
+
+def sparse_buffer_sizes(Py_ssize_t cap, Py_ssize_t nnz_cap, Py_ssize_t n_features):
+    """Lengths of the int and float sparse-block buffers (see _make_spbatch)."""
+    return 2 * cap + 2 * nnz_cap + n_features + 1, 2 * nnz_cap
+
+
 def lazy_tables(Py_ssize_t n, double lr, double momentum, bint nesterov,
                 double alpha):
     """Powers of the data-free SGD step map and prefix sums of their norms.
@@ -777,6 +907,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               floating[::1] params, floating[::1] state1, floating[::1] state2,
               floating[::1] grad, floating[::1] acts, floating[::1] deltas,
               floating[::1] xbuf, Py_ssize_t[::1] iwork, double[::1] dwork,
+              Py_ssize_t[::1] spi, floating[::1] spv, Py_ssize_t nnz_cap,
               Py_ssize_t batch_size, int n_threads, dict opt, object lazy=None):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
@@ -790,6 +921,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef Source src
     cdef Optim o
     cdef Lazy lz
+    cdef SpBatch sb
     cdef Py_ssize_t n = order.shape[0], start, nb, k, i, cap
     cdef Py_ssize_t n_gblocks = gblocks.shape[0] // 3, u1
     cdef double data_sum = 0.0, l2_sum = 0.0, loss_sum, sw_sum, ssq, dl, ll
@@ -800,17 +932,22 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef const double[:, ::1] powers
     cdef const double[:, ::1] prefix
     cdef floating[::1] nzv
+    cdef floating[::1] xdense
+    cdef Py_ssize_t[::1] all_rows
 
     _make_net(&net, units, coef_off, icpt_off, params.shape[0], hidden_act, out_act,
               loss)
     _make_source(&src, X, n_features, indices, indptr, skip_zeros, params)
     _make_optim(&o, opt)
     cap = acts.shape[0] // net.total_units
+    _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features)
 
     if batch_size == 1:
         lz.on = lazy is not None
         lz.l2 = 0.0
         nzv = np.empty(n_features, dtype=np.asarray(params).dtype)
+        xdense = np.zeros(n_features, dtype=np.asarray(params).dtype)
+        all_rows = np.arange(n_features, dtype=np.intp)
         if lz.on:
             powers = lazy[0]
             prefix = lazy[1]
@@ -823,23 +960,28 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             if lz.on:
                 for i in range(n_features):
                     lz.last[i] = 0
-                    _lazy_stats(&net, &params[0], &state1[0], &lz, i)
+                    if floating is float:
+                        cbp_rowstats_f(u1, &params[i * u1], &state1[i * u1],
+                                       lz.stats + 3 * i)
+                    else:
+                        cbp_rowstats_d(u1, &params[i * u1], &state1[i * u1],
+                                       lz.stats + 3 * i)
             for k in range(n):
                 if swp != NULL and swp[order[k]] == 0:
                     continue
                 status = _online_sample(&net, &o, &params[0], &state1[0], &state2[0],
                                         &src, order[k], k, Yp + order[k] * units[net.n_layers],
                                         swp[order[k]] if swp != NULL else one,
-                                        &acts[0], &deltas[0], &iwork[0], &nzv[0], &lz,
-                                        &dl, &ll)
+                                        &acts[0], &deltas[0], &iwork[0], &nzv[0],
+                                        &xdense[0], &lz, &dl, &ll)
                 data_sum += dl
                 l2_sum += ll
                 if status != STATUS_OK:
                     n = k + 1
                     break
             if lz.on:
-                for i in range(n_features):
-                    _lazy_catch_up(&net, &params[0], &state1[0], &lz, i, n)
+                lz.l2 += _lazy_catch_up(&net, &params[0], &state1[0], &lz,
+                                        &all_rows[0], n_features, n)
                 l2_sum += 0.5 * o.alpha * lz.l2
                 if not isfinite(l2_sum):
                     status = STATUS_NONFINITE
@@ -851,7 +993,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             start = 0
             while start < n:
                 nb = min(batch_size, n - start)
-                _accumulate(&net, &params[0], &src, &order[start], nb, Yp, swp,
+                _accumulate(&net, &params[0], &src, &sb, &order[start], nb, Yp, swp,
                             &acts[0], &deltas[0], &xbuf[0], cap, &grad[0], &dwork[0],
                             &dwork[cap], &gblocks[0], n_gblocks, True, threads,
                             &loss_sum, &sw_sum)
@@ -882,7 +1024,8 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
               const Py_ssize_t[::1] icpt_off, const Py_ssize_t[::1] gblocks,
               int hidden_act, int out_act, int loss, const floating[::1] params,
               floating[::1] grad, floating[::1] acts, floating[::1] deltas,
-              floating[::1] xbuf, double[::1] dwork, double alpha, int n_threads,
+              floating[::1] xbuf, double[::1] dwork, Py_ssize_t[::1] spi,
+              floating[::1] spv, Py_ssize_t nnz_cap, double alpha, int n_threads,
               bint need_grad=True):
     """Full-batch objective and gradient at ``params`` (lbfgs, gradient checks).
 
@@ -891,6 +1034,7 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
     """
     cdef Net net
     cdef Source src
+    cdef SpBatch sb
     cdef Py_ssize_t n = Y.shape[0], k, cap
     cdef double loss_sum = 0.0, sw_sum = 0.0, ssq
     cdef const floating* swp = &sw[0] if has_sw else NULL
@@ -901,10 +1045,11 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
               loss)
     _make_source(&src, X, n_features, indices, indptr, skip_zeros, params)
     cap = acts.shape[0] // net.total_units
+    _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features)
     if <double>min(cap, n) * net.n_coef < PARALLEL_MIN_WORK:
         threads = 1
     with nogil:
-        _accumulate(&net, &params[0], &src, &rows[0], n, &Y[0, 0], swp, &acts[0],
+        _accumulate(&net, &params[0], &src, &sb, &rows[0], n, &Y[0, 0], swp, &acts[0],
                     &deltas[0], &xbuf[0], cap, &grad[0], &dwork[0], &dwork[cap],
                     &gblocks[0], gblocks.shape[0] // 3, need_grad, threads,
                     &loss_sum, &sw_sum)
@@ -918,28 +1063,27 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
 
 
 def forward(object X, object indices, object indptr, Py_ssize_t n_samples,
-            Py_ssize_t n_features, bint skip_zeros, const Py_ssize_t[::1] units,
+            Py_ssize_t n_features, const Py_ssize_t[::1] units,
             const Py_ssize_t[::1] coef_off, const Py_ssize_t[::1] icpt_off,
             int hidden_act, int out_act, const floating[::1] params,
-            floating[:, ::1] out, floating[:, ::1] acts, int n_threads):
+            floating[:, ::1] out, floating[:, ::1] acts, Py_ssize_t[:, ::1] rsre,
+            int n_threads):
     """Output-layer activations of every row of X, written into ``out``.
 
     Rows are processed in chunks of ``acts.shape[1] // total_units`` rows, in
-    parallel over ``acts.shape[0]`` thread-private buffers.
+    parallel over ``acts.shape[0]`` thread-private buffers (``rsre`` holds
+    each thread's CSR row bounds).  Dense X goes through BLAS.
     """
     cdef Net net
     cdef Source src
-    cdef Py_ssize_t L, n_out, cap, n_chunks, c, r0, nr, tid
-    cdef Py_ssize_t[::1] rows = np.arange(n_samples, dtype=np.intp)
+    cdef Py_ssize_t cap, n_chunks, c, r0, nr, tid
     cdef const floating* X0 = NULL
     cdef int threads = min(n_threads, acts.shape[0])
     _make_net(&net, units, coef_off, icpt_off, params.shape[0], hidden_act, out_act,
               0)
-    _make_source(&src, X, n_features, indices, indptr, skip_zeros, params)
-    if not (src.csr or src.skip_zeros):
+    _make_source(&src, X, n_features, indices, indptr, False, params)
+    if not src.csr:
         X0 = <const floating*>src.x
-    L = net.n_layers
-    n_out = units[L]
     cap = acts.shape[1] // net.total_units
     n_chunks = (n_samples + cap - 1) // cap
     if n_chunks < 2:
@@ -949,11 +1093,29 @@ def forward(object X, object indices, object indptr, Py_ssize_t n_samples,
             tid = _thread_id()
             r0 = c * cap
             nr = min(cap, n_samples - r0)
-            _forward_rows(&net, &params[0], &src, &rows[r0], nr,
-                          X0 + r0 * n_features if X0 != NULL else NULL,
-                          &acts[tid, 0], cap, 0)
-            memcpy(&out[r0, 0], &acts[tid, 0] + _layer_base(&net, cap, L),
-                   nr * n_out * sizeof(floating))
+            _predict_chunk(&net, &params[0], &src, r0, nr, X0, &acts[tid, 0],
+                           &rsre[tid, 0], cap, &out[r0, 0])
+
+
+cdef void _predict_chunk(const Net* net, const floating* params, const Source* src,
+                         Py_ssize_t r0, Py_ssize_t nr, const floating* X0,
+                         floating* acts, Py_ssize_t* rsre, Py_ssize_t cap,
+                         floating* out) noexcept nogil:
+    cdef SpBatch sb
+    cdef Py_ssize_t r, L = net.n_layers
+    cdef const floating* xin = NULL
+    if src.csr:
+        for r in range(nr):
+            rsre[r] = src.ptr[r0 + r]
+            rsre[cap + r] = src.ptr[r0 + r + 1]
+        sb.rs = rsre
+        sb.re = rsre + cap
+        sb.idx = src.ind
+        sb.val = src.x
+    else:
+        xin = X0 + r0 * src.n_features
+    _forward_rows(net, params, src, &sb, nr, xin, acts, cap, 0)
+    memcpy(out, acts + _layer_base(net, cap, L), nr * net.units[L] * sizeof(floating))
 
 
 cdef extern from "cbp_omp.h" nogil:

@@ -46,10 +46,11 @@ _SKIP_ZEROS_DENSITY = 0.4
 
 
 def _kernel_input(X, dtype, canonical=False):
-    """``(data, indices, indptr, skip_zeros)``: X in the form the kernels read.
+    """``(data, indices, indptr, skip_zeros, row_nnz)``: X as the kernels read it.
 
     Dense X stays as it is when already C-contiguous in ``dtype`` (no copy);
-    sparse X becomes CSR with ``intp`` indices.
+    sparse X becomes CSR with ``intp`` indices.  ``row_nnz`` counts the
+    non-zeros of each row when the first layer works on non-zeros only.
     """
     if sp.issparse(X):
         X = sp.csr_matrix(X, dtype=dtype)
@@ -59,10 +60,12 @@ def _kernel_input(X, dtype, canonical=False):
             X.sum_duplicates()
         return (np.ascontiguousarray(X.data, dtype=dtype),
                 np.ascontiguousarray(X.indices, dtype=np.intp),
-                np.ascontiguousarray(X.indptr, dtype=np.intp), False)
+                np.ascontiguousarray(X.indptr, dtype=np.intp), False, np.diff(X.indptr))
     X = np.ascontiguousarray(X, dtype=dtype)
-    density = np.count_nonzero(X) / X.size if X.size else 1.0
-    return X, None, None, bool(density < _SKIP_ZEROS_DENSITY)
+    row_nnz = np.count_nonzero(X, axis=1) if X.size else np.zeros(X.shape[0], int)
+    density = row_nnz.sum() / X.size if X.size else 1.0
+    skip = bool(density < _SKIP_ZEROS_DENSITY)
+    return X, None, None, skip, row_nnz if skip else None
 
 
 class _Workspace:
@@ -73,7 +76,7 @@ class _Workspace:
     """
 
     def __init__(self, X, dtype, layer_units, cap, n_threads, canonical=False):
-        self.data, self.ind, self.ptr, self.skip_zeros = _kernel_input(
+        self.data, self.ind, self.ptr, self.skip_zeros, row_nnz = _kernel_input(
             X, dtype, canonical)
         self.n_features = X.shape[1]
         self.layout = _BaseMLP._layout(layer_units)
@@ -90,6 +93,15 @@ class _Workspace:
         self.iwork = np.empty(max(2 * self.n_features, 1), dtype=np.intp)
         self.gblocks = self._grad_blocks(units)
         self.n_threads = n_threads
+        # Non-zeros a block of ``cap`` rows can hold: the ``cap`` fullest rows.
+        if row_nnz is None:
+            self.nnz_cap = 0
+        else:
+            self.nnz_cap = int(np.sum(np.sort(row_nnz)[-cap:]))
+        n_int, n_float = _kernels.sparse_buffer_sizes(cap, self.nnz_cap,
+                                                      self.n_features)
+        self.spi = np.empty(n_int, dtype=np.intp)
+        self.spv = np.empty(max(n_float, 1), dtype=dtype)
 
     @staticmethod
     def _grad_blocks(units):
@@ -379,15 +391,21 @@ class _BaseMLP(BaseEstimator):
         out = np.empty((n, units[-1]), dtype=dtype)
         if n == 0:
             return out
-        data, ind, ptr, skip = _kernel_input(X, dtype)
+        if sp.issparse(X):
+            X = sp.csr_matrix(X, dtype=dtype)
+            data, ind, ptr = (X.data, X.indices.astype(np.intp, copy=False),
+                              X.indptr.astype(np.intp, copy=False))
+        else:
+            data, ind, ptr = np.ascontiguousarray(X, dtype=dtype), None, None
         cap = min(_PREDICT_ROWS, n)
         threads = self._n_threads() if n > cap else 1
         acts = np.empty((threads, cap * int(np.sum(units[1:]))), dtype=dtype)
+        rsre = np.empty((threads, 2 * cap), dtype=np.intp)
         with _blas_single_thread():
-            _kernels.forward(data, ind, ptr, n, X.shape[1], skip, units, coef_off,
+            _kernels.forward(data, ind, ptr, n, X.shape[1], units, coef_off,
                              icpt_off, HIDDEN_ACTIVATIONS[self.activation],
                              OUTPUT_ACTIVATIONS[out_activation], params, out, acts,
-                             threads)
+                             rsre, threads)
         return out
 
     def _forward_pass_fast(self, X, check_input=True):
@@ -498,8 +516,8 @@ class _BaseMLP(BaseEstimator):
             data_loss, l2 = _kernels.loss_grad(
                 ws.data, ws.ind, ws.ptr, ws.n_features, ws.skip_zeros, Y, sw,
                 has_sw, units, coef_off, icpt_off, ws.gblocks, hidden, out, loss,
-                params, ws.grad, ws.acts, ws.deltas, ws.xbuf, ws.dwork, alpha,
-                ws.n_threads, need_grad,
+                params, ws.grad, ws.acts, ws.deltas, ws.xbuf, ws.dwork, ws.spi,
+                ws.spv, ws.nnz_cap, alpha, ws.n_threads, need_grad,
             )
             return data_loss + l2, ws.grad
 
@@ -631,8 +649,8 @@ class _BaseMLP(BaseEstimator):
                     ws.data, ws.ind, ws.ptr, ws.n_features, ws.skip_zeros, Y, sw,
                     has_sw, order, units, coef_off, icpt_off, ws.gblocks, hidden,
                     out, loss_code, params, opt["state1"], opt["state2"], ws.grad,
-                    ws.acts, ws.deltas, ws.xbuf, ws.iwork, ws.dwork, batch_size,
-                    ws.n_threads, opt, tables,
+                    ws.acts, ws.deltas, ws.xbuf, ws.iwork, ws.dwork, ws.spi, ws.spv,
+                    ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
                 )
                 if status == _STATUS_NONFINITE:
                     params[:] = snapshot

@@ -36,6 +36,7 @@ def test_data_is_sparse_enough_to_take_the_zero_skipping_path():
     X, _ = _sparse_dense_data()
     assert _mlp._kernel_input(X, np.float64)[3]
     assert not _mlp._kernel_input(np.ones((4, 3)), np.float64)[3]
+    assert _mlp._kernel_input(X, np.float64)[4].sum() == np.count_nonzero(X)
 
 
 @pytest.mark.parametrize("params", [
