@@ -112,12 +112,14 @@ cdef extern from "cbp_loops.h" nogil:
     double cbp_adam_outer_f(Py_ssize_t n, Py_ssize_t m, const float* a, const float* d,
                             float* W, float* M1, float* M2, float alpha, float sw,
                             float lr_t, float b1, float b2, float eps)
-    double cbp_lazy_catchup_d(Py_ssize_t n, const Py_ssize_t* rows, Py_ssize_t* last,
-                              Py_ssize_t t, const double* powers, const double* prefix,
-                              const double* stats, double* W, double* V, Py_ssize_t m)
-    double cbp_lazy_catchup_f(Py_ssize_t n, const Py_ssize_t* rows, Py_ssize_t* last,
-                              Py_ssize_t t, const double* powers, const double* prefix,
-                              const double* stats, float* W, float* V, Py_ssize_t m)
+    double cbp_lazy_forward_d(Py_ssize_t n, const Py_ssize_t* rows, const double* vals,
+                              Py_ssize_t* last, Py_ssize_t t, const double* powers,
+                              const double* prefix, const double* stats, double* W,
+                              double* V, Py_ssize_t m, const double* b, double* z)
+    double cbp_lazy_forward_f(Py_ssize_t n, const Py_ssize_t* rows, const float* vals,
+                              Py_ssize_t* last, Py_ssize_t t, const double* powers,
+                              const double* prefix, const double* stats, float* W,
+                              float* V, Py_ssize_t m, const float* b, float* z)
     double cbp_lazy_step_d(Py_ssize_t n, const Py_ssize_t* rows, const double* vals,
                            Py_ssize_t* last, Py_ssize_t t, double* stats, double* W,
                            double* V, Py_ssize_t m, const double* d, double alpha,
@@ -126,6 +128,12 @@ cdef extern from "cbp_loops.h" nogil:
                            Py_ssize_t* last, Py_ssize_t t, double* stats, float* W,
                            float* V, Py_ssize_t m, const float* d, float alpha,
                            float lr, float mom, int nesterov)
+    double cbp_lazy_flush_d(Py_ssize_t n_rows, Py_ssize_t* last, Py_ssize_t t,
+                            const double* powers, const double* prefix,
+                            const double* stats, double* W, double* V, Py_ssize_t m)
+    double cbp_lazy_flush_f(Py_ssize_t n_rows, Py_ssize_t* last, Py_ssize_t t,
+                            const double* powers, const double* prefix,
+                            const double* stats, float* W, float* V, Py_ssize_t m)
 
 cdef extern from "cbp_rng.h" nogil:
     double cbp_rng_uniform(unsigned long long seed, unsigned long long a,
@@ -622,18 +630,6 @@ cdef struct Lazy:
     double l2               # sum over samples of ||W0||^2 for lazy rows
 
 
-cdef inline double _lazy_catch_up(const Net* net, floating* params, floating* s1,
-                                  Lazy* lz, const Py_ssize_t* rows, Py_ssize_t n,
-                                  Py_ssize_t t) noexcept nogil:
-    """Bring ``rows`` of W0 to time ``t``; returns their skipped L2 mass."""
-    if floating is float:
-        return cbp_lazy_catchup_f(n, rows, lz.last, t, lz.powers, lz.prefix,
-                                  lz.stats, params, s1, net.units[1])
-    else:
-        return cbp_lazy_catchup_d(n, rows, lz.last, t, lz.powers, lz.prefix,
-                                  lz.stats, params, s1, net.units[1])
-
-
 cdef double _outer_step(const Optim* o, Py_ssize_t n, Py_ssize_t m, const floating* a,
                         const floating* d, floating* W, floating* s1, floating* s2,
                         double sw, double lr_t) noexcept nogil:
@@ -689,15 +685,23 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
             nnz = cbp_compact_f(u0, xr, nzi, nzv)
         else:
             nnz = cbp_compact_d(u0, xr, nzi, nzv)
-    if lz.on:
-        lz.l2 += _lazy_catch_up(net, params, s1, lz, nzi, nnz, t)
 
     # Forward pass; inputs and hidden units that are exactly zero are skipped.
     for li in range(L):
         u_in = net.units[li]
         u_out = net.units[li + 1]
         z = acts + _layer_base(net, 1, li + 1)
-        if li == 0:
+        if li == 0 and lz.on:
+            # Rows are brought up to date as the forward pass reads them.
+            if floating is float:
+                lz.l2 += cbp_lazy_forward_f(nnz, nzi, nzv, lz.last, t, lz.powers,
+                                            lz.prefix, lz.stats, params, s1, u_out,
+                                            params + net.icpt_off[0], z)
+            else:
+                lz.l2 += cbp_lazy_forward_d(nnz, nzi, nzv, lz.last, t, lz.powers,
+                                            lz.prefix, lz.stats, params, s1, u_out,
+                                            params + net.icpt_off[0], z)
+        elif li == 0:
             p = nnz
             if floating is float:
                 cbp_sprows_f(1, &zero, &p, nzi, nzv, params, u_out,
@@ -923,7 +927,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef Lazy lz
     cdef SpBatch sb
     cdef Py_ssize_t n = order.shape[0], start, nb, k, i, cap
-    cdef Py_ssize_t n_gblocks = gblocks.shape[0] // 3, u1
+    cdef Py_ssize_t n_gblocks = gblocks.shape[0] // 3
     cdef double data_sum = 0.0, l2_sum = 0.0, loss_sum, sw_sum, ssq, dl, ll
     cdef int status = STATUS_OK, threads
     cdef const floating* Yp = &Y[0, 0]
@@ -933,7 +937,6 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef const double[:, ::1] prefix
     cdef floating[::1] nzv
     cdef floating[::1] xdense
-    cdef Py_ssize_t[::1] all_rows
 
     _make_net(&net, units, coef_off, icpt_off, params.shape[0], hidden_act, out_act,
               loss)
@@ -947,7 +950,6 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         lz.l2 = 0.0
         nzv = np.empty(n_features, dtype=np.asarray(params).dtype)
         xdense = np.zeros(n_features, dtype=np.asarray(params).dtype)
-        all_rows = np.arange(n_features, dtype=np.intp)
         if lz.on:
             powers = lazy[0]
             prefix = lazy[1]
@@ -955,17 +957,16 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             lz.prefix = &prefix[0, 0]
             lz.last = &iwork[n_features]
             lz.stats = &dwork[0]
-        u1 = units[1]
         with nogil:
             if lz.on:
                 for i in range(n_features):
                     lz.last[i] = 0
                     if floating is float:
-                        cbp_rowstats_f(u1, &params[i * u1], &state1[i * u1],
-                                       lz.stats + 3 * i)
+                        cbp_rowstats_f(units[1], &params[i * units[1]],
+                                       &state1[i * units[1]], lz.stats + 3 * i)
                     else:
-                        cbp_rowstats_d(u1, &params[i * u1], &state1[i * u1],
-                                       lz.stats + 3 * i)
+                        cbp_rowstats_d(units[1], &params[i * units[1]],
+                                       &state1[i * units[1]], lz.stats + 3 * i)
             for k in range(n):
                 if swp != NULL and swp[order[k]] == 0:
                     continue
@@ -980,8 +981,14 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                     n = k + 1
                     break
             if lz.on:
-                lz.l2 += _lazy_catch_up(&net, &params[0], &state1[0], &lz,
-                                        &all_rows[0], n_features, n)
+                if floating is float:
+                    lz.l2 += cbp_lazy_flush_f(n_features, lz.last, n, lz.powers,
+                                              lz.prefix, lz.stats, &params[0],
+                                              &state1[0], units[1])
+                else:
+                    lz.l2 += cbp_lazy_flush_d(n_features, lz.last, n, lz.powers,
+                                              lz.prefix, lz.stats, &params[0],
+                                              &state1[0], units[1])
                 l2_sum += 0.5 * o.alpha * lz.l2
                 if not isfinite(l2_sum):
                     status = STATUS_NONFINITE

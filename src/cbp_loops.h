@@ -7,8 +7,11 @@
  * time: wheels stay portable (no -march=native) but run wide vectors where
  * the CPU has them.
  *
- * Reductions (dot, sum of squares) use a fixed number of partial sums in a
- * fixed order, so a result never depends on the thread that computes it.
+ * Reductions (dot products, sums of squares) are written as OpenMP SIMD
+ * reductions: that grants the compiler leave to keep vector partial sums for
+ * those loops only (no -ffast-math anywhere).  Their summation order depends
+ * on the vector width of the CPU the code runs on, never on the number of
+ * threads, so results stay bitwise reproducible for any thread count.
  */
 #ifndef CBP_LOOPS_H
 #define CBP_LOOPS_H
@@ -22,6 +25,13 @@
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CBP_CLONES
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CBP_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#define CBP_SIMD_SUM(...) CBP_PRAGMA(omp simd reduction(+ : __VA_ARGS__))
+#else
+#define CBP_SIMD_SUM(...)
 #endif
 
 #if defined(_MSC_VER)
@@ -39,74 +49,74 @@ CBP_CLONES static void cbp_axpy_##S(ptrdiff_t n, T a, const T *CBP_RESTRICT x, \
     for (ptrdiff_t j = 0; j < n; j++) y[j] += a * x[j];                        \
 }                                                                              \
                                                                                \
-/* x . y with eight interleaved partial sums (fixed order). */                 \
+/* x . y */                                                                    \
+static inline T cbp_dot_inl_##S(ptrdiff_t n, const T *CBP_RESTRICT x,          \
+                                const T *CBP_RESTRICT y)                       \
+{                                                                              \
+    T s = 0;                                                                   \
+    CBP_SIMD_SUM(s)                                                            \
+    for (ptrdiff_t j = 0; j < n; j++) s += x[j] * y[j];                        \
+    return s;                                                                  \
+}                                                                              \
+                                                                               \
 CBP_CLONES static T cbp_dot_##S(ptrdiff_t n, const T *CBP_RESTRICT x,          \
                                 const T *CBP_RESTRICT y)                       \
 {                                                                              \
-    T s[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                         \
-    ptrdiff_t j = 0;                                                           \
-    for (; j + 8 <= n; j += 8)                                                 \
-        for (int k = 0; k < 8; k++) s[k] += x[j + k] * y[j + k];               \
-    for (; j < n; j++) s[0] += x[j] * y[j];                                    \
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));  \
+    return cbp_dot_inl_##S(n, x, y);                                           \
 }                                                                              \
                                                                                \
-/* sum of x^2, accumulated in double with eight partial sums. */               \
+/* sum of x^2, accumulated in double. */                                       \
+static inline double cbp_sumsq_inl_##S(ptrdiff_t n, const T *CBP_RESTRICT x)   \
+{                                                                              \
+    double s = 0.0;                                                            \
+    CBP_SIMD_SUM(s)                                                            \
+    for (ptrdiff_t j = 0; j < n; j++) s += (double)x[j] * (double)x[j];        \
+    return s;                                                                  \
+}                                                                              \
+                                                                               \
 CBP_CLONES static double cbp_sumsq_##S(ptrdiff_t n, const T *CBP_RESTRICT x)   \
 {                                                                              \
-    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                    \
-    ptrdiff_t j = 0;                                                           \
-    for (; j + 8 <= n; j += 8)                                                 \
-        for (int k = 0; k < 8; k++) s[k] += (double)x[j + k] * (double)x[j + k];\
-    for (; j < n; j++) s[0] += (double)x[j] * (double)x[j];                    \
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));  \
+    return cbp_sumsq_inl_##S(n, x);                                            \
 }                                                                              \
                                                                                \
 /* SGD with (Nesterov) momentum on n parameters whose gradient is          */  \
 /* g = (a * x + alpha * w) / sw, in scikit-learn's order of operations.     */ \
-CBP_CLONES static void cbp_sgd_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
+static inline void cbp_sgd_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
                                    T *CBP_RESTRICT v, T a,                     \
                                    const T *CBP_RESTRICT x, T alpha, T sw,     \
                                    T lr, T mom, int nesterov)                  \
 {                                                                              \
+    /* nesterov: w += mom u - lr g; plain: w += u (branch-free, exact). */     \
+    const T mn = nesterov ? mom : (T)0, cg = nesterov ? lr : (T)0;             \
+    const T cu = nesterov ? (T)0 : (T)1;                                       \
     if (sw == (T)1) {                                                          \
-        if (nesterov) {                                                        \
-            for (ptrdiff_t j = 0; j < n; j++) {                                \
-                T g = a * x[j] + alpha * w[j];                                 \
-                T u = mom * v[j] - lr * g;                                     \
-                v[j] = u;                                                      \
-                w[j] += mom * u - lr * g;                                      \
-            }                                                                  \
-        } else {                                                               \
-            for (ptrdiff_t j = 0; j < n; j++) {                                \
-                T g = a * x[j] + alpha * w[j];                                 \
-                T u = mom * v[j] - lr * g;                                     \
-                v[j] = u;                                                      \
-                w[j] += u;                                                     \
-            }                                                                  \
-        }                                                                      \
-        return;                                                                \
-    }                                                                          \
-    if (nesterov) {                                                            \
         for (ptrdiff_t j = 0; j < n; j++) {                                    \
-            T g = (a * x[j] + alpha * w[j]) / sw;                              \
+            T g = a * x[j] + alpha * w[j];                                     \
             T u = mom * v[j] - lr * g;                                         \
             v[j] = u;                                                          \
-            w[j] += mom * u - lr * g;                                          \
+            w[j] += cu * u + (mn * u - cg * g);                                \
         }                                                                      \
     } else {                                                                   \
         for (ptrdiff_t j = 0; j < n; j++) {                                    \
             T g = (a * x[j] + alpha * w[j]) / sw;                              \
             T u = mom * v[j] - lr * g;                                         \
             v[j] = u;                                                          \
-            w[j] += u;                                                         \
+            w[j] += cu * u + (mn * u - cg * g);                                \
         }                                                                      \
     }                                                                          \
 }                                                                              \
                                                                                \
+CBP_CLONES static void cbp_sgd_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
+                                   T *CBP_RESTRICT v, T a,                     \
+                                   const T *CBP_RESTRICT x, T alpha, T sw,     \
+                                   T lr, T mom, int nesterov)                  \
+{                                                                              \
+    cbp_sgd_inl_##S(n, w, v, a, x, alpha, sw, lr, mom, nesterov);              \
+}                                                                              \
+                                                                               \
 /* Adam on n parameters with g = (a * x + alpha * w) / sw and the bias-    */  \
 /* corrected rate lr_t.                                                     */ \
-CBP_CLONES static void cbp_adam_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
+static inline void cbp_adam_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
                                     T *CBP_RESTRICT m, T *CBP_RESTRICT v, T a, \
                                     const T *CBP_RESTRICT x, T alpha, T sw,    \
                                     T lr_t, T b1, T b2, T eps)                 \
@@ -122,45 +132,30 @@ CBP_CLONES static void cbp_adam_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
     }                                                                          \
 }                                                                              \
                                                                                \
-/* (w, v) <- (ma w + mb v, mc w + md v): k data-free SGD steps at once.    */  \
-CBP_CLONES static void cbp_lazy_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
-                                    T *CBP_RESTRICT v, double ma, double mb,   \
-                                    double mc, double md)                      \
+CBP_CLONES static void cbp_adam_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
+                                    T *CBP_RESTRICT m, T *CBP_RESTRICT v, T a, \
+                                    const T *CBP_RESTRICT x, T alpha, T sw,    \
+                                    T lr_t, T b1, T b2, T eps)                 \
 {                                                                              \
-    const T a = (T)ma, b = (T)mb, c = (T)mc, d = (T)md;                        \
-    for (ptrdiff_t j = 0; j < n; j++) {                                        \
-        T wj = w[j], vj = v[j];                                                \
-        w[j] = a * wj + b * vj;                                                \
-        v[j] = c * wj + d * vj;                                                \
-    }                                                                          \
+    cbp_adam_inl_##S(n, w, m, v, a, x, alpha, sw, lr_t, b1, b2, eps);          \
 }                                                                              \
                                                                                \
 /* out = (sum w^2, sum w v, sum v^2) in double. */                             \
 CBP_CLONES static void cbp_rowstats_##S(ptrdiff_t n, const T *CBP_RESTRICT w,  \
                                         const T *CBP_RESTRICT v, double *out)  \
 {                                                                              \
-    double a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0}, c[4] = {0, 0, 0, 0};     \
-    ptrdiff_t j = 0;                                                           \
-    for (; j + 4 <= n; j += 4)                                                 \
-        for (int k = 0; k < 4; k++) {                                          \
-            double wj = (double)w[j + k], vj = (double)v[j + k];               \
-            a[k] += wj * wj;                                                   \
-            b[k] += wj * vj;                                                   \
-            c[k] += vj * vj;                                                   \
-        }                                                                      \
-    for (; j < n; j++) {                                                       \
+    double a = 0.0, b = 0.0, c = 0.0;                                          \
+    CBP_SIMD_SUM(a, b, c)                                                      \
+    for (ptrdiff_t j = 0; j < n; j++) {                                        \
         double wj = (double)w[j], vj = (double)v[j];                           \
-        a[0] += wj * wj;                                                       \
-        b[0] += wj * vj;                                                       \
-        c[0] += vj * vj;                                                       \
+        a += wj * wj;                                                          \
+        b += wj * vj;                                                          \
+        c += vj * vj;                                                          \
     }                                                                          \
-    out[0] = (a[0] + a[2]) + (a[1] + a[3]);                                    \
-    out[1] = (b[0] + b[2]) + (b[1] + b[3]);                                    \
-    out[2] = (c[0] + c[2]) + (c[1] + c[3]);                                    \
-}
-
-
-#define CBP_DEFINE_SPARSE(T, S)                                                \
+    out[0] = a;                                                                \
+    out[1] = b;                                                                \
+    out[2] = c;                                                                \
+}                                                                              \
                                                                                \
 /* Branch-free compaction of the non-zeros of x: indices and values;       */  \
 /* returns their number.                                                    */ \
@@ -214,9 +209,6 @@ CBP_CLONES static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1,              \
     }                                                                          \
 }                                                                              \
                                                                                \
-
-#define CBP_DEFINE_ONLINE(T, S, SQRT)                                          \
-                                                                               \
 /* z = b + sum_{i : a_i != 0} a_i W[i, :]  (one sample, zeros skipped).    */  \
 CBP_CLONES static void cbp_gemv_skip_##S(ptrdiff_t n, const T *a, const T *W,  \
                                          ptrdiff_t m, const T *b,              \
@@ -231,30 +223,11 @@ CBP_CLONES static void cbp_gemv_skip_##S(ptrdiff_t n, const T *a, const T *W,  \
     }                                                                          \
 }                                                                              \
                                                                                \
-/* out[i] = W[i, :] . d, each with eight partial sums in fixed order.      */  \
+/* out[i] = W[i, :] . d */                                                     \
 CBP_CLONES static void cbp_gemv_t_##S(ptrdiff_t n, ptrdiff_t m, const T *W,    \
                                       const T *d, T *CBP_RESTRICT out)         \
 {                                                                              \
-    for (ptrdiff_t i = 0; i < n; i++) {                                        \
-        const T *CBP_RESTRICT w = W + i * m;                                   \
-        T s[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                     \
-        ptrdiff_t j = 0;                                                       \
-        for (; j + 8 <= m; j += 8)                                             \
-            for (int k = 0; k < 8; k++) s[k] += w[j + k] * d[j + k];           \
-        for (; j < m; j++) s[0] += w[j] * d[j];                                \
-        out[i] = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));\
-    }                                                                          \
-}                                                                              \
-                                                                               \
-/* Sum of squares of a row, eight partial sums in double (fixed order).    */  \
-static inline double cbp_rowsq_##S(ptrdiff_t m, const T *CBP_RESTRICT w)       \
-{                                                                              \
-    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                    \
-    ptrdiff_t j = 0;                                                           \
-    for (; j + 8 <= m; j += 8)                                                 \
-        for (int k = 0; k < 8; k++) s[k] += (double)w[j + k] * (double)w[j + k];\
-    for (; j < m; j++) s[0] += (double)w[j] * (double)w[j];                    \
-    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));  \
+    for (ptrdiff_t i = 0; i < n; i++) out[i] = cbp_dot_inl_##S(m, W + i * m, d);\
 }                                                                              \
                                                                                \
 /* SGD step of a whole (n x m) layer for one sample: row i has gradient    */  \
@@ -266,25 +239,9 @@ CBP_CLONES static double cbp_sgd_outer_##S(ptrdiff_t n, ptrdiff_t m,           \
 {                                                                              \
     double ssq = 0.0;                                                          \
     for (ptrdiff_t i = 0; i < n; i++) {                                        \
-        T *CBP_RESTRICT w = W + i * m;                                         \
-        T *CBP_RESTRICT v = V + i * m;                                         \
-        const T ai = a[i];                                                     \
-        ssq += cbp_rowsq_##S(m, w);                                            \
-        if (sw == (T)1) {                                                      \
-            for (ptrdiff_t j = 0; j < m; j++) {                                \
-                T g = ai * d[j] + alpha * w[j];                                \
-                T u = mom * v[j] - lr * g;                                     \
-                v[j] = u;                                                      \
-                w[j] += nesterov ? mom * u - lr * g : u;                       \
-            }                                                                  \
-        } else {                                                               \
-            for (ptrdiff_t j = 0; j < m; j++) {                                \
-                T g = (ai * d[j] + alpha * w[j]) / sw;                         \
-                T u = mom * v[j] - lr * g;                                     \
-                v[j] = u;                                                      \
-                w[j] += nesterov ? mom * u - lr * g : u;                       \
-            }                                                                  \
-        }                                                                      \
+        ssq += cbp_sumsq_inl_##S(m, W + i * m);                                \
+        cbp_sgd_inl_##S(m, W + i * m, V + i * m, a[i], d, alpha, sw, lr, mom,  \
+                        nesterov);                                             \
     }                                                                          \
     return ssq;                                                                \
 }                                                                              \
@@ -296,43 +253,113 @@ CBP_CLONES static double cbp_adam_outer_##S(ptrdiff_t n, ptrdiff_t m,          \
                                             T lr_t, T b1, T b2, T eps)         \
 {                                                                              \
     double ssq = 0.0;                                                          \
-    const T c1 = (T)1 - b1, c2 = (T)1 - b2;                                    \
     for (ptrdiff_t i = 0; i < n; i++) {                                        \
-        T *CBP_RESTRICT w = W + i * m;                                         \
-        T *CBP_RESTRICT m1 = M1 + i * m;                                       \
-        T *CBP_RESTRICT m2 = M2 + i * m;                                       \
-        const T ai = a[i];                                                     \
-        ssq += cbp_rowsq_##S(m, w);                                            \
-        for (ptrdiff_t j = 0; j < m; j++) {                                    \
-            T g = (ai * d[j] + alpha * w[j]) / sw;                             \
-            T mj = b1 * m1[j] + c1 * g;                                        \
-            T vj = b2 * m2[j] + c2 * (g * g);                                  \
-            m1[j] = mj;                                                        \
-            m2[j] = vj;                                                        \
-            w[j] += (-lr_t * mj) / (SQRT(vj) + eps);                           \
-        }                                                                      \
+        ssq += cbp_sumsq_inl_##S(m, W + i * m);                                \
+        cbp_adam_inl_##S(m, W + i * m, M1 + i * m, M2 + i * m, a[i], d, alpha, \
+                         sw, lr_t, b1, b2, eps);                               \
     }                                                                          \
     return ssq;                                                                \
 }                                                                              \
                                                                                \
-/* Lazy online SGD, before the forward pass: bring rows[0..n) of W (with   */  \
-/* velocities V) from time last[i] to time t with M^(t - last[i]), and     */  \
-/* return the L2 mass sum_{s = last}^{t-1} ||W_i(s)||^2 of the skipped     */  \
-/* steps, from the row statistics kept at time last[i].                    */  \
-CBP_CLONES static double cbp_lazy_catchup_##S(ptrdiff_t n, const ptrdiff_t *rows,\
-                                              ptrdiff_t *last, ptrdiff_t t,    \
-                                              const double *powers,            \
+/* Lazy online SGD (no sample weights, so sw = 1).  A row of W0 whose     */  \
+/* input is zero only decays: k such steps map its (w, v) to M^k (w, v).   */  \
+/* Row i is valid at time last[i]; stats[i] holds (sum w^2, sum w v,       */  \
+/* sum v^2) of that state, so the L2 mass sum_s ||w(s)||^2 of the skipped  */  \
+/* times follows from prefix sums of M^k's first row without a pass.       */  \
+/*                                                                          */ \
+/* Forward pass of sample t: bring the rows with a non-zero input to t and */  \
+/* accumulate z = b + sum_p vals[p] W[rows[p]] in the same pass.  Returns  */  \
+/* the L2 mass of the skipped times last[i] .. t - 1.                       */ \
+CBP_CLONES static double cbp_lazy_forward_##S(ptrdiff_t n, const ptrdiff_t *rows,\
+                                              const T *vals, ptrdiff_t *last,  \
+                                              ptrdiff_t t, const double *powers,\
                                               const double *prefix,            \
                                               const double *stats, T *W, T *V, \
-                                              ptrdiff_t m)                     \
+                                              ptrdiff_t m, const T *b,         \
+                                              T *CBP_RESTRICT z)               \
 {                                                                              \
     double l2 = 0.0;                                                           \
+    for (ptrdiff_t j = 0; j < m; j++) z[j] = b[j];                             \
     for (ptrdiff_t p = 0; p < n; p++) {                                        \
         const ptrdiff_t i = rows[p], k = t - last[i];                          \
-        if (k <= 0) continue;                                                  \
-        const double *P = powers + 4 * k, *Q = prefix + 3 * k;                 \
-        const double *St = stats + 3 * i;                                      \
+        const T x = vals[p];                                                   \
+        T *CBP_RESTRICT w = W + i * m;                                         \
+        T *CBP_RESTRICT v = V + i * m;                                         \
+        if (k <= 0) {                                                          \
+            for (ptrdiff_t j = 0; j < m; j++) z[j] += x * w[j];                \
+            continue;                                                          \
+        }                                                                      \
+        const double *Q = prefix + 3 * k, *St = stats + 3 * i;                 \
         l2 += St[0] * Q[0] + 2.0 * St[1] * Q[1] + St[2] * Q[2];                \
+        const double *P = powers + 4 * k;                                      \
+        const T a = (T)P[0], bb = (T)P[1], c = (T)P[2], e = (T)P[3];           \
+        for (ptrdiff_t j = 0; j < m; j++) {                                    \
+            T wj = w[j], vj = v[j];                                            \
+            T wn = a * wj + bb * vj;                                           \
+            w[j] = wn;                                                         \
+            v[j] = c * wj + e * vj;                                            \
+            z[j] += x * wn;                                                    \
+        }                                                                      \
+        last[i] = t;                                                           \
+    }                                                                          \
+    return l2;                                                                 \
+}                                                                              \
+                                                                               \
+/* After the backward pass of sample t: the data step of the rows with a   */  \
+/* non-zero input, their new statistics, last = t + 1.  Returns            */  \
+/* sum ||W_i(t)||^2 over those rows, before the step.                       */ \
+CBP_CLONES static double cbp_lazy_step_##S(ptrdiff_t n, const ptrdiff_t *rows,  \
+                                           const T *vals, ptrdiff_t *last,     \
+                                           ptrdiff_t t, double *stats, T *W,   \
+                                           T *V, ptrdiff_t m, const T *d,      \
+                                           T alpha, T lr, T mom, int nesterov) \
+{                                                                              \
+    double ssq = 0.0;                                                          \
+    const T mn = nesterov ? mom : (T)0, cg = nesterov ? lr : (T)0;             \
+    const T cu = nesterov ? (T)0 : (T)1;                                       \
+    for (ptrdiff_t p = 0; p < n; p++) {                                        \
+        const ptrdiff_t i = rows[p];                                           \
+        const T x = vals[p];                                                   \
+        T *CBP_RESTRICT w = W + i * m;                                         \
+        T *CBP_RESTRICT v = V + i * m;                                         \
+        T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                      \
+        CBP_SIMD_SUM(s0, s1, s2, s3)                                           \
+        for (ptrdiff_t j = 0; j < m; j++) {                                    \
+            T wj = w[j];                                                       \
+            T g = x * d[j] + alpha * wj;                                       \
+            T u = mom * v[j] - lr * g;                                         \
+            T wn = wj + (cu * u + (mn * u - cg * g));                          \
+            v[j] = u;                                                          \
+            w[j] = wn;                                                         \
+            s0 += wj * wj;                                                     \
+            s1 += wn * wn;                                                     \
+            s2 += wn * u;                                                      \
+            s3 += u * u;                                                       \
+        }                                                                      \
+        ssq += (double)s0;                                                     \
+        stats[3 * i] = (double)s1;                                             \
+        stats[3 * i + 1] = (double)s2;                                         \
+        stats[3 * i + 2] = (double)s3;                                         \
+        last[i] = t + 1;                                                       \
+    }                                                                          \
+    return ssq;                                                                \
+}                                                                              \
+                                                                               \
+/* End of an epoch of n_rows rows: bring every row to time t (no forward); */  \
+/* returns the L2 mass of the skipped times.                                */ \
+CBP_CLONES static double cbp_lazy_flush_##S(ptrdiff_t n_rows, ptrdiff_t *last, \
+                                            ptrdiff_t t, const double *powers, \
+                                            const double *prefix,              \
+                                            const double *stats, T *W, T *V,   \
+                                            ptrdiff_t m)                       \
+{                                                                              \
+    double l2 = 0.0;                                                           \
+    for (ptrdiff_t i = 0; i < n_rows; i++) {                                   \
+        const ptrdiff_t k = t - last[i];                                       \
+        if (k <= 0) continue;                                                  \
+        const double *Q = prefix + 3 * k, *St = stats + 3 * i;                 \
+        l2 += St[0] * Q[0] + 2.0 * St[1] * Q[1] + St[2] * Q[2];                \
+        const double *P = powers + 4 * k;                                      \
         const T a = (T)P[0], b = (T)P[1], c = (T)P[2], e = (T)P[3];            \
         T *CBP_RESTRICT w = W + i * m;                                         \
         T *CBP_RESTRICT v = V + i * m;                                         \
@@ -344,53 +371,11 @@ CBP_CLONES static double cbp_lazy_catchup_##S(ptrdiff_t n, const ptrdiff_t *rows
         last[i] = t;                                                           \
     }                                                                          \
     return l2;                                                                 \
-}                                                                              \
-                                                                               \
-/* Lazy online SGD, after the backward pass: the data step of the rows     */  \
-/* with a non-zero input (no sample weights, so sw = 1), their new row     */  \
-/* statistics, last = t + 1.  Returns sum ||W_i(t)||^2 before the step.    */  \
-CBP_CLONES static double cbp_lazy_step_##S(ptrdiff_t n, const ptrdiff_t *rows,  \
-                                           const T *vals, ptrdiff_t *last,     \
-                                           ptrdiff_t t, double *stats, T *W,   \
-                                           T *V, ptrdiff_t m, const T *d,      \
-                                           T alpha, T lr, T mom, int nesterov) \
-{                                                                              \
-    double ssq = 0.0;                                                          \
-    for (ptrdiff_t p = 0; p < n; p++) {                                        \
-        const ptrdiff_t i = rows[p];                                           \
-        T *CBP_RESTRICT w = W + i * m;                                         \
-        T *CBP_RESTRICT v = V + i * m;                                         \
-        const T ai = vals[p];                                                  \
-        double sw2 = 0.0, swv = 0.0, sv2 = 0.0;                                \
-        ssq += cbp_rowsq_##S(m, w);                                            \
-        for (ptrdiff_t j = 0; j < m; j++) {                                    \
-            T g = ai * d[j] + alpha * w[j];                                    \
-            T u = mom * v[j] - lr * g;                                         \
-            v[j] = u;                                                          \
-            w[j] += nesterov ? mom * u - lr * g : u;                           \
-        }                                                                      \
-        for (ptrdiff_t j = 0; j < m; j++) {                                    \
-            sw2 += (double)w[j] * (double)w[j];                                \
-            swv += (double)w[j] * (double)v[j];                                \
-            sv2 += (double)v[j] * (double)v[j];                                \
-        }                                                                      \
-        stats[3 * i] = sw2;                                                    \
-        stats[3 * i + 1] = swv;                                                \
-        stats[3 * i + 2] = sv2;                                                \
-        last[i] = t + 1;                                                       \
-    }                                                                          \
-    return ssq;                                                                \
 }
 
 CBP_DEFINE_LOOPS(double, d, sqrt)
 CBP_DEFINE_LOOPS(float, f, sqrtf)
-CBP_DEFINE_SPARSE(double, d)
-CBP_DEFINE_SPARSE(float, f)
-CBP_DEFINE_ONLINE(double, d, sqrt)
-CBP_DEFINE_ONLINE(float, f, sqrtf)
 
 #undef CBP_DEFINE_LOOPS
-#undef CBP_DEFINE_SPARSE
-#undef CBP_DEFINE_ONLINE
 
 #endif /* CBP_LOOPS_H */
