@@ -45,6 +45,13 @@ _PREDICT_ROWS = 256
 _SKIP_ZEROS_DENSITY = 0.4
 
 
+# A zero-heavy dense X is converted once per fit to CSR (its non-zeros never
+# change between epochs) when the copy is this small; otherwise each batch
+# finds its non-zeros again, and memory stays at one batch-sized buffer.
+_CSR_CACHE_BYTES = 64 * 2**20
+_CSR_CACHE_SHARE = 0.1
+
+
 def _kernel_input(X, dtype, canonical=False):
     """``(data, indices, indptr, skip_zeros, row_nnz)``: X as the kernels read it.
 
@@ -52,20 +59,23 @@ def _kernel_input(X, dtype, canonical=False):
     sparse X becomes CSR with ``intp`` indices.  ``row_nnz`` counts the
     non-zeros of each row when the first layer works on non-zeros only.
     """
-    if sp.issparse(X):
-        X = sp.csr_matrix(X, dtype=dtype)
-        if canonical and not X.has_canonical_format:
-            # Online mode walks each row once in column order.
-            X = X.copy()
-            X.sum_duplicates()
-        return (np.ascontiguousarray(X.data, dtype=dtype),
-                np.ascontiguousarray(X.indices, dtype=np.intp),
-                np.ascontiguousarray(X.indptr, dtype=np.intp), False, np.diff(X.indptr))
-    X = np.ascontiguousarray(X, dtype=dtype)
-    row_nnz = np.count_nonzero(X, axis=1) if X.size else np.zeros(X.shape[0], int)
-    density = row_nnz.sum() / X.size if X.size else 1.0
-    skip = bool(density < _SKIP_ZEROS_DENSITY)
-    return X, None, None, skip, row_nnz if skip else None
+    if not sp.issparse(X):
+        X = np.ascontiguousarray(X, dtype=dtype)
+        row_nnz = np.count_nonzero(X, axis=1) if X.size else np.zeros(X.shape[0], int)
+        density = row_nnz.sum() / X.size if X.size else 1.0
+        if density >= _SKIP_ZEROS_DENSITY:
+            return X, None, None, False, None
+        csr_bytes = row_nnz.sum() * (X.itemsize + np.dtype(np.intp).itemsize)
+        if csr_bytes > max(_CSR_CACHE_BYTES, _CSR_CACHE_SHARE * X.nbytes):
+            return X, None, None, True, row_nnz
+    X = sp.csr_matrix(X, dtype=dtype)
+    if canonical and not X.has_canonical_format:
+        # Online mode walks each row once in column order.
+        X = X.copy()
+        X.sum_duplicates()
+    return (np.ascontiguousarray(X.data, dtype=dtype),
+            np.ascontiguousarray(X.indices, dtype=np.intp),
+            np.ascontiguousarray(X.indptr, dtype=np.intp), False, np.diff(X.indptr))
 
 
 class _Workspace:

@@ -173,6 +173,8 @@ CBP_CLONES static ptrdiff_t cbp_compact_##S(ptrdiff_t n, const T *CBP_RESTRICT x
 }                                                                              \
                                                                                \
 /* z[r, :] = b + sum_{p in rs[r]..re[r]} val[p] * W[idx[p], :], r < nr.    */  \
+/* Output columns go 32 at a time through a local accumulator the compiler */  \
+/* keeps in registers, so z is written once instead of once per non-zero. */  \
 CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
                                       const ptrdiff_t *re, const ptrdiff_t *idx,\
                                       const T *val, const T *W, ptrdiff_t m,   \
@@ -180,11 +182,24 @@ CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
 {                                                                              \
     for (ptrdiff_t r = 0; r < nr; r++) {                                       \
         T *CBP_RESTRICT zr = z + r * m;                                        \
-        for (ptrdiff_t j = 0; j < m; j++) zr[j] = b[j];                        \
-        for (ptrdiff_t p = rs[r]; p < re[r]; p++) {                            \
-            const T a = val[p];                                                \
-            const T *CBP_RESTRICT w = W + idx[p] * m;                          \
-            for (ptrdiff_t j = 0; j < m; j++) zr[j] += a * w[j];               \
+        ptrdiff_t j0 = 0;                                                      \
+        for (; j0 + 32 <= m; j0 += 32) {                                       \
+            T acc[32];                                                         \
+            for (int j = 0; j < 32; j++) acc[j] = b[j0 + j];                   \
+            for (ptrdiff_t p = rs[r]; p < re[r]; p++) {                        \
+                const T a = val[p];                                            \
+                const T *CBP_RESTRICT w = W + idx[p] * m + j0;                 \
+                for (int j = 0; j < 32; j++) acc[j] += a * w[j];               \
+            }                                                                  \
+            for (int j = 0; j < 32; j++) zr[j0 + j] = acc[j];                  \
+        }                                                                      \
+        if (j0 < m) {                                                          \
+            for (ptrdiff_t j = j0; j < m; j++) zr[j] = b[j];                   \
+            for (ptrdiff_t p = rs[r]; p < re[r]; p++) {                        \
+                const T a = val[p];                                            \
+                const T *CBP_RESTRICT w = W + idx[p] * m;                      \
+                for (ptrdiff_t j = j0; j < m; j++) zr[j] += a * w[j];          \
+            }                                                                  \
         }                                                                      \
     }                                                                          \
 }                                                                              \

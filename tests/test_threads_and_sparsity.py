@@ -32,11 +32,29 @@ def _same(a, b, rtol):
     np.testing.assert_allclose(a.loss_curve_, b.loss_curve_, rtol=rtol)
 
 
-def test_data_is_sparse_enough_to_take_the_zero_skipping_path():
+def test_zero_heavy_dense_input_takes_a_sparse_path(monkeypatch):
     X, _ = _sparse_dense_data()
-    assert _mlp._kernel_input(X, np.float64)[3]
-    assert not _mlp._kernel_input(np.ones((4, 3)), np.float64)[3]
-    assert _mlp._kernel_input(X, np.float64)[4].sum() == np.count_nonzero(X)
+    # Small enough: converted once to CSR.
+    data, ind, ptr, skip, row_nnz = _mlp._kernel_input(X, np.float64)
+    assert ind is not None and not skip and row_nnz.sum() == np.count_nonzero(X)
+    # Too large to copy: rows are scanned batch by batch instead.
+    monkeypatch.setattr(_mlp, "_CSR_CACHE_BYTES", 0)
+    data, ind, ptr, skip, row_nnz = _mlp._kernel_input(X, np.float64)
+    assert ind is None and skip and data.base is X or data is X
+    assert row_nnz.sum() == np.count_nonzero(X)
+    # Dense data goes to BLAS.
+    assert _mlp._kernel_input(np.ones((4, 3)), np.float64)[1:4] == (None, None, False)
+
+
+@pytest.mark.parametrize("solver,batch_size", [("sgd", 1), ("adam", 50)])
+def test_scanned_and_cached_zero_paths_agree(monkeypatch, solver, batch_size):
+    X, y = _sparse_dense_data(n=200, n_features=50)
+    common = dict(hidden_layer_sizes=(20,), solver=solver, batch_size=batch_size,
+                  max_iter=3, learning_rate_init=0.01, random_state=0)
+    cached = _fit(MLPClassifier, X, y, **common)
+    monkeypatch.setattr(_mlp, "_CSR_CACHE_BYTES", 0)
+    scanned = _fit(MLPClassifier, X, y, **common)
+    _same(cached, scanned, 1e-12)
 
 
 @pytest.mark.parametrize("params", [
