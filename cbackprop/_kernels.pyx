@@ -135,6 +135,12 @@ cdef extern from "cbp_loops.h" nogil:
                             const double* powers, const double* prefix,
                             const double* stats, float* W, float* V, Py_ssize_t m)
 
+cdef extern from "Python.h":
+    # Declared here without Cython's ``except -1`` so that a pending
+    # KeyboardInterrupt can be turned into a status code and cleared.
+    int PyErr_CheckSignals()
+    void PyErr_Clear()
+
 cdef extern from "cbp_rng.h" nogil:
     double cbp_rng_uniform(unsigned long long seed, unsigned long long a,
                            unsigned long long b, unsigned long long c)
@@ -143,6 +149,7 @@ cdef extern from "cbp_rng.h" nogil:
 cdef enum:
     STATUS_OK = 0
     STATUS_NONFINITE = 1
+    STATUS_INTERRUPTED = 2
 
 cdef enum:
     OPT_SGD = 0
@@ -153,6 +160,10 @@ cdef enum:
     GRAD_BLOCK = 64       # input units per weight-gradient block
     UPDATE_BLOCK = 16384  # parameters per update block
     SUPER_ROWS = 2048     # rows per pass when a batch is larger than this
+
+# Online mode looks for Ctrl-C every this many samples, mini-batch mode about
+# as often (and at least once per batch).
+cdef Py_ssize_t SIGNAL_EVERY = 64
 
 # Below this many multiply-adds per batch, threads cost more than they save.
 cdef double PARALLEL_MIN_WORK = 2.0e5
@@ -310,6 +321,20 @@ cdef inline Py_ssize_t _chunk_rows(Py_ssize_t nb) noexcept nogil:
     if c > 64:
         c = 64
     return c
+
+
+cdef bint _interrupted() noexcept nogil:
+    """True when Ctrl-C (or another signal whose handler raised) arrived.
+
+    Takes the GIL for a moment so Python's signal handlers can run; the
+    exception they set is cleared and reported as STATUS_INTERRUPTED.
+    """
+    cdef int r
+    with gil:
+        r = PyErr_CheckSignals()
+        if r != 0:
+            PyErr_Clear()
+    return r != 0
 
 
 # ---------------------------------------------------------------------------
@@ -566,15 +591,18 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                 gb[j] += d[r * u_out + j]
 
 
-cdef void _accumulate(const Net* net, const floating* params, const Source* src,
+cdef int _accumulate(const Net* net, const floating* params, const Source* src,
                       SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t n,
                       const floating* Y,
                       const floating* sw, floating* acts, floating* deltas,
                       floating* xbuf, Py_ssize_t cap, floating* grad, double* closs,
                       double* csw, const Py_ssize_t* gblocks, Py_ssize_t n_gblocks,
                       bint need_grad, int n_threads, double* loss_sum,
-                      double* sw_sum) noexcept nogil:
-    """Loss and unnormalised gradient of ``n`` rows, ``cap`` rows per pass."""
+                      double* sw_sum, bint check_signals) noexcept nogil:
+    """Loss and unnormalised gradient of ``n`` rows, ``cap`` rows per pass.
+
+    Returns STATUS_INTERRUPTED when ``check_signals`` and Ctrl-C arrives
+    between passes, else STATUS_OK."""
     cdef Py_ssize_t start = 0, nb
     loss_sum[0] = 0.0
     sw_sum[0] = 0.0
@@ -584,6 +612,9 @@ cdef void _accumulate(const Net* net, const floating* params, const Source* src,
                     cap, grad, closs, csw, gblocks, n_gblocks, start > 0, need_grad,
                     n_threads, loss_sum, sw_sum)
         start += nb
+        if check_signals and start < n and _interrupted():
+            return STATUS_INTERRUPTED
+    return STATUS_OK
 
 
 cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1,
@@ -926,7 +957,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef Optim o
     cdef Lazy lz
     cdef SpBatch sb
-    cdef Py_ssize_t n = order.shape[0], start, nb, k, i, cap
+    cdef Py_ssize_t n = order.shape[0], start, nb, k, i, cap, every, n_batches = 0
     cdef Py_ssize_t n_gblocks = gblocks.shape[0] // 3
     cdef double data_sum = 0.0, l2_sum = 0.0, loss_sum, sw_sum, ssq, dl, ll
     cdef int status = STATUS_OK, threads
@@ -977,6 +1008,9 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                                         &xdense[0], &lz, &dl, &ll)
                 data_sum += dl
                 l2_sum += ll
+                if status == STATUS_OK and k % SIGNAL_EVERY == SIGNAL_EVERY - 1 \
+                        and _interrupted():
+                    status = STATUS_INTERRUPTED
                 if status != STATUS_OK:
                     n = k + 1
                     break
@@ -996,14 +1030,18 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         threads = n_threads
         if <double>min(batch_size, n) * net.n_coef < PARALLEL_MIN_WORK:
             threads = 1
+        every = max(1, SIGNAL_EVERY * 64 // batch_size)
         with nogil:
             start = 0
             while start < n:
                 nb = min(batch_size, n - start)
-                _accumulate(&net, &params[0], &src, &sb, &order[start], nb, Yp, swp,
-                            &acts[0], &deltas[0], &xbuf[0], cap, &grad[0], &dwork[0],
-                            &dwork[cap], &gblocks[0], n_gblocks, True, threads,
-                            &loss_sum, &sw_sum)
+                status = _accumulate(&net, &params[0], &src, &sb, &order[start], nb, Yp,
+                                     swp, &acts[0], &deltas[0], &xbuf[0], cap,
+                                     &grad[0], &dwork[0], &dwork[cap], &gblocks[0],
+                                     n_gblocks, True, threads, &loss_sum, &sw_sum,
+                                     True)
+                if status != STATUS_OK:
+                    break
                 if sw_sum > 0:
                     ssq = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
                                       &grad[0], sw_sum, &dwork[2 * cap], threads)
@@ -1020,6 +1058,10 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                 if not (isfinite(dl) and isfinite(ll)):
                     status = STATUS_NONFINITE
                     n = start
+                    break
+                n_batches += 1
+                if n_batches % every == 0 and start < n and _interrupted():
+                    status = STATUS_INTERRUPTED
                     break
     opt["t"] = o.t
     return status, data_sum, l2_sum, n
@@ -1043,6 +1085,7 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef Source src
     cdef SpBatch sb
     cdef Py_ssize_t n = Y.shape[0], k, cap
+    cdef int status
     cdef double loss_sum = 0.0, sw_sum = 0.0, ssq
     cdef const floating* swp = &sw[0] if has_sw else NULL
     cdef Py_ssize_t[::1] rows = np.arange(n, dtype=np.intp)
@@ -1056,10 +1099,13 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
     if <double>min(cap, n) * net.n_coef < PARALLEL_MIN_WORK:
         threads = 1
     with nogil:
-        _accumulate(&net, &params[0], &src, &sb, &rows[0], n, &Y[0, 0], swp, &acts[0],
-                    &deltas[0], &xbuf[0], cap, &grad[0], &dwork[0], &dwork[cap],
-                    &gblocks[0], gblocks.shape[0] // 3, need_grad, threads,
-                    &loss_sum, &sw_sum)
+        status = _accumulate(&net, &params[0], &src, &sb, &rows[0], n, &Y[0, 0], swp,
+                             &acts[0], &deltas[0], &xbuf[0], cap, &grad[0], &dwork[0],
+                             &dwork[cap], &gblocks[0], gblocks.shape[0] // 3, need_grad,
+                             threads, &loss_sum, &sw_sum, True)
+    if status == STATUS_INTERRUPTED:
+        raise KeyboardInterrupt
+    with nogil:
         ssq = _sumsq(net.n_coef, &params[0])
         if need_grad:
             for k in range(net.n_coef):

@@ -7,6 +7,8 @@ rules.  Each epoch, and each lbfgs function evaluation, is one call into a
 ``nogil`` kernel of :mod:`cbackprop._kernels`.
 """
 
+import os
+import threading
 import warnings
 from contextlib import contextmanager
 from numbers import Integral, Real
@@ -35,6 +37,17 @@ OUTPUT_ACTIVATIONS = {"identity": 0, "logistic": 1, "softmax": 2, "exp": 3}
 LOSSES = {"squared_error": 0, "log_loss": 1, "binary_log_loss": 2, "poisson": 3}
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 _STATUS_NONFINITE = 1
+_STATUS_INTERRUPTED = 2
+
+# Bumped whenever the pickled state of the estimators changes meaning; a
+# model saved under another format refuses to load (see __setstate__).
+_PERSISTENCE_FORMAT = 1
+
+def _cbackprop_version():
+    from cbackprop import __version__
+
+    return __version__
+
 
 # Rows per thread-private block when predicting.
 _PREDICT_ROWS = 256
@@ -52,15 +65,21 @@ _CSR_CACHE_BYTES = 64 * 2**20
 _CSR_CACHE_SHARE = 0.1
 
 
-def _kernel_input(X, dtype, canonical=False):
+def _kernel_input(X, dtype, online=False):
     """``(data, indices, indptr, skip_zeros, row_nnz)``: X as the kernels read it.
 
     Dense X stays as it is when already C-contiguous in ``dtype`` (no copy);
     sparse X becomes CSR with ``intp`` indices.  ``row_nnz`` counts the
     non-zeros of each row when the first layer works on non-zeros only.
+
+    Skipping zeros of a dense X pays only in online mode: from a batch of 8
+    rows on, BLAS on the dense block is faster even at MNIST's 19% density
+    (benches/compare.py, measured on the development machine).
     """
     if not sp.issparse(X):
         X = np.ascontiguousarray(X, dtype=dtype)
+        if not online:
+            return X, None, None, False, None
         row_nnz = np.count_nonzero(X, axis=1) if X.size else np.zeros(X.shape[0], int)
         density = row_nnz.sum() / X.size if X.size else 1.0
         if density >= _SKIP_ZEROS_DENSITY:
@@ -69,7 +88,7 @@ def _kernel_input(X, dtype, canonical=False):
         if csr_bytes > max(_CSR_CACHE_BYTES, _CSR_CACHE_SHARE * X.nbytes):
             return X, None, None, True, row_nnz
     X = sp.csr_matrix(X, dtype=dtype)
-    if canonical and not X.has_canonical_format:
+    if online and not X.has_canonical_format:
         # Online mode walks each row once in column order.
         X = X.copy()
         X.sum_duplicates()
@@ -85,9 +104,9 @@ class _Workspace:
     stochastic solvers, at most ``SUPER_BLOCK_ROWS`` for full-batch passes.
     """
 
-    def __init__(self, X, dtype, layer_units, cap, n_threads, canonical=False):
+    def __init__(self, X, dtype, layer_units, cap, n_threads, online=False):
         self.data, self.ind, self.ptr, self.skip_zeros, row_nnz = _kernel_input(
-            X, dtype, canonical)
+            X, dtype, online)
         self.n_features = X.shape[1]
         self.layout = _BaseMLP._layout(layer_units)
         units, _, _, n_params = self.layout
@@ -123,7 +142,8 @@ class _Workspace:
         return np.ascontiguousarray(np.array(blocks, dtype=np.intp).ravel())
 
 
-_CONTROLLER = []
+_BLAS_LOCK = threading.Lock()
+_BLAS_STATE = {"controller": None, "depth": 0, "limiter": None}
 
 
 @contextmanager
@@ -132,13 +152,27 @@ def _blas_single_thread():
 
     Our own OpenMP threads are the one level of parallelism (no
     oversubscription), and a BLAS that splits its products by thread count
-    would make results depend on it.  The threadpoolctl controller is built
-    once: scanning the loaded libraries costs milliseconds.
+    would make results depend on it.  The limit is process-wide, so it is
+    reference-counted: concurrent fits and predictions from several Python
+    threads share one limit, set by the first and lifted by the last.  The
+    threadpoolctl controller is built once (scanning the loaded libraries
+    costs milliseconds).
     """
-    if not _CONTROLLER:
-        _CONTROLLER.append(ThreadpoolController())
-    with _CONTROLLER[0].limit(limits=1, user_api="blas"):
+    with _BLAS_LOCK:
+        if _BLAS_STATE["depth"] == 0:
+            if _BLAS_STATE["controller"] is None:
+                _BLAS_STATE["controller"] = ThreadpoolController()
+            _BLAS_STATE["limiter"] = _BLAS_STATE["controller"].limit(
+                limits=1, user_api="blas")
+        _BLAS_STATE["depth"] += 1
+    try:
         yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_STATE["depth"] -= 1
+            if _BLAS_STATE["depth"] == 0:
+                _BLAS_STATE["limiter"].restore_original_limits()
+                _BLAS_STATE["limiter"] = None
 
 
 def _check_scalar(name, value, kind, low=None, high=None, closed="left",
@@ -294,6 +328,31 @@ class _BaseMLP(BaseEstimator):
         if any(s <= 0 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
         return [int(s) for s in sizes]
+
+    @staticmethod
+    def _check_network_size(layer_units, dtype):
+        """Refuse networks that cannot be allocated before anything is."""
+        int_max = 2**31 - 1  # BLAS dimensions and leading sizes are C ints
+        widest = max(a * b for a, b in zip(layer_units[:-1], layer_units[1:]))
+        n_params = sum(a * b + b for a, b in zip(layer_units[:-1], layer_units[1:]))
+        if widest > int_max:
+            raise ValueError(
+                f"A weight matrix of this network would have {widest:,} entries, "
+                f"more than BLAS can index ({int_max:,}); reduce hidden_layer_sizes "
+                "or the number of features."
+            )
+        need = n_params * np.dtype(dtype).itemsize * 4  # weights, 2 states, grad
+        try:
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            ram = None
+        if ram and need > ram:
+            raise MemoryError(
+                f"A network with layer sizes {layer_units} has {n_params:,} "
+                f"parameters and needs at least {need / 2**30:.1f} GiB to train, more "
+                f"than this machine's {ram / 2**30:.1f} GiB; reduce "
+                "hidden_layer_sizes."
+            )
 
     def _check_sample_weight(self, sample_weight, n_samples, dtype):
         if sample_weight is None:
@@ -483,6 +542,7 @@ class _BaseMLP(BaseEstimator):
                 "loss='squared_error' for targets that can be negative."
             )
         layer_units = [X.shape[1]] + hidden + [y.shape[1]]
+        self._check_network_size(layer_units, dtype)
         if not first_pass:
             if self._layer_units() != layer_units:
                 raise ValueError(
@@ -547,12 +607,33 @@ class _BaseMLP(BaseEstimator):
             def callback(intermediate_result):
                 print("Iteration, loss = %.8f" % intermediate_result.fun)
 
-        res = scipy.optimize.minimize(
-            fun, params.astype(np.float64), method="L-BFGS-B", jac=True,
-            callback=callback,
-            options={"maxfun": self.max_fun, "maxiter": self.max_iter,
-                     "gtol": self.tol},
-        )
+        # What an interrupt falls back to: the last finite evaluation.
+        last = {"x": params.astype(np.float64), "fun": np.inf, "nit": 0}
+
+        def tracked(x):
+            loss, grad = fun(x)
+            if np.isfinite(loss):
+                last["x"], last["fun"] = x.copy(), loss
+            return loss, grad
+
+        def count(intermediate_result):
+            last["nit"] += 1
+            if callback is not None:
+                callback(intermediate_result)
+
+        try:
+            res = scipy.optimize.minimize(
+                tracked, params.astype(np.float64), method="L-BFGS-B", jac=True,
+                callback=count,
+                options={"maxfun": self.max_fun, "maxiter": self.max_iter,
+                         "gtol": self.tol},
+            )
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.", stacklevel=3)
+            self.n_iter_ = last["nit"]
+            self.loss_ = float(last["fun"])
+            params[:] = last["x"]
+            return
         self.n_iter_ = min(res.nit, self.max_iter)
         if res.status != 0:
             msg = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
@@ -630,7 +711,7 @@ class _BaseMLP(BaseEstimator):
 
         ws = _Workspace(X_train, dtype, layer_units,
                         min(batch_size, _kernels.SUPER_BLOCK_ROWS), self._n_threads(),
-                        canonical=batch_size == 1)
+                        online=batch_size == 1)
         Y = np.ascontiguousarray(y_train, dtype=dtype)
         has_sw = sw_train is not None
         sw = np.ascontiguousarray(sw_train, dtype=dtype) if has_sw \
@@ -662,6 +743,11 @@ class _BaseMLP(BaseEstimator):
                     ws.acts, ws.deltas, ws.xbuf, ws.iwork, ws.dwork, ws.spi, ws.spv,
                     ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
                 )
+                if status == _STATUS_INTERRUPTED:
+                    # Back to the end of the last whole epoch, so that the
+                    # weights match n_iter_ and loss_curve_.
+                    params[:] = snapshot
+                    raise KeyboardInterrupt
                 if status == _STATUS_NONFINITE:
                     params[:] = snapshot
                     raise ValueError(
@@ -782,6 +868,24 @@ class _BaseMLP(BaseEstimator):
         if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
             return np.nan
         return score_function(y, y_pred, sample_weight=sample_weight)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_cbackprop_version"] = _cbackprop_version()
+        state["_cbackprop_format"] = _PERSISTENCE_FORMAT
+        return state
+
+    def __setstate__(self, state):
+        fmt = state.get("_cbackprop_format")
+        if fmt is not None and fmt != _PERSISTENCE_FORMAT:
+            raise ValueError(
+                f"This {type(self).__name__} was saved by cbackprop "
+                f"{state.get('_cbackprop_version', '?')} (model format {fmt}) and "
+                f"cannot be loaded by cbackprop {_cbackprop_version()} (format "
+                f"{_PERSISTENCE_FORMAT}). Install cbackprop "
+                f"{state.get('_cbackprop_version', '?')} to load it, or refit."
+            )
+        super().__setstate__(state)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -229,6 +229,10 @@ CBP_CLONES static void cbp_gemv_skip_##S(ptrdiff_t n, const T *a, const T *W,  \
                                          ptrdiff_t m, const T *b,              \
                                          T *CBP_RESTRICT z)                    \
 {                                                                              \
+    if (m == 1) {                                                              \
+        z[0] = b[0] + cbp_dot_inl_##S(n, a, W);                                \
+        return;                                                                \
+    }                                                                          \
     for (ptrdiff_t j = 0; j < m; j++) z[j] = b[j];                             \
     for (ptrdiff_t i = 0; i < n; i++) {                                        \
         const T ai = a[i];                                                     \
@@ -242,22 +246,39 @@ CBP_CLONES static void cbp_gemv_skip_##S(ptrdiff_t n, const T *a, const T *W,  \
 CBP_CLONES static void cbp_gemv_t_##S(ptrdiff_t n, ptrdiff_t m, const T *W,    \
                                       const T *d, T *CBP_RESTRICT out)         \
 {                                                                              \
+    if (m == 1) {                                                              \
+        const T d0 = d[0];                                                     \
+        for (ptrdiff_t i = 0; i < n; i++) out[i] = W[i] * d0;                  \
+        return;                                                                \
+    }                                                                          \
     for (ptrdiff_t i = 0; i < n; i++) out[i] = cbp_dot_inl_##S(m, W + i * m, d);\
 }                                                                              \
                                                                                \
 /* SGD step of a whole (n x m) layer for one sample: row i has gradient    */  \
-/* (a_i d + alpha W[i]) / sw.  Returns sum W^2 before the step.            */  \
+/* (a_i d + alpha W[i]) / sw.  Returns sum W^2 before the step.  A layer   */  \
+/* with one output is one flat loop (no per-row overhead).                  */ \
 CBP_CLONES static double cbp_sgd_outer_##S(ptrdiff_t n, ptrdiff_t m,           \
                                            const T *a, const T *d, T *W, T *V, \
                                            T alpha, T sw, T lr, T mom,         \
                                            int nesterov)                       \
 {                                                                              \
-    double ssq = 0.0;                                                          \
-    for (ptrdiff_t i = 0; i < n; i++) {                                        \
-        ssq += cbp_sumsq_inl_##S(m, W + i * m);                                \
+    const double ssq = cbp_sumsq_inl_##S(n * m, W);                            \
+    if (m == 1) {                                                              \
+        const T mn = nesterov ? mom : (T)0, cg = nesterov ? lr : (T)0;         \
+        const T cu = nesterov ? (T)0 : (T)1, d0 = d[0];                        \
+        T *CBP_RESTRICT w = W;                                                 \
+        T *CBP_RESTRICT v = V;                                                 \
+        for (ptrdiff_t i = 0; i < n; i++) {                                    \
+            T g = (a[i] * d0 + alpha * w[i]) / sw;                             \
+            T u = mom * v[i] - lr * g;                                         \
+            v[i] = u;                                                          \
+            w[i] += cu * u + (mn * u - cg * g);                                \
+        }                                                                      \
+        return ssq;                                                            \
+    }                                                                          \
+    for (ptrdiff_t i = 0; i < n; i++)                                          \
         cbp_sgd_inl_##S(m, W + i * m, V + i * m, a[i], d, alpha, sw, lr, mom,  \
                         nesterov);                                             \
-    }                                                                          \
     return ssq;                                                                \
 }                                                                              \
                                                                                \
@@ -267,12 +288,25 @@ CBP_CLONES static double cbp_adam_outer_##S(ptrdiff_t n, ptrdiff_t m,          \
                                             T *M1, T *M2, T alpha, T sw,       \
                                             T lr_t, T b1, T b2, T eps)         \
 {                                                                              \
-    double ssq = 0.0;                                                          \
-    for (ptrdiff_t i = 0; i < n; i++) {                                        \
-        ssq += cbp_sumsq_inl_##S(m, W + i * m);                                \
+    const double ssq = cbp_sumsq_inl_##S(n * m, W);                            \
+    if (m == 1) {                                                              \
+        const T c1 = (T)1 - b1, c2 = (T)1 - b2, d0 = d[0];                     \
+        T *CBP_RESTRICT w = W;                                                 \
+        T *CBP_RESTRICT m1 = M1;                                               \
+        T *CBP_RESTRICT m2 = M2;                                               \
+        for (ptrdiff_t i = 0; i < n; i++) {                                    \
+            T g = (a[i] * d0 + alpha * w[i]) / sw;                             \
+            T mj = b1 * m1[i] + c1 * g;                                        \
+            T vj = b2 * m2[i] + c2 * (g * g);                                  \
+            m1[i] = mj;                                                        \
+            m2[i] = vj;                                                        \
+            w[i] += (-lr_t * mj) / (SQRT(vj) + eps);                           \
+        }                                                                      \
+        return ssq;                                                            \
+    }                                                                          \
+    for (ptrdiff_t i = 0; i < n; i++)                                          \
         cbp_adam_inl_##S(m, W + i * m, M1 + i * m, M2 + i * m, a[i], d, alpha, \
                          sw, lr_t, b1, b2, eps);                               \
-    }                                                                          \
     return ssq;                                                                \
 }                                                                              \
                                                                                \

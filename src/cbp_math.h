@@ -67,6 +67,10 @@ static inline double cbp_softplus_d(double x)
     return log1p(exp(x));
 }
 
+/* Largest argument of exp() whose result is finite, with margin. */
+#define CBP_MAXLOG_d 709.0
+#define CBP_MAXLOG_f 88.0f
+
 #define CBP_DEFINE_MATH(T, S, EXP, TANH, LOG, SIGMOID, EPS)                   \
                                                                               \
 /* In-place hidden activation of n contiguous values. */                      \
@@ -105,7 +109,9 @@ static inline void cbp_hidden_backward_##S(int code, const T *a, T *delta,    \
         for (i = 0; i < n; i++) delta[i] *= (T)1 - a[i] * a[i];               \
         break;                                                                \
     case CBP_ACT_RELU:                                                        \
-        for (i = 0; i < n; i++) if (a[i] == (T)0) delta[i] = (T)0;            \
+        /* A select, not a branch: relu patterns are random and a      */  \
+        /* mispredicted branch per unit cost more than the arithmetic. */  \
+        for (i = 0; i < n; i++) delta[i] = a[i] == (T)0 ? (T)0 : delta[i];   \
         break;                                                                \
     default:                                                                  \
         break;                                                                \
@@ -146,7 +152,12 @@ static inline void cbp_output_forward_##S(int code, T *z, ptrdiff_t rows,     \
         for (i = 0; i < rows; i++) cbp_softmax_row_##S(z + i * cols, cols);   \
         break;                                                                \
     case CBP_OUT_EXP:                                                         \
-        for (i = 0; i < n; i++) z[i] = EXP(z[i]);                             \
+        /* Clamped so the Poisson mean and loss stay finite. */               \
+        for (i = 0; i < n; i++) {                                             \
+            T e = z[i] > CBP_MAXLOG_##S ? CBP_MAXLOG_##S                       \
+                  : (z[i] < -CBP_MAXLOG_##S ? -CBP_MAXLOG_##S : z[i]);         \
+            z[i] = EXP(e);                                                    \
+        }                                                                     \
         break;                                                                \
     default:                                                                  \
         break;                                                                \

@@ -35,18 +35,21 @@ def _same(a, b, rtol):
 def test_zero_heavy_dense_input_takes_a_sparse_path(monkeypatch):
     X, _ = _sparse_dense_data()
     # Small enough: converted once to CSR.
-    data, ind, ptr, skip, row_nnz = _mlp._kernel_input(X, np.float64)
+    data, ind, ptr, skip, row_nnz = _mlp._kernel_input(X, np.float64, online=True)
     assert ind is not None and not skip and row_nnz.sum() == np.count_nonzero(X)
+    # Mini-batches use BLAS on the dense rows.
+    assert _mlp._kernel_input(X, np.float64)[1:4] == (None, None, False)
     # Too large to copy: rows are scanned batch by batch instead.
     monkeypatch.setattr(_mlp, "_CSR_CACHE_BYTES", 0)
-    data, ind, ptr, skip, row_nnz = _mlp._kernel_input(X, np.float64)
-    assert ind is None and skip and data.base is X or data is X
+    data, ind, ptr, skip, row_nnz = _mlp._kernel_input(X, np.float64, online=True)
+    assert ind is None and skip and data is X
     assert row_nnz.sum() == np.count_nonzero(X)
     # Dense data goes to BLAS.
-    assert _mlp._kernel_input(np.ones((4, 3)), np.float64)[1:4] == (None, None, False)
+    assert _mlp._kernel_input(np.ones((4, 3)), np.float64, online=True)[1:4] == (
+        None, None, False)
 
 
-@pytest.mark.parametrize("solver,batch_size", [("sgd", 1), ("adam", 50)])
+@pytest.mark.parametrize("solver,batch_size", [("sgd", 1), ("adam", 1)])
 def test_scanned_and_cached_zero_paths_agree(monkeypatch, solver, batch_size):
     X, y = _sparse_dense_data(n=200, n_features=50)
     common = dict(hidden_layer_sizes=(20,), solver=solver, batch_size=batch_size,
