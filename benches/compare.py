@@ -31,9 +31,10 @@ from sklearn.neural_network import MLPRegressor as SkRegressor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from mnist import load_mnist10k  # noqa: E402
+
 import cbackprop  # noqa: E402
 from cbackprop import MLPClassifier, MLPRegressor  # noqa: E402
-from mnist import load_mnist10k  # noqa: E402
 
 try:
     import torch
@@ -66,8 +67,9 @@ def matmul_peak(dtype, threads=None, size=1024, repeats=5):
     """Measured float matrix-multiply rate of numpy's BLAS (GFLOP/s)."""
     from threadpoolctl import threadpool_limits
 
-    a = np.random.rand(size, size).astype(dtype)
-    b = np.random.rand(size, size).astype(dtype)
+    rng = np.random.default_rng(0)
+    a = rng.random((size, size)).astype(dtype)
+    b = rng.random((size, size)).astype(dtype)
     with threadpool_limits(limits=threads, user_api="blas"):
         a @ b
         t = median_time(lambda: a @ b, repeats)
@@ -126,7 +128,9 @@ class Table:
 
     def add(self, scenario, unit, sk, pt, cb, target):
         self.rows.append((scenario, unit, sk, pt, cb, target))
-        fmt = (lambda v: "n/a" if v is None else f"{v:.3g}")
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.3g}"
+
         r_sk = f"{sk / cb:.1f}x" if sk else "n/a"
         r_pt = f"{pt / cb:.1f}x" if pt else "n/a"
         print(f"| {scenario} | {unit} | {fmt(sk)} | {fmt(pt)} | {fmt(cb)} | "

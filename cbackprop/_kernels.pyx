@@ -592,13 +592,13 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
 
 
 cdef int _accumulate(const Net* net, const floating* params, const Source* src,
-                      SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t n,
-                      const floating* Y,
-                      const floating* sw, floating* acts, floating* deltas,
-                      floating* xbuf, Py_ssize_t cap, floating* grad, double* closs,
-                      double* csw, const Py_ssize_t* gblocks, Py_ssize_t n_gblocks,
-                      bint need_grad, int n_threads, double* loss_sum,
-                      double* sw_sum, bint check_signals) noexcept nogil:
+                     SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t n,
+                     const floating* Y, const floating* sw, floating* acts,
+                     floating* deltas, floating* xbuf, Py_ssize_t cap, floating* grad,
+                     double* closs, double* csw, const Py_ssize_t* gblocks,
+                     Py_ssize_t n_gblocks, bint need_grad, int n_threads,
+                     double* loss_sum, double* sw_sum,
+                     bint check_signals) noexcept nogil:
     """Loss and unnormalised gradient of ``n`` rows, ``cap`` rows per pass.
 
     Returns STATUS_INTERRUPTED when ``check_signals`` and Ctrl-C arrives
