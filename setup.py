@@ -84,6 +84,9 @@ extensions = [
 ]
 
 setup(
-    ext_modules=cythonize(extensions, compiler_directives=directives),
+    # Directives are not part of cythonize's staleness check: force a fresh
+    # translation when switching to or from the debug build.
+    ext_modules=cythonize(extensions, compiler_directives=directives,
+                          force=_debug()),
     cmdclass={"build_ext": BuildExt},
 )

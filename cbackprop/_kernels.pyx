@@ -878,13 +878,17 @@ cdef void _make_spbatch(SpBatch* sb, Py_ssize_t[::1] spi, floating[::1] spv,
     """Carve the sparse-block buffers out of one int and one float array:
     spi = [rs: cap | re: cap | nz_idx: nnz_cap | fptr: nf + 1 | frow: nnz_cap],
     spv = [nz_val: nnz_cap | fval: nnz_cap]."""
-    sb.rs = &spi[0]
-    sb.re = &spi[cap]
-    sb.nz_idx = &spi[2 * cap]
-    sb.fptr = &spi[2 * cap + nnz_cap]
-    sb.frow = &spi[2 * cap + nnz_cap + n_features + 1]
-    sb.nz_val = &spv[0]
-    sb.fval = &spv[nnz_cap]
+    # Pointer arithmetic from the base, not indexing: an empty region starts
+    # one past the end of the buffer.
+    cdef Py_ssize_t* ibase = &spi[0]
+    cdef floating* vbase = &spv[0]
+    sb.rs = ibase
+    sb.re = ibase + cap
+    sb.nz_idx = ibase + 2 * cap
+    sb.fptr = ibase + 2 * cap + nnz_cap
+    sb.frow = ibase + 2 * cap + nnz_cap + n_features + 1
+    sb.nz_val = vbase
+    sb.fval = vbase + nnz_cap
     sb.idx = sb.nz_idx
     sb.val = sb.nz_val
 

@@ -67,9 +67,11 @@ static inline double cbp_softplus_d(double x)
     return log1p(exp(x));
 }
 
-/* Largest argument of exp() whose result is finite, with margin. */
-#define CBP_MAXLOG_d 709.0
-#define CBP_MAXLOG_f 88.0f
+/* Clamp of the exp output's argument: a Poisson mean of e^300 (e^60 in
+ * float32) is far beyond any meaningful model, and below it the loss and the
+ * batch sums of its gradient stay finite. */
+#define CBP_MAXLOG_d 300.0
+#define CBP_MAXLOG_f 60.0f
 
 #define CBP_DEFINE_MATH(T, S, EXP, TANH, LOG, SIGMOID, EPS)                   \
                                                                               \
