@@ -80,7 +80,11 @@ def _kernel_input(X, dtype, online=False):
         X = np.ascontiguousarray(X, dtype=dtype)
         if not online:
             return X, None, None, False, None
-        row_nnz = np.count_nonzero(X, axis=1) if X.size else np.zeros(X.shape[0], int)
+        # In slices: count_nonzero(axis=1) builds a boolean copy of its input.
+        row_nnz = np.zeros(X.shape[0], dtype=np.intp)
+        for start in range(0, X.shape[0], 8192):
+            row_nnz[start:start + 8192] = np.count_nonzero(X[start:start + 8192],
+                                                           axis=1)
         density = row_nnz.sum() / X.size if X.size else 1.0
         if density >= _SKIP_ZEROS_DENSITY:
             return X, None, None, False, None
