@@ -11,8 +11,28 @@ from setuptools.command.build_ext import build_ext
 MODULES = ["_blas", "_kernels", "_openmp_helpers"]
 
 
+def _flag(name):
+    return os.environ.get(name, "0") not in ("", "0")
+
+
 def _debug():
-    return os.environ.get("CBACKPROP_DEBUG", "0") not in ("", "0")
+    return _flag("CBACKPROP_DEBUG")
+
+
+def _links_openmp(compiler, compile_args, link_args):
+    """True when a program using the OpenMP runtime compiles and links."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp_probe.c")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\n"
+                    "int main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=compile_args)
+            compiler.link_executable(objs, os.path.join(tmp, "omp_probe"),
+                                     extra_postargs=link_args)
+        except Exception:
+            return False
+    return True
 
 
 def _accepts(compiler, flag):
@@ -33,22 +53,36 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         ctype = self.compiler.compiler_type
-        require_omp = os.environ.get("CBACKPROP_REQUIRE_OPENMP", "0") not in ("", "0")
-        no_omp = os.environ.get("CBACKPROP_NO_OPENMP", "0") not in ("", "0")
+        require_omp = _flag("CBACKPROP_REQUIRE_OPENMP")
+        no_omp = _flag("CBACKPROP_NO_OPENMP")
         if require_omp and no_omp:
             raise RuntimeError(
                 "CBACKPROP_REQUIRE_OPENMP and CBACKPROP_NO_OPENMP are both set."
             )
         if ctype == "msvc":
-            compile_args = ["/O2"] + ([] if no_omp else ["/openmp"])
-            link_args = []
+            omp_compile, omp_link = ["/openmp"], []
+            compile_args = ["/O2"]
         elif sys.platform == "darwin":
             # Apple clang needs the preprocessor route and an explicit libomp.
-            compile_args = ["-O3"] + ([] if no_omp else ["-Xpreprocessor", "-fopenmp"])
-            link_args = [] if no_omp else ["-lomp"]
+            omp_compile, omp_link = ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
+            compile_args = ["-O3"]
         else:
-            compile_args = ["-O3"] + ([] if no_omp else ["-fopenmp"])
-            link_args = [] if no_omp else ["-fopenmp"]
+            omp_compile, omp_link = ["-fopenmp"], ["-fopenmp"]
+            compile_args = ["-O3"]
+        link_args = []
+        if not no_omp:
+            if _links_openmp(self.compiler, omp_compile, omp_link):
+                compile_args += omp_compile
+                link_args += omp_link
+            elif require_omp:
+                # Wheels must never be silently single-threaded.
+                raise RuntimeError(
+                    "CBACKPROP_REQUIRE_OPENMP is set but this compiler cannot build "
+                    f"and link an OpenMP program with {omp_compile} / {omp_link}. "
+                    "Install an OpenMP runtime (libgomp, libomp, vcomp)."
+                )
+            else:
+                print("cbackprop: OpenMP not available, building single-threaded")
         # GCC's unroll-and-jam fuses pairs of sparse-row updates in the
         # first-layer kernels and leaves them scalar (2.5x slower, measured).
         if ctype != "msvc" and _accepts(self.compiler, "-fno-loop-unroll-and-jam"):

@@ -43,6 +43,10 @@ except ImportError:  # benchmark-only dependency
 
 
 def median_time(fn, repeats):
+    # Worker threads of the previous library (OpenBLAS, PyTorch's OpenMP pool)
+    # spin for a while after their work; on a small machine they would steal a
+    # core from whatever runs next.  Let them go idle first.
+    time.sleep(0.5)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -6,6 +6,7 @@ scikit-learn's, trained by typed ``nogil`` Cython kernels.
 solvers use, for inspection and finite-difference checks.
 """
 
+from cbackprop._config import show_config
 from cbackprop._gradcheck import check_gradients, loss_and_gradients
 from cbackprop._mlp import MLPClassifier, MLPRegressor
 
@@ -16,5 +17,6 @@ __all__ = [
     "MLPRegressor",
     "check_gradients",
     "loss_and_gradients",
+    "show_config",
     "__version__",
 ]

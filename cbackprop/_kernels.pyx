@@ -318,8 +318,8 @@ cdef inline Py_ssize_t _chunk_rows(Py_ssize_t nb) noexcept nogil:
     cdef Py_ssize_t c = nb // 4
     if c < 8:
         c = 8
-    if c > 64:
-        c = 64
+    if c > 512:
+        c = 512
     return c
 
 
