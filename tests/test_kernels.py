@@ -103,3 +103,29 @@ def test_effective_n_threads():
         _openmp_helpers.effective_n_threads(0)
     with pytest.raises(TypeError):
         _openmp_helpers.effective_n_threads(2.5)
+
+
+def test_openmp_is_in_the_build_when_required():
+    # cibuildwheel sets CBACKPROP_REQUIRE_OPENMP for the build and the tests:
+    # every published wheel must be multithreaded.
+    import os
+
+    if os.environ.get("CBACKPROP_REQUIRE_OPENMP", "0") not in ("", "0"):
+        assert _openmp_helpers.openmp_enabled()
+
+
+def test_show_config_reports_versions_and_thread_pools():
+    import io
+
+    import cbackprop
+
+    buf = io.StringIO()
+    config = cbackprop.show_config(file=buf)
+    text = buf.getvalue()
+    assert cbackprop.__version__ in text and "numpy" in text
+    assert config["openmp"] == _openmp_helpers.openmp_enabled()
+    assert config["n_threads"] >= 1
+    apis = {pool["user_api"] for pool in config["threadpools"]}
+    assert "blas" in apis
+    if config["openmp"]:
+        assert "openmp" in apis
