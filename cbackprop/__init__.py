@@ -7,12 +7,14 @@ solvers use, for inspection and finite-difference checks.
 """
 
 from cbackprop._config import show_config
+from cbackprop._display import LossCurveDisplay
 from cbackprop._gradcheck import check_gradients, loss_and_gradients
 from cbackprop._mlp import MLPClassifier, MLPRegressor
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LossCurveDisplay",
     "MLPClassifier",
     "MLPRegressor",
     "check_gradients",

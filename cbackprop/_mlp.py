@@ -31,6 +31,7 @@ from threadpoolctl import ThreadpoolController
 
 from cbackprop import _kernels
 from cbackprop._openmp_helpers import effective_n_threads
+from cbackprop._progress import EpochProgress
 
 HIDDEN_ACTIVATIONS = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}
 OUTPUT_ACTIVATIONS = {"identity": 0, "logistic": 1, "softmax": 2, "exp": 3}
@@ -730,6 +731,10 @@ class _BaseMLP(BaseEstimator):
         sample_idx = np.arange(n_samples, dtype=int)
         snapshot = np.empty_like(params)
 
+        progress = None
+        if not isinstance(self.verbose, bool) and self.verbose >= 2:
+            progress = EpochProgress(1 if incremental else self.max_iter, n_samples,
+                                     desc=type(self).__name__)
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
@@ -765,11 +770,14 @@ class _BaseMLP(BaseEstimator):
                 stop_loss = (data_sum / scale + l2_sum) / n_samples
                 self.t_ += n_samples
                 self.loss_curve_.append(self.loss_)
-                if self.verbose:
+                if self._print_lines():
                     print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
 
                 self._update_no_improvement_count(early_stopping, X_val, y_val,
                                                   sw_val, stop_loss, params)
+                if progress is not None:
+                    progress.update(self.loss_, self.validation_scores_[-1]
+                                    if early_stopping else None)
                 if opt["kind"] == "sgd" and self.learning_rate == "invscaling":
                     opt["lr"] = float(self.learning_rate_init) / (
                         self.t_ + 1) ** self.power_t
@@ -797,22 +805,30 @@ class _BaseMLP(BaseEstimator):
                     )
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=3)
+        finally:
+            if progress is not None:
+                progress.close()
 
         if early_stopping:
             params[:] = self._best_params
 
+    def _print_lines(self):
+        """verbose=True/1 prints scikit-learn's lines; 2 and above a bar."""
+        return bool(self.verbose) and (isinstance(self.verbose, bool)
+                                       or self.verbose < 2)
+
     def _trigger_stopping(self, msg, opt):
         """True to stop; the 'adaptive' schedule first divides the rate by 5."""
         if opt["kind"] == "adam" or self.learning_rate != "adaptive":
-            if self.verbose:
+            if self._print_lines():
                 print(msg + " Stopping.")
             return True
         if opt["lr"] <= 1e-6:
-            if self.verbose:
+            if self._print_lines():
                 print(msg + " Learning rate too small. Stopping.")
             return True
         opt["lr"] /= 5.0
-        if self.verbose:
+        if self._print_lines():
             print(msg + " Setting learning rate to %f" % opt["lr"])
         return False
 
@@ -821,7 +837,7 @@ class _BaseMLP(BaseEstimator):
         if early_stopping:
             score = self._score(X_val, y_val, sample_weight=sw_val)
             self.validation_scores_.append(score)
-            if self.verbose:
+            if self._print_lines():
                 print("Validation score: %f" % score)
             if score < self.best_validation_score_ + self.tol:
                 self._no_improvement_count += 1
@@ -928,8 +944,10 @@ _PARAMS_DOC = """
         an int reproduces scikit-learn's trajectory.
     tol : float, default=1e-4
         Tolerance of the stopping rules.
-    verbose : bool, default=False
-        Print one line per epoch.
+    verbose : bool or int, default=False
+        ``True`` or 1 prints scikit-learn's line per epoch; 2 shows a
+        progress bar (tqdm when installed) with the loss, the validation
+        score, samples per second and the time left.
     warm_start : bool, default=False
         Start from the previous solution.
     momentum : float, default=0.9
