@@ -160,7 +160,6 @@ def _load(path):
 # ---------------------------------------------------------------------------
 
 def _train(args):
-    import numpy as np
     from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
     from sklearn.model_selection import train_test_split
     from sklearn.pipeline import Pipeline

@@ -1220,9 +1220,15 @@ def _py_rng_uniform(unsigned long long seed, unsigned long long a,
 
 def _py_dot(floating[::1] x, floating[::1] y):
     """Fixed-order dot product of the loop header."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError("vectors differ in length")
+    if x.shape[0] == 0:
+        return 0.0
     return _dot(x.shape[0], &x[0], &y[0])
 
 
 def _py_sumsq(floating[::1] x):
     """Fixed-order sum of squares (in double) of the loop header."""
+    if x.shape[0] == 0:
+        return 0.0
     return _sumsq(x.shape[0], &x[0])

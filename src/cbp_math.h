@@ -58,15 +58,6 @@ static inline float cbp_sigmoid_f(float x)
     return e / (1.0f + e);
 }
 
-/* log(1 + exp(x)) without overflow; used by tests and the log-sum-exp. */
-static inline double cbp_softplus_d(double x)
-{
-    if (x > 0.0) {
-        return x + log1p(exp(-x));
-    }
-    return log1p(exp(x));
-}
-
 /* Clamp of the exp output's argument: a Poisson mean of e^300 (e^60 in
  * float32) is far beyond any meaningful model, and below it the loss and the
  * batch sums of its gradient stay finite. */

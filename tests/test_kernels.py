@@ -37,6 +37,20 @@ def test_mm_rowmajor_rejects_mismatched_shapes():
         _blas._py_mm_rowmajor(np.ones((2, 3)), np.ones((2, 3)))
 
 
+@given(st.integers(0, 300), st.sampled_from([np.float32, np.float64]))
+def test_loop_header_reductions(n, dtype):
+    rng = np.random.RandomState(n)
+    x = rng.normal(size=n).astype(dtype)
+    y = rng.normal(size=n).astype(dtype)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert _kernels._py_dot(x, y) == pytest.approx(float(x.astype(float) @ y),
+                                                  rel=tol, abs=tol * max(n, 1))
+    assert _kernels._py_sumsq(x) == pytest.approx(float(x.astype(float) @ x),
+                                                 rel=1e-12)
+    # Fixed order: the same call gives the same bits.
+    assert _kernels._py_dot(x, y) == _kernels._py_dot(x, y)
+
+
 def test_dot():
     x = np.arange(5.0)
     assert _blas._py_dot(x, x) == 30.0
