@@ -640,6 +640,14 @@ class _BaseMLP(BaseEstimator):
             params[:] = last["x"]
             return
         self.n_iter_ = min(res.nit, self.max_iter)
+        if not (np.isfinite(res.x).all() and np.isfinite(res.fun)):
+            params[:] = last["x"]
+            self.loss_ = float(last["fun"])
+            raise ValueError(
+                "lbfgs diverged: the loss or the weights became infinite or NaN. "
+                "The last finite weights were kept. Scale the inputs (for example "
+                "with StandardScaler) or increase alpha."
+            )
         if res.status != 0:
             msg = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
                    f"(status={res.status}):\n{res.message}\n")

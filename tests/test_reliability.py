@@ -208,6 +208,32 @@ def test_divergence_stops_at_once_and_keeps_finite_weights(solver, batch_size):
     assert len(reg.loss_curve_) == reg.n_iter_ < 50
 
 
+def test_lbfgs_divergence_keeps_the_last_finite_weights(monkeypatch):
+    from cbackprop import _mlp
+
+    X, y = _data()
+    est = MLPRegressor(hidden_layer_sizes=(4,), solver="lbfgs", max_iter=20)
+    real = _mlp._BaseMLP._objective_setup
+
+    def poisoned(self, *args, **kwargs):
+        objective = real(self, *args, **kwargs)
+        calls = {"n": 0}
+
+        def wrapped(params, need_grad=True):
+            calls["n"] += 1
+            loss, grad = objective(params, need_grad)
+            if calls["n"] > 3:  # the loss blows up after a few evaluations
+                grad[:] = np.nan
+                return np.nan, grad
+            return loss, grad
+        return wrapped
+
+    monkeypatch.setattr(_mlp._BaseMLP, "_objective_setup", poisoned)
+    with pytest.raises(ValueError, match="diverged"):
+        est.fit(X, X[:, 0])
+    assert all(np.isfinite(c).all() for c in est.coefs_ + est.intercepts_)
+
+
 # ---------------------------------------------------------------------------
 # Interrupts
 # ---------------------------------------------------------------------------
