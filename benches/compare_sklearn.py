@@ -17,13 +17,10 @@ import argparse
 import os
 import platform
 import sys
-import time
-import warnings
 
 import numpy as np
 import sklearn
 from sklearn.datasets import load_digits
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier as SkMLP
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -32,18 +29,12 @@ from mnist import load_mnist10k  # noqa: E402
 
 import cbackprop  # noqa: E402
 from cbackprop import MLPClassifier  # noqa: E402
+from cbackprop._cli import _median_fit_time  # noqa: E402
 
 
 def _median_fit(cls, params, X, y, repeats):
-    times, est = [], None
-    for _ in range(repeats):
-        est = cls(**params)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            t0 = time.perf_counter()
-            est.fit(X, y)
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times)), est
+    # The same timing loop as `cbackprop demo` / `cbackprop bench`.
+    return _median_fit_time(lambda: cls(**params), X, y, repeats)
 
 
 def _cpu_name():
