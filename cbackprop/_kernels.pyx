@@ -44,10 +44,12 @@ from cbackprop._blas cimport mm_rowmajor, NoTrans, Trans
 import numpy as np
 
 cdef extern from "cbp_math.h" nogil:
-    void cbp_hidden_forward_d(int code, double* z, Py_ssize_t n)
-    void cbp_hidden_forward_f(int code, float* z, Py_ssize_t n)
-    void cbp_hidden_backward_d(int code, const double* a, double* d, Py_ssize_t n)
-    void cbp_hidden_backward_f(int code, const float* a, float* d, Py_ssize_t n)
+    void cbp_hidden_forward_d(int code, double param, double* z, Py_ssize_t n)
+    void cbp_hidden_forward_f(int code, double param, float* z, Py_ssize_t n)
+    void cbp_hidden_backward_d(int code, double param, const double* a, double* d,
+                               Py_ssize_t n)
+    void cbp_hidden_backward_f(int code, double param, const float* a, float* d,
+                               Py_ssize_t n)
     void cbp_output_forward_d(int code, double* z, Py_ssize_t r, Py_ssize_t c)
     void cbp_output_forward_f(int code, float* z, Py_ssize_t r, Py_ssize_t c)
     double cbp_row_loss_d(int loss, const double* p, const double* y, Py_ssize_t c)
@@ -192,6 +194,7 @@ cdef struct Net:
     Py_ssize_t n_params
     Py_ssize_t total_units     # units[1] + ... + units[L]
     int hidden_act
+    double act_param           # leaky-relu slope
     int out_act
     int loss
 
@@ -237,19 +240,20 @@ cdef struct SpBatch:
 # Dtype dispatch of the C helpers.
 # ---------------------------------------------------------------------------
 
-cdef inline void _hidden_forward(int code, floating* z, Py_ssize_t n) noexcept nogil:
+cdef inline void _hidden_forward(const Net* net, floating* z,
+                                 Py_ssize_t n) noexcept nogil:
     if floating is float:
-        cbp_hidden_forward_f(code, z, n)
+        cbp_hidden_forward_f(net.hidden_act, net.act_param, z, n)
     else:
-        cbp_hidden_forward_d(code, z, n)
+        cbp_hidden_forward_d(net.hidden_act, net.act_param, z, n)
 
 
-cdef inline void _hidden_backward(int code, const floating* a, floating* d,
+cdef inline void _hidden_backward(const Net* net, const floating* a, floating* d,
                                   Py_ssize_t n) noexcept nogil:
     if floating is float:
-        cbp_hidden_backward_f(code, a, d, n)
+        cbp_hidden_backward_f(net.hidden_act, net.act_param, a, d, n)
     else:
-        cbp_hidden_backward_d(code, a, d, n)
+        cbp_hidden_backward_d(net.hidden_act, net.act_param, a, d, n)
 
 
 cdef inline void _output_forward(int code, floating* z, Py_ssize_t r,
@@ -468,7 +472,7 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
             for r in range(nr):
                 _axpy(u_out, <floating>1, params + net.icpt_off[li], z + r * u_out)
         if li < L - 1:
-            _hidden_forward(net.hidden_act, z, nr * u_out)
+            _hidden_forward(net, z, nr * u_out)
         else:
             _output_forward(net.out_act, z, nr, u_out)
 
@@ -516,7 +520,7 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
         mm_rowmajor(NoTrans, Trans, <int>nr, <int>u_in, <int>u_out, <floating>1, d,
                     <int>u_out, params + net.coef_off[li], <int>u_out, <floating>0,
                     dprev, <int>u_in)
-        _hidden_backward(net.hidden_act, acts + _layer_base(net, cap, li) + r0 * u_in,
+        _hidden_backward(net, acts + _layer_base(net, cap, li) + r0 * u_in,
                          dprev, nr * u_in)
 
 
@@ -760,7 +764,7 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
                 cbp_gemv_skip_d(u_in, a_in, params + net.coef_off[li], u_out,
                                 params + net.icpt_off[li], z)
         if li < L - 1:
-            _hidden_forward(net.hidden_act, z, u_out)
+            _hidden_forward(net, z, u_out)
         else:
             _output_forward(net.out_act, z, 1, u_out)
 
@@ -784,7 +788,7 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
                 cbp_gemv_t_f(u_in, u_out, params + net.coef_off[li], d, dprev)
             else:
                 cbp_gemv_t_d(u_in, u_out, params + net.coef_off[li], d, dprev)
-            _hidden_backward(net.hidden_act, a_in, dprev, u_in)
+            _hidden_backward(net, a_in, dprev, u_in)
             ssq += _outer_step(o, u_in, u_out, a_in, d, params + net.coef_off[li],
                                s1 + net.coef_off[li], s2 + net.coef_off[li], sw, lr_t)
         elif lz.on:
@@ -843,6 +847,7 @@ cdef void _make_net(Net* net, const Py_ssize_t[::1] units,
     net.n_params = n_params
     net.total_units = _total_units(units)
     net.hidden_act = hidden_act
+    net.act_param = 0.0
     net.out_act = out_act
     net.loss = loss
 
@@ -958,7 +963,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               floating[::1] grad, floating[::1] acts, floating[::1] deltas,
               floating[::1] xbuf, Py_ssize_t[::1] iwork, double[::1] dwork,
               Py_ssize_t[::1] spi, floating[::1] spv, Py_ssize_t nnz_cap,
-              Py_ssize_t batch_size, int n_threads, dict opt, object lazy=None):
+              Py_ssize_t batch_size, int n_threads, dict opt, object lazy=None,
+              double act_param=0.0):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
     Returns ``(status, data_loss_sum, l2_loss_sum, n_done)``: the batch losses
@@ -988,6 +994,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               loss)
     _make_source(&src, X, n_features, indices, indptr, skip_zeros, params)
     _make_optim(&o, opt)
+    net.act_param = act_param
     cap = acts.shape[0] // net.total_units
     _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features)
 
@@ -1088,7 +1095,7 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
               floating[::1] grad, floating[::1] acts, floating[::1] deltas,
               floating[::1] xbuf, double[::1] dwork, Py_ssize_t[::1] spi,
               floating[::1] spv, Py_ssize_t nnz_cap, double alpha, int n_threads,
-              bint need_grad=True):
+              bint need_grad=True, double act_param=0.0):
     """Full-batch objective and gradient at ``params`` (lbfgs, gradient checks).
 
     Returns ``(data_loss, l2_loss)``; ``grad`` receives the gradient of their
@@ -1107,6 +1114,7 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
     _make_net(&net, units, coef_off, icpt_off, params.shape[0], hidden_act, out_act,
               loss)
     _make_source(&src, X, n_features, indices, indptr, skip_zeros, params)
+    net.act_param = act_param
     cap = acts.shape[0] // net.total_units
     _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features)
     threads = _threads_for(&net, min(cap, n), n_threads)
@@ -1132,7 +1140,7 @@ def forward(object X, object indices, object indptr, Py_ssize_t n_samples,
             const Py_ssize_t[::1] coef_off, const Py_ssize_t[::1] icpt_off,
             int hidden_act, int out_act, const floating[::1] params,
             floating[:, ::1] out, floating[:, ::1] acts, Py_ssize_t[:, ::1] rsre,
-            int n_threads):
+            int n_threads, double act_param=0.0):
     """Output-layer activations of every row of X, written into ``out``.
 
     Rows are processed in chunks of ``acts.shape[1] // total_units`` rows, in
@@ -1147,6 +1155,7 @@ def forward(object X, object indices, object indptr, Py_ssize_t n_samples,
     _make_net(&net, units, coef_off, icpt_off, params.shape[0], hidden_act, out_act,
               0)
     _make_source(&src, X, n_features, indices, indptr, False, params)
+    net.act_param = act_param
     if not src.csr:
         X0 = <const floating*>src.x
     cap = acts.shape[1] // net.total_units
@@ -1195,14 +1204,16 @@ cdef inline Py_ssize_t _thread_id() noexcept nogil:
 # Python twins of the C helpers, for the tests.
 # ---------------------------------------------------------------------------
 
-def _py_hidden(int code, double[::1] z):
+def _py_hidden(int code, double[::1] z, double param=0.0):
     """Apply hidden activation ``code`` in place (float64)."""
-    cbp_hidden_forward_d(code, &z[0], z.shape[0])
+    if z.shape[0]:
+        cbp_hidden_forward_d(code, param, &z[0], z.shape[0])
 
 
-def _py_hidden_f(int code, float[::1] z):
+def _py_hidden_f(int code, float[::1] z, double param=0.0):
     """Apply hidden activation ``code`` in place (float32)."""
-    cbp_hidden_forward_f(code, &z[0], z.shape[0])
+    if z.shape[0]:
+        cbp_hidden_forward_f(code, param, &z[0], z.shape[0])
 
 
 def _py_output(int code, double[:, ::1] z):

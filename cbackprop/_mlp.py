@@ -33,7 +33,8 @@ from cbackprop import _kernels
 from cbackprop._openmp_helpers import effective_n_threads
 from cbackprop._progress import EpochProgress
 
-HIDDEN_ACTIVATIONS = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3}
+HIDDEN_ACTIVATIONS = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3,
+                      "leaky_relu": 4, "elu": 5, "lecun_tanh": 6, "softplus": 7}
 OUTPUT_ACTIVATIONS = {"identity": 0, "logistic": 1, "softmax": 2, "exp": 3}
 LOSSES = {"squared_error": 0, "log_loss": 1, "binary_log_loss": 2, "poisson": 3}
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
@@ -250,6 +251,7 @@ class _BaseMLP(BaseEstimator):
         n_iter_no_change,
         max_fun,
         n_threads=None,
+        leaky_relu_slope=0.01,
     ):
         self.activation = activation
         self.solver = solver
@@ -276,6 +278,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
         self.n_threads = n_threads
+        self.leaky_relu_slope = leaky_relu_slope
 
     # ------------------------------------------------------------------
     # Validation
@@ -313,6 +316,7 @@ class _BaseMLP(BaseEstimator):
             if self.n_threads == 0:
                 raise ValueError("The 'n_threads' parameter must be None, -1 or a "
                                  "non-zero int, got 0.")
+        _check_scalar("leaky_relu_slope", self.leaky_relu_slope, Real, 0, 1)
         # random_state is checked by check_random_state at fit time.
 
     def _n_threads(self):
@@ -445,6 +449,10 @@ class _BaseMLP(BaseEstimator):
             LOSSES[loss],
         )
 
+    def _act_param(self):
+        """The hidden activation's parameter for the kernels."""
+        return float(getattr(self, "leaky_relu_slope", 0.01))
+
     def _loss_scale(self):
         """scikit-learn averages multi-output squared error over outputs in the
         reported loss (but not in its gradient); stopping rules use that scale
@@ -479,7 +487,7 @@ class _BaseMLP(BaseEstimator):
             _kernels.forward(data, ind, ptr, n, X.shape[1], units, coef_off,
                              icpt_off, HIDDEN_ACTIVATIONS[self.activation],
                              OUTPUT_ACTIVATIONS[out_activation], params, out, acts,
-                             rsre, threads)
+                             rsre, threads, self._act_param())
         return out
 
     def _forward_pass_fast(self, X, check_input=True):
@@ -586,13 +594,14 @@ class _BaseMLP(BaseEstimator):
         sw = sample_weight if has_sw else np.empty(1, dtype=dtype)
         hidden, out, loss = self._codes()
         alpha = float(self.alpha)
+        act_param = self._act_param()
 
         def objective(params, need_grad=True):
             data_loss, l2 = _kernels.loss_grad(
                 ws.data, ws.ind, ws.ptr, ws.n_features, ws.skip_zeros, Y, sw,
                 has_sw, units, coef_off, icpt_off, ws.gblocks, hidden, out, loss,
                 params, ws.grad, ws.acts, ws.deltas, ws.xbuf, ws.dwork, ws.spi,
-                ws.spv, ws.nnz_cap, alpha, ws.n_threads, need_grad,
+                ws.spv, ws.nnz_cap, alpha, ws.n_threads, need_grad, act_param,
             )
             return data_loss + l2, ws.grad
 
@@ -759,6 +768,7 @@ class _BaseMLP(BaseEstimator):
                     out, loss_code, params, opt["state1"], opt["state2"], ws.grad,
                     ws.acts, ws.deltas, ws.xbuf, ws.iwork, ws.dwork, ws.spi, ws.spv,
                     ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
+                    self._act_param(),
                 )
                 if status == _STATUS_INTERRUPTED:
                     # Back to the end of the last whole epoch, so that the
@@ -924,8 +934,12 @@ class _BaseMLP(BaseEstimator):
 _PARAMS_DOC = """
     hidden_layer_sizes : array-like of shape (n_layers - 2,), default=(100,)
         Width of each hidden layer.
-    activation : {'identity', 'logistic', 'tanh', 'relu'}, default='relu'
-        Hidden-layer activation.
+    activation : {'identity', 'logistic', 'tanh', 'relu', 'leaky_relu', 'elu', \
+'lecun_tanh', 'softplus'}, default='relu'
+        Hidden-layer activation. Beyond scikit-learn: 'leaky_relu'
+        (``max(z, slope z)``, slope ``leaky_relu_slope``), 'elu' (``z`` for
+        ``z > 0``, else ``exp(z) - 1``), 'lecun_tanh' (``1.7159 tanh(2z/3)``)
+        and 'softplus' (``log(1 + exp(z))``).
     solver : {'lbfgs', 'sgd', 'adam'}, default='adam'
         'sgd' and 'adam' run whole epochs inside one nogil kernel call;
         'lbfgs' drives scipy's L-BFGS-B with a kernel that returns the
@@ -975,6 +989,9 @@ _PARAMS_DOC = """
         Epochs without improvement by ``tol`` before stopping.
     max_fun : int, default=15000
         Maximum number of loss evaluations of 'lbfgs'.
+    leaky_relu_slope : float, default=0.01
+        Slope of 'leaky_relu' for negative inputs, in [0, 1) (not in
+        scikit-learn).
     n_threads : int or None, default=None
         OpenMP threads for training and prediction (not in scikit-learn).
         None follows scikit-learn's convention (``OMP_NUM_THREADS`` and
@@ -1072,6 +1089,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         n_iter_no_change=10,
         max_fun=15000,
         n_threads=None,
+        leaky_relu_slope=0.01,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -1099,6 +1117,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             n_iter_no_change=n_iter_no_change,
             max_fun=max_fun,
             n_threads=n_threads,
+            leaky_relu_slope=leaky_relu_slope,
         )
 
     def _validate_input(self, X, y, incremental, reset):
@@ -1301,6 +1320,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         n_iter_no_change=10,
         max_fun=15000,
         n_threads=None,
+        leaky_relu_slope=0.01,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -1328,6 +1348,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             n_iter_no_change=n_iter_no_change,
             max_fun=max_fun,
             n_threads=n_threads,
+            leaky_relu_slope=leaky_relu_slope,
         )
 
     def _validate_params(self):

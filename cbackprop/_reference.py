@@ -11,9 +11,19 @@ differ; the tests keep away from that region.
 import numpy as np
 from scipy.special import expit, log_expit, log_softmax, softmax
 
+LEAKY_SLOPE = 0.01
 
-def hidden_activation(name, z):
+
+def hidden_activation(name, z, slope=LEAKY_SLOPE):
     """f(z) for a hidden activation."""
+    if name == "leaky_relu":
+        return np.where(z > 0, z, slope * z)
+    if name == "elu":
+        return np.where(z > 0, z, np.expm1(np.minimum(z, 0)))
+    if name == "lecun_tanh":
+        return 1.7159 * np.tanh(2.0 * z / 3.0)
+    if name == "softplus":
+        return np.logaddexp(0.0, z)
     if name == "identity":
         return z.copy()
     if name == "logistic":
@@ -25,8 +35,16 @@ def hidden_activation(name, z):
     raise ValueError(f"unknown activation {name!r}")
 
 
-def hidden_derivative(name, z):
+def hidden_derivative(name, z, slope=LEAKY_SLOPE):
     """f'(z) for a hidden activation."""
+    if name == "leaky_relu":
+        return np.where(z > 0, 1.0, slope)
+    if name == "elu":
+        return np.where(z > 0, 1.0, np.exp(np.minimum(z, 0)))
+    if name == "lecun_tanh":
+        return 1.7159 * (2.0 / 3.0) * (1 - np.tanh(2.0 * z / 3.0) ** 2)
+    if name == "softplus":
+        return expit(z)
     if name == "identity":
         return np.ones_like(z)
     if name == "logistic":
@@ -68,7 +86,7 @@ def per_sample_loss(loss, out_activation, z, Y):
     raise ValueError(f"unknown loss {loss!r} with output {out_activation!r}")
 
 
-def forward(coefs, intercepts, X, activation, out_activation):
+def forward(coefs, intercepts, X, activation, out_activation, slope=LEAKY_SLOPE):
     """Pre-activations and activations of every layer (input first)."""
     a = [np.asarray(X, dtype=np.float64)]
     zs = []
@@ -76,14 +94,14 @@ def forward(coefs, intercepts, X, activation, out_activation):
         z = a[-1] @ W + b
         zs.append(z)
         if i < len(coefs) - 1:
-            a.append(hidden_activation(activation, z))
+            a.append(hidden_activation(activation, z, slope))
         else:
             a.append(output_activation(out_activation, z))
     return zs, a
 
 
 def loss_and_gradients(coefs, intercepts, X, Y, activation, out_activation, loss,
-                       alpha=0.0, sample_weight=None):
+                       alpha=0.0, sample_weight=None, slope=LEAKY_SLOPE):
     """Full-batch objective and gradient, as the solvers define them.
 
     Returns ``(loss, coef_grads, intercept_grads)`` where the objective is
@@ -96,7 +114,7 @@ def loss_and_gradients(coefs, intercepts, X, Y, activation, out_activation, loss
     w = np.ones(X.shape[0]) if sample_weight is None else np.asarray(
         sample_weight, dtype=np.float64)
     sw_sum = w.sum()
-    zs, a = forward(coefs, intercepts, X, activation, out_activation)
+    zs, a = forward(coefs, intercepts, X, activation, out_activation, slope)
     data = np.sum(w * per_sample_loss(loss, out_activation, zs[-1], Y)) / sw_sum
     l2 = 0.5 * alpha * sum(np.sum(c * c) for c in coefs) / sw_sum
 
@@ -108,7 +126,8 @@ def loss_and_gradients(coefs, intercepts, X, Y, activation, out_activation, loss
         coef_grads[i] = a[i].T @ delta + alpha * coefs[i] / sw_sum
         intercept_grads[i] = delta.sum(axis=0)
         if i > 0:
-            delta = (delta @ coefs[i].T) * hidden_derivative(activation, zs[i - 1])
+            delta = (delta @ coefs[i].T) * hidden_derivative(activation, zs[i - 1],
+                                                             slope)
     return data + l2, coef_grads, intercept_grads
 
 

@@ -19,7 +19,11 @@ enum {
     CBP_ACT_IDENTITY = 0,
     CBP_ACT_LOGISTIC = 1,
     CBP_ACT_TANH = 2,
-    CBP_ACT_RELU = 3
+    CBP_ACT_RELU = 3,
+    CBP_ACT_LEAKY_RELU = 4, /* param: slope for z < 0 */
+    CBP_ACT_ELU = 5,        /* alpha 1 */
+    CBP_ACT_LECUN_TANH = 6, /* 1.7159 tanh(2 z / 3) */
+    CBP_ACT_SOFTPLUS = 7    /* log(1 + exp(z)) */
 };
 
 /* Output activation codes. */
@@ -66,11 +70,33 @@ static inline float cbp_sigmoid_f(float x)
 
 #define CBP_DEFINE_MATH(T, S, EXP, TANH, LOG, SIGMOID, EPS)                   \
                                                                               \
-/* In-place hidden activation of n contiguous values. */                      \
-static inline void cbp_hidden_forward_##S(int code, T *z, ptrdiff_t n)        \
+/* In-place hidden activation of n contiguous values; ``param`` is the    */ \
+/* leaky-relu slope (unused by the others).                               */ \
+static inline void cbp_hidden_forward_##S(int code, double param, T *z,       \
+                                          ptrdiff_t n)                        \
 {                                                                             \
     ptrdiff_t i;                                                              \
+    const T slope = (T)param;                                                 \
     switch (code) {                                                           \
+    case CBP_ACT_LEAKY_RELU:                                                  \
+        for (i = 0; i < n; i++) z[i] = z[i] > (T)0 ? z[i] : slope * z[i];     \
+        break;                                                                \
+    case CBP_ACT_ELU:                                                         \
+        /* expm1 keeps the small negative values exact. */                    \
+        for (i = 0; i < n; i++)                                               \
+            z[i] = z[i] > (T)0 ? z[i] : (T)expm1((double)z[i]);               \
+        break;                                                                \
+    case CBP_ACT_LECUN_TANH:                                                  \
+        for (i = 0; i < n; i++)                                               \
+            z[i] = (T)1.7159 * TANH(z[i] * ((T)2 / (T)3));                    \
+        break;                                                                \
+    case CBP_ACT_SOFTPLUS:                                                    \
+        /* log(1 + e^z) = max(z, 0) + log1p(e^-|z|): never overflows. */      \
+        for (i = 0; i < n; i++) {                                             \
+            double x = (double)z[i];                                          \
+            z[i] = (T)((x > 0.0 ? x : 0.0) + log1p(exp(-fabs(x))));           \
+        }                                                                     \
+        break;                                                                \
     case CBP_ACT_LOGISTIC:                                                    \
         for (i = 0; i < n; i++) z[i] = SIGMOID(z[i]);                         \
         break;                                                                \
@@ -87,11 +113,30 @@ static inline void cbp_hidden_forward_##S(int code, T *z, ptrdiff_t n)        \
                                                                               \
 /* delta *= f'(z), with f' written in terms of the activation a = f(z), */    \
 /* which is what the forward pass keeps. */                                   \
-static inline void cbp_hidden_backward_##S(int code, const T *a, T *delta,    \
-                                           ptrdiff_t n)                       \
+static inline void cbp_hidden_backward_##S(int code, double param,            \
+                                           const T *a, T *delta, ptrdiff_t n) \
 {                                                                             \
     ptrdiff_t i;                                                              \
+    const T slope = (T)param;                                                 \
     switch (code) {                                                           \
+    case CBP_ACT_LEAKY_RELU:                                                  \
+        for (i = 0; i < n; i++) delta[i] *= a[i] > (T)0 ? (T)1 : slope;       \
+        break;                                                                \
+    case CBP_ACT_ELU:                                                         \
+        /* z <= 0: f' = e^z = a + 1 */                                        \
+        for (i = 0; i < n; i++) delta[i] *= a[i] > (T)0 ? (T)1 : a[i] + (T)1; \
+        break;                                                                \
+    case CBP_ACT_LECUN_TANH:                                                  \
+        /* f' = 1.7159 (2/3) (1 - (a / 1.7159)^2) */                          \
+        for (i = 0; i < n; i++) {                                             \
+            T u = a[i] * (T)(1.0 / 1.7159);                                   \
+            delta[i] *= (T)(1.7159 * 2.0 / 3.0) * ((T)1 - u * u);             \
+        }                                                                     \
+        break;                                                                \
+    case CBP_ACT_SOFTPLUS:                                                    \
+        /* f' = sigmoid(z) = 1 - e^-a, as -expm1(-a) for small a */           \
+        for (i = 0; i < n; i++) delta[i] *= (T)(-expm1(-(double)a[i]));       \
+        break;                                                                \
     case CBP_ACT_LOGISTIC:                                                    \
         for (i = 0; i < n; i++) {                                             \
             delta[i] *= a[i];                                                 \

@@ -28,8 +28,9 @@ def test_constructor_signature_matches_sklearn(ours, theirs):
     b = inspect.signature(theirs.__init__).parameters
     # scikit-learn's parameters, in order, then cbackprop's own (keyword-only).
     assert list(a)[: len(b)] == list(b)
-    assert list(a)[len(b):] == ["n_threads"]
+    assert list(a)[len(b):] == ["n_threads", "leaky_relu_slope"]
     assert a["n_threads"].kind == inspect.Parameter.KEYWORD_ONLY
+    assert a["leaky_relu_slope"].kind == inspect.Parameter.KEYWORD_ONLY
     for name in b:
         assert a[name].default == b[name].default, name
         assert a[name].kind == b[name].kind, name

@@ -14,7 +14,9 @@ from cbackprop import (
 )
 from cbackprop import _reference as ref
 
-ACTIVATIONS = ["identity", "logistic", "tanh", "relu"]
+ACTIVATIONS = ["identity", "logistic", "tanh", "relu", "leaky_relu", "elu",
+               "lecun_tanh", "softplus"]
+SMOOTH = ["identity", "logistic", "tanh", "elu", "lecun_tanh", "softplus"]
 
 
 def _problem(kind, rng, n=40, n_features=5):
@@ -62,7 +64,7 @@ def _reference(est, X, y, sample_weight=None):
         Y = np.asarray(y, dtype=float).reshape(X.shape[0], -1)
     return ref.loss_and_gradients(est.coefs_, est.intercepts_, X, Y, est.activation,
                                   est.out_activation_, est.loss, est.alpha,
-                                  sample_weight)
+                                  sample_weight, slope=est.leaky_relu_slope)
 
 
 KINDS = ["binary", "multiclass", "multilabel", "regression", "multioutput", "poisson"]
@@ -95,18 +97,68 @@ def test_kernel_matches_numpy_reference_float32(kind, activation):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh"])
+@pytest.mark.parametrize("activation", SMOOTH)
 def test_finite_differences_float64(kind, activation):
     est, X, y = _fitted(kind, activation)
     assert check_gradients(est, X, y) < 1e-7
 
 
 @pytest.mark.parametrize("kind", ["multiclass", "regression"])
-def test_finite_differences_relu_away_from_kinks(kind):
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_finite_differences_relu_away_from_kinks(kind, activation):
     # relu is not differentiable at 0; with generic weights no sample sits
     # within eps of a kink, so central differences are exact there too.
-    est, X, y = _fitted(kind, "relu")
+    est, X, y = _fitted(kind, activation)
     assert check_gradients(est, X, y) < 1e-7
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch_size", [1, 40])
+def test_sgd_step_follows_reference_gradient(activation, dtype, batch_size):
+    """One epoch of plain SGD (no momentum, no shuffle) in online or full-batch
+    mode equals updating with the NumPy reference gradient by hand."""
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(40, 5)).astype(dtype)
+    y = rng.randint(0, 3, 40)
+    est = MLPClassifier(hidden_layer_sizes=(6, 4), activation=activation, alpha=1e-2,
+                        solver="sgd", momentum=0.0, learning_rate_init=0.05,
+                        batch_size=batch_size, shuffle=False, max_iter=1,
+                        leaky_relu_slope=0.05, random_state=0)
+    est._validate_params()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = MLPClassifier(**{**est.get_params(), "learning_rate_init": 1e-300})
+        start.fit(X, y)  # initial weights (a vanishing step leaves them as drawn)
+        est.fit(X, y)
+    coefs = [c.astype(float) for c in start.coefs_]
+    icpts = [b.astype(float) for b in start.intercepts_]
+    Y = start._label_binarizer.transform(y)
+    for s in range(0, 40, batch_size):
+        _, cg, ig = ref.loss_and_gradients(coefs, icpts, X[s:s + batch_size],
+                                           Y[s:s + batch_size], activation, "softmax",
+                                           "log_loss", 1e-2, slope=0.05)
+        coefs = [c - 0.05 * g for c, g in zip(coefs, cg)]
+        icpts = [b - 0.05 * g for b, g in zip(icpts, ig)]
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for a, b in zip(est.coefs_ + est.intercepts_, coefs + icpts):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_leaky_relu_slope_is_used_and_validated():
+    est_a, X, y = _fitted("multiclass", "leaky_relu")
+    est_b = MLPClassifier(**{**est_a.get_params(), "leaky_relu_slope": 0.3})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est_b.fit(X, y)
+    assert not np.allclose(est_a.coefs_[0], est_b.coefs_[0])
+    assert check_gradients(est_b, X, y) < 1e-7
+    with pytest.raises(ValueError, match="leaky_relu_slope"):
+        MLPClassifier(activation="leaky_relu", leaky_relu_slope=1.5).fit(X, y)
 
 
 def test_finite_differences_with_sample_weight_and_sparse_input():

@@ -64,11 +64,15 @@ EXTREMES = np.array([-1e4, -800.0, -50.0, -1.0, -1e-8, 0.0, 1e-8, 1.0, 50.0, 800
 def test_hidden_activations_are_stable(dtype, suffix):
     fn = getattr(_kernels, "_py_hidden" + suffix)
     expected = {0: EXTREMES, 1: expit(EXTREMES), 2: np.tanh(EXTREMES),
-                3: np.maximum(EXTREMES, 0)}
+                3: np.maximum(EXTREMES, 0),
+                4: np.where(EXTREMES > 0, EXTREMES, 0.1 * EXTREMES),
+                5: np.where(EXTREMES > 0, EXTREMES, np.expm1(np.minimum(EXTREMES, 0))),
+                6: 1.7159 * np.tanh(2 * EXTREMES / 3),
+                7: np.logaddexp(0, EXTREMES)}
     for code, exp in expected.items():
         z = EXTREMES.astype(dtype)
         with np.errstate(all="raise"):
-            fn(code, z)
+            fn(code, z, 0.1)
         assert np.isfinite(z).all()
         np.testing.assert_allclose(z, exp.astype(dtype), rtol=1e-6 if suffix else 1e-15)
 
