@@ -9,5 +9,3 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
                       floating alpha, const floating* a, int lda,
                       const floating* b, int ldb, floating beta,
                       floating* c, int ldc) noexcept nogil
-
-cdef floating dot(int n, const floating* x, const floating* y) noexcept nogil

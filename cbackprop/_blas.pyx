@@ -6,7 +6,7 @@ A row-major ``C = op(A) op(B)`` is the column-major product
 ``C^T = op(B)^T op(A)^T``, so :func:`mm_rowmajor` swaps the operands and hands
 the same buffers to ``?gemm`` without copying anything.
 """
-from scipy.linalg.cython_blas cimport sgemm, dgemm, sdot, ddot
+from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
 
@@ -28,15 +28,6 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
               <double*>a, &lda, &beta, c, &ldc)
 
 
-cdef floating dot(int n, const floating* x, const floating* y) noexcept nogil:
-    """Inner product of two contiguous vectors."""
-    cdef int one = 1
-    if floating is float:
-        return sdot(&n, <float*>x, &one, <float*>y, &one)
-    else:
-        return ddot(&n, <double*>x, &one, <double*>y, &one)
-
-
 def _py_mm_rowmajor(floating[:, ::1] a, floating[:, ::1] b, bint trans_a=False,
                     bint trans_b=False):
     """Python twin of :func:`mm_rowmajor` so tests can compare it with NumPy."""
@@ -55,12 +46,3 @@ def _py_mm_rowmajor(floating[:, ::1] a, floating[:, ::1] b, bint trans_a=False,
                 m, n, k, <floating>1, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
                 <floating>0, &c[0, 0], n)
     return out
-
-
-def _py_dot(floating[::1] x, floating[::1] y):
-    """Python twin of :func:`dot`."""
-    if x.shape[0] != y.shape[0]:
-        raise ValueError("vectors differ in length")
-    if x.shape[0] == 0:
-        return 0.0
-    return dot(x.shape[0], &x[0], &y[0])

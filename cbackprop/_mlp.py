@@ -598,7 +598,7 @@ class _BaseMLP(BaseEstimator):
 
         def objective(params, need_grad=True):
             data_loss, l2 = _kernels.loss_grad(
-                ws.data, ws.ind, ws.ptr, ws.n_features, ws.skip_zeros, Y, sw,
+                ws.data, ws.ind, ws.ptr, ws.n_features, Y, sw,
                 has_sw, units, coef_off, icpt_off, ws.gblocks, hidden, out, loss,
                 params, ws.grad, ws.acts, ws.deltas, ws.xbuf, ws.dwork, ws.spi,
                 ws.spv, ws.nnz_cap, alpha, ws.n_threads, need_grad, act_param,
@@ -763,7 +763,7 @@ class _BaseMLP(BaseEstimator):
                     n_samples, opt["lr"], opt["momentum"], opt["nesterov"],
                     opt["alpha"]) if lazy else None
                 status, data_sum, l2_sum, _ = _kernels.run_epoch(
-                    ws.data, ws.ind, ws.ptr, ws.n_features, ws.skip_zeros, Y, sw,
+                    ws.data, ws.ind, ws.ptr, ws.n_features, Y, sw,
                     has_sw, order, units, coef_off, icpt_off, ws.gblocks, hidden,
                     out, loss_code, params, opt["state1"], opt["state2"], ws.grad,
                     ws.acts, ws.deltas, ws.xbuf, ws.iwork, ws.dwork, ws.spi, ws.spv,

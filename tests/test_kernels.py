@@ -51,12 +51,6 @@ def test_loop_header_reductions(n, dtype):
     assert _kernels._py_dot(x, y) == _kernels._py_dot(x, y)
 
 
-def test_dot():
-    x = np.arange(5.0)
-    assert _blas._py_dot(x, x) == 30.0
-    assert _blas._py_dot(x.astype(np.float32), x.astype(np.float32)) == 30.0
-
-
 EXTREMES = np.array([-1e4, -800.0, -50.0, -1.0, -1e-8, 0.0, 1e-8, 1.0, 50.0, 800.0, 1e4])
 
 
