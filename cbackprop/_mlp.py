@@ -473,12 +473,7 @@ class _BaseMLP(BaseEstimator):
         out = np.empty((n, units[-1]), dtype=dtype)
         if n == 0:
             return out
-        if sp.issparse(X):
-            X = sp.csr_matrix(X, dtype=dtype)
-            data, ind, ptr = (X.data, X.indices.astype(np.intp, copy=False),
-                              X.indptr.astype(np.intp, copy=False))
-        else:
-            data, ind, ptr = np.ascontiguousarray(X, dtype=dtype), None, None
+        data, ind, ptr, _, _ = _kernel_input(X, dtype)
         cap = min(_PREDICT_ROWS, n)
         threads = self._n_threads() if n > cap else 1
         acts = np.empty((threads, cap * int(np.sum(units[1:]))), dtype=dtype)
