@@ -2,7 +2,9 @@
 
 Both functions evaluate the kernels that the solvers run, at the estimator's
 current weights, on the full batch given: the data loss (averaged with the
-sample weights) plus ``0.5 * alpha * ||W||^2 / sum(sample_weight)``.
+sample weights) plus ``(0.5 * alpha * ||W||^2 + l1 * |W|_1) / sum(sample_weight)``.
+Where L1 and the hinge, absolute and Huber losses have kinks, the kernels use
+the subgradient 0; finite differences agree away from the kinks.
 """
 
 import numpy as np
@@ -13,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from cbackprop._mlp import _blas_single_thread
 
 
-def _objective(estimator, X, y, sample_weight, dtype):
+def _objective(estimator, X, y, sample_weight, dtype, dropout_step=None):
     check_is_fitted(estimator)
     X = validate_data(estimator, X, accept_sparse=["csr", "csc"], reset=False,
                       dtype=(np.float64, np.float32))
@@ -43,22 +45,35 @@ def _objective(estimator, X, y, sample_weight, dtype):
             f"{estimator.n_outputs_}."
         )
     sw = estimator._check_sample_weight(sample_weight, X.shape[0], dtype)
-    objective = estimator._objective_setup(X, Y, sw, dtype, estimator._layer_units())
-    return objective
+    if dropout_step is not None:
+        if not (isinstance(dropout_step, (int, np.integer)) and dropout_step >= 0):
+            raise ValueError(
+                f"dropout_step must be None or a non-negative int, got {dropout_step!r}."
+            )
+        dropout_step = int(dropout_step)
+    objective = estimator._objective_setup(X, Y, sw, dtype, estimator._layer_units(),
+                                           dropout_step)
+
+    def total(params, need_grad=True):
+        data, penalty, grad = objective(params, need_grad)
+        return data + penalty, grad
+
+    return total
 
 
 def _split(estimator, flat):
-    units, coef_off, icpt_off, _ = estimator._layout(estimator._layer_units())
+    units, zw = estimator._layer_units(), estimator._layer_zw()
+    _, coef_off, icpt_off, _ = estimator._layout(units, zw)
     coefs, intercepts = [], []
     for i in range(len(units) - 1):
-        n = units[i] * units[i + 1]
+        n = units[i] * zw[i + 1]
         coefs.append(flat[coef_off[i]: coef_off[i] + n].reshape(units[i],
-                                                                units[i + 1]).copy())
-        intercepts.append(flat[icpt_off[i]: icpt_off[i] + units[i + 1]].copy())
+                                                                zw[i + 1]).copy())
+        intercepts.append(flat[icpt_off[i]: icpt_off[i] + zw[i + 1]].copy())
     return coefs, intercepts
 
 
-def loss_and_gradients(estimator, X, y, sample_weight=None):
+def loss_and_gradients(estimator, X, y, sample_weight=None, *, dropout_step=None):
     """Full-batch training objective and its gradient at the current weights.
 
     Parameters
@@ -72,11 +87,18 @@ def loss_and_gradients(estimator, X, y, sample_weight=None):
         Targets as given to ``fit``: class labels for the classifier.
     sample_weight : array-like of shape (n_samples,), default=None
         Non-negative sample weights.
+    dropout_step : int or None, default=None
+        None evaluates the whole network, as ``predict`` does. With dropout,
+        an int evaluates the thinned network that a training epoch starting
+        at this sample counter (``t_``) draws: sample ``i`` of X gets the
+        mask of epoch position ``i``. That objective is fixed and
+        differentiable, so its gradient can be checked too.
 
     Returns
     -------
     loss : float
-        Data loss plus L2 penalty, exactly what the solvers minimise.
+        Data loss plus the L2 and L1 penalties, exactly what the solvers
+        minimise.
     coef_grads : list of ndarray
         Gradient with respect to each ``coefs_[i]``.
     intercept_grads : list of ndarray
@@ -84,7 +106,7 @@ def loss_and_gradients(estimator, X, y, sample_weight=None):
     """
     check_is_fitted(estimator)
     dtype = estimator.coefs_[0].dtype
-    objective = _objective(estimator, X, y, sample_weight, dtype)
+    objective = _objective(estimator, X, y, sample_weight, dtype, dropout_step)
     params = estimator._pack(dtype)
     with _blas_single_thread():
         loss, grad = objective(params)
@@ -93,7 +115,7 @@ def loss_and_gradients(estimator, X, y, sample_weight=None):
 
 
 def check_gradients(estimator, X, y, sample_weight=None, eps=1e-4, max_params=None,
-                    random_state=0):
+                    random_state=0, *, dropout_step=None):
     """Largest relative error between the kernel gradient and central
     finite differences.
 
@@ -119,6 +141,8 @@ def check_gradients(estimator, X, y, sample_weight=None, eps=1e-4, max_params=No
         Check only this many parameters, drawn at random; None checks all.
     random_state : int, RandomState instance or None, default=0
         Chooses the parameters when ``max_params`` is set.
+    dropout_step : int or None, default=None
+        As for :func:`loss_and_gradients`.
 
     Returns
     -------
@@ -131,7 +155,7 @@ def check_gradients(estimator, X, y, sample_weight=None, eps=1e-4, max_params=No
     check_is_fitted(estimator)
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps!r}.")
-    objective = _objective(estimator, X, y, sample_weight, np.float64)
+    objective = _objective(estimator, X, y, sample_weight, np.float64, dropout_step)
     with _blas_single_thread():
         return _finite_differences(objective, estimator._pack(np.float64), eps,
                                    max_params, random_state)

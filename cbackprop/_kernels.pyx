@@ -54,8 +54,14 @@ cdef extern from "cbp_math.h" nogil:
                                Py_ssize_t n)
     void cbp_output_forward_d(int code, double* z, Py_ssize_t r, Py_ssize_t c)
     void cbp_output_forward_f(int code, float* z, Py_ssize_t r, Py_ssize_t c)
-    double cbp_row_loss_d(int loss, const double* p, const double* y, Py_ssize_t c)
-    double cbp_row_loss_f(int loss, const float* p, const float* y, Py_ssize_t c)
+    double cbp_row_loss_d(int loss, double param, const double* p, const double* y,
+                          Py_ssize_t c)
+    double cbp_row_loss_f(int loss, double param, const float* p, const float* y,
+                          Py_ssize_t c)
+    void cbp_output_delta_d(int loss, int out, double param, const double* p,
+                            const double* y, double* d, Py_ssize_t c)
+    void cbp_output_delta_f(int loss, int out, double param, const float* p,
+                            const float* y, float* d, Py_ssize_t c)
     double cbp_logsumexp_d(const double* z, Py_ssize_t n)
 
 cdef extern from "cbp_loops.h" nogil:
@@ -65,16 +71,39 @@ cdef extern from "cbp_loops.h" nogil:
     float cbp_dot_f(Py_ssize_t n, const float* x, const float* y)
     double cbp_sumsq_d(Py_ssize_t n, const double* x)
     double cbp_sumsq_f(Py_ssize_t n, const float* x)
+    double cbp_penalty_d(Py_ssize_t n, const double* w, double alpha, double l1)
+    double cbp_penalty_f(Py_ssize_t n, const float* w, double alpha, double l1)
+    double cbp_gradsq_d(Py_ssize_t n, double c, const double* x, const double* w,
+                        double alpha, double l1)
+    double cbp_gradsq_f(Py_ssize_t n, float c, const float* x, const float* w,
+                        float alpha, float l1)
+    double cbp_outer_gradsq_d(Py_ssize_t n, Py_ssize_t m, const double* a,
+                              const double* d, const double* W, double alpha,
+                              double l1)
+    double cbp_outer_gradsq_f(Py_ssize_t n, Py_ssize_t m, const float* a,
+                              const float* d, const float* W, float alpha, float l1)
     void cbp_sgd_d(Py_ssize_t n, double* w, double* v, double a, const double* x,
-                   double alpha, double sw, double lr, double mom, int nesterov)
+                   double alpha, double l1, double sw, double lr, double mom,
+                   int nesterov)
     void cbp_sgd_f(Py_ssize_t n, float* w, float* v, float a, const float* x,
-                   float alpha, float sw, float lr, float mom, int nesterov)
+                   float alpha, float l1, float sw, float lr, float mom, int nesterov)
     void cbp_adam_d(Py_ssize_t n, double* w, double* m, double* v, double a,
-                    const double* x, double alpha, double sw, double lr_t,
+                    const double* x, double alpha, double l1, double sw, double lr_t,
                     double b1, double b2, double eps)
     void cbp_adam_f(Py_ssize_t n, float* w, float* m, float* v, float a,
-                    const float* x, float alpha, float sw, float lr_t,
+                    const float* x, float alpha, float l1, float sw, float lr_t,
                     float b1, float b2, float eps)
+    void cbp_maxout_forward_d(Py_ssize_t nr, Py_ssize_t u, Py_ssize_t k,
+                              const double* z, Py_ssize_t ldz, double* a,
+                              Py_ssize_t lda)
+    void cbp_maxout_forward_f(Py_ssize_t nr, Py_ssize_t u, Py_ssize_t k,
+                              const float* z, Py_ssize_t ldz, float* a, Py_ssize_t lda)
+    void cbp_maxout_backward_d(Py_ssize_t nr, Py_ssize_t u, Py_ssize_t k,
+                               const double* z, Py_ssize_t ldz, const double* g,
+                               Py_ssize_t ldg, double* dz)
+    void cbp_maxout_backward_f(Py_ssize_t nr, Py_ssize_t u, Py_ssize_t k,
+                               const float* z, Py_ssize_t ldz, const float* g,
+                               Py_ssize_t ldg, float* dz)
     void cbp_lazy_d(Py_ssize_t n, double* w, double* v, double ma, double mb,
                     double mc, double md)
     void cbp_lazy_f(Py_ssize_t n, float* w, float* v, double ma, double mb,
@@ -85,16 +114,16 @@ cdef extern from "cbp_loops.h" nogil:
     Py_ssize_t cbp_compact_f(Py_ssize_t n, const float* x, Py_ssize_t* idx, float* val)
     void cbp_sprows_d(Py_ssize_t nr, const Py_ssize_t* rs, const Py_ssize_t* re,
                       const Py_ssize_t* idx, const double* val, const double* W,
-                      Py_ssize_t m, const double* b, double* z)
+                      Py_ssize_t m, const double* b, double* z, Py_ssize_t ldz)
     void cbp_sprows_f(Py_ssize_t nr, const Py_ssize_t* rs, const Py_ssize_t* re,
                       const Py_ssize_t* idx, const float* val, const float* W,
-                      Py_ssize_t m, const float* b, float* z)
+                      Py_ssize_t m, const float* b, float* z, Py_ssize_t ldz)
     void cbp_spgrad_d(Py_ssize_t i0, Py_ssize_t i1, const Py_ssize_t* fptr,
                       const Py_ssize_t* frow, const double* fval, const double* D,
-                      Py_ssize_t m, double* G, int accumulate)
+                      Py_ssize_t m, Py_ssize_t ldd, double* G, int accumulate)
     void cbp_spgrad_f(Py_ssize_t i0, Py_ssize_t i1, const Py_ssize_t* fptr,
                       const Py_ssize_t* frow, const float* fval, const float* D,
-                      Py_ssize_t m, float* G, int accumulate)
+                      Py_ssize_t m, Py_ssize_t ldd, float* G, int accumulate)
     void cbp_gemv_skip_d(Py_ssize_t n, const double* a, const double* W, Py_ssize_t m,
                          const double* b, double* z)
     void cbp_gemv_skip_f(Py_ssize_t n, const float* a, const float* W, Py_ssize_t m,
@@ -104,18 +133,18 @@ cdef extern from "cbp_loops.h" nogil:
     void cbp_gemv_t_f(Py_ssize_t n, Py_ssize_t m, const float* W, const float* d,
                       float* out)
     double cbp_sgd_outer_d(Py_ssize_t n, Py_ssize_t m, const double* a, const double* d,
-                           double* W, double* V, double alpha, double sw, double lr,
-                           double mom, int nesterov)
+                           double* W, double* V, double alpha, double l1, double sw,
+                           double lr, double mom, int nesterov)
     double cbp_sgd_outer_f(Py_ssize_t n, Py_ssize_t m, const float* a, const float* d,
-                           float* W, float* V, float alpha, float sw, float lr,
-                           float mom, int nesterov)
+                           float* W, float* V, float alpha, float l1, float sw,
+                           float lr, float mom, int nesterov)
     double cbp_adam_outer_d(Py_ssize_t n, Py_ssize_t m, const double* a,
                             const double* d, double* W, double* M1, double* M2,
-                            double alpha, double sw, double lr_t, double b1, double b2,
-                            double eps)
+                            double alpha, double l1, double sw, double lr_t, double b1,
+                            double b2, double eps)
     double cbp_adam_outer_f(Py_ssize_t n, Py_ssize_t m, const float* a, const float* d,
-                            float* W, float* M1, float* M2, float alpha, float sw,
-                            float lr_t, float b1, float b2, float eps)
+                            float* W, float* M1, float* M2, float alpha, float l1,
+                            float sw, float lr_t, float b1, float b2, float eps)
     double cbp_lazy_forward_d(Py_ssize_t n, const Py_ssize_t* rows, const double* vals,
                               Py_ssize_t* last, Py_ssize_t t, const double* powers,
                               const double* prefix, const double* stats, double* W,
@@ -148,6 +177,9 @@ cdef extern from "Python.h":
 cdef extern from "cbp_rng.h" nogil:
     double cbp_rng_uniform(unsigned long long seed, unsigned long long a,
                            unsigned long long b, unsigned long long c)
+    unsigned long long cbp_rng_prefix(unsigned long long seed, unsigned long long a,
+                                      unsigned long long b)
+    double cbp_rng_unit(unsigned long long prefix, unsigned long long c)
 
 # Status codes shared with cbackprop/_mlp.py.
 cdef enum:
@@ -178,27 +210,44 @@ cdef double PARALLEL_MIN_CHUNK_WORK = 3.0e6
 
 cdef int _threads_for(const Net* net, Py_ssize_t nb, int n_threads) noexcept nogil:
     """Thread count for blocks of ``nb`` rows: 1 when threads would not pay."""
-    cdef double work = (<double>_chunk_rows(nb)) * net.units[0] * net.units[1]
+    cdef double work = (<double>_chunk_rows(nb)) * net.units[0] * net.zw[1]
     if n_threads <= 1 or work < PARALLEL_MIN_CHUNK_WORK:
         return 1
     return n_threads
 
 GRAD_BLOCK_ROWS = GRAD_BLOCK
 SUPER_BLOCK_ROWS = SUPER_ROWS
+UPDATE_BLOCK_SIZE = UPDATE_BLOCK
+
+cdef enum:
+    ACT_MAXOUT = 8        # CBP_ACT_MAXOUT of cbp_math.h
 
 
 cdef struct Net:
+    # Layer l (0 = input, L = output) has units[l] activations and
+    # zw[l] = units[l] * pieces pre-activations (maxout: pieces > 1).  In the
+    # block buffers a row of layer l takes stride[l] values: the activations
+    # first, then (maxout only) the zw[l] pre-activations at zoff[l].  The
+    # weights of layer l are a units[l] x zw[l + 1] matrix.
     Py_ssize_t n_layers        # weight layers L
-    const Py_ssize_t* units    # L + 1 layer widths, input first
+    const Py_ssize_t* units
+    const Py_ssize_t* zw
+    const Py_ssize_t* stride
+    const Py_ssize_t* zoff
+    const Py_ssize_t* act      # hidden activation code of layer l (1..L-1)
+    const double* act_param    # its parameter (leaky-relu slope)
+    const double* lr_mult      # learning-rate factor of the weights of layer l
     const Py_ssize_t* coef_off
     const Py_ssize_t* icpt_off
     Py_ssize_t n_coef          # coefficients come first, intercepts after
     Py_ssize_t n_params
-    Py_ssize_t total_units     # units[1] + ... + units[L]
-    int hidden_act
-    double act_param           # leaky-relu slope
+    Py_ssize_t total_units     # stride[1] + ... + stride[L]
     int out_act
     int loss
+    double loss_param          # Huber's delta
+    double drop                # dropout rate of hidden units; 0 = none
+    unsigned long long seed    # dropout key
+    long long step0            # sample counter of position 0 of this call
 
 
 cdef struct Optim:
@@ -210,6 +259,8 @@ cdef struct Optim:
     double beta2
     double eps
     double alpha        # L2 strength
+    double l1           # L1 strength
+    double clip         # max global gradient norm; 0 = no clipping
     long long t         # Adam step counter, carried across calls
 
 
@@ -239,20 +290,20 @@ cdef struct SpBatch:
 # Dtype dispatch of the C helpers.
 # ---------------------------------------------------------------------------
 
-cdef inline void _hidden_forward(const Net* net, floating* z,
+cdef inline void _hidden_forward(const Net* net, Py_ssize_t layer, floating* z,
                                  Py_ssize_t n) noexcept nogil:
     if floating is float:
-        cbp_hidden_forward_f(net.hidden_act, net.act_param, z, n)
+        cbp_hidden_forward_f(<int>net.act[layer], net.act_param[layer], z, n)
     else:
-        cbp_hidden_forward_d(net.hidden_act, net.act_param, z, n)
+        cbp_hidden_forward_d(<int>net.act[layer], net.act_param[layer], z, n)
 
 
-cdef inline void _hidden_backward(const Net* net, const floating* a, floating* d,
-                                  Py_ssize_t n) noexcept nogil:
+cdef inline void _hidden_backward(const Net* net, Py_ssize_t layer, const floating* a,
+                                  floating* d, Py_ssize_t n) noexcept nogil:
     if floating is float:
-        cbp_hidden_backward_f(net.hidden_act, net.act_param, a, d, n)
+        cbp_hidden_backward_f(<int>net.act[layer], net.act_param[layer], a, d, n)
     else:
-        cbp_hidden_backward_d(net.hidden_act, net.act_param, a, d, n)
+        cbp_hidden_backward_d(<int>net.act[layer], net.act_param[layer], a, d, n)
 
 
 cdef inline void _output_forward(int code, floating* z, Py_ssize_t r,
@@ -263,12 +314,20 @@ cdef inline void _output_forward(int code, floating* z, Py_ssize_t r,
         cbp_output_forward_d(code, z, r, c)
 
 
-cdef inline double _row_loss(int loss, const floating* p, const floating* y,
+cdef inline double _row_loss(const Net* net, const floating* p, const floating* y,
                              Py_ssize_t c) noexcept nogil:
     if floating is float:
-        return cbp_row_loss_f(loss, p, y, c)
+        return cbp_row_loss_f(net.loss, net.loss_param, p, y, c)
     else:
-        return cbp_row_loss_d(loss, p, y, c)
+        return cbp_row_loss_d(net.loss, net.loss_param, p, y, c)
+
+
+cdef inline void _output_delta(const Net* net, const floating* p, const floating* y,
+                               floating* d, Py_ssize_t c) noexcept nogil:
+    if floating is float:
+        cbp_output_delta_f(net.loss, net.out_act, net.loss_param, p, y, d, c)
+    else:
+        cbp_output_delta_d(net.loss, net.out_act, net.loss_param, p, y, d, c)
 
 
 cdef inline void _axpy(Py_ssize_t n, floating a, const floating* x,
@@ -294,22 +353,45 @@ cdef inline double _sumsq(Py_ssize_t n, const floating* x) noexcept nogil:
         return cbp_sumsq_d(n, x)
 
 
+cdef inline double _penalty(Py_ssize_t n, const floating* w, double alpha,
+                            double l1) noexcept nogil:
+    if floating is float:
+        return cbp_penalty_f(n, w, alpha, l1)
+    else:
+        return cbp_penalty_d(n, w, alpha, l1)
+
+
+cdef inline double _gradsq(Py_ssize_t n, const floating* x, const floating* w,
+                           double alpha, double l1) noexcept nogil:
+    if floating is float:
+        return cbp_gradsq_f(n, 1.0, x, w, <float>alpha, <float>l1)
+    else:
+        return cbp_gradsq_d(n, 1.0, x, w, alpha, l1)
+
+
+cdef inline double _rate(const Optim* o, double lr_t, double mult) noexcept nogil:
+    """Step size of a layer: SGD's current rate or Adam's corrected one."""
+    return (o.lr if o.kind == OPT_SGD else lr_t) * mult
+
+
 cdef inline void _step(const Optim* o, Py_ssize_t n, floating* w, floating* s1,
                        floating* s2, floating a, const floating* x, double alpha,
-                       double sw, double lr_t) noexcept nogil:
-    """Optimiser step on ``n`` parameters with gradient ``(a x + alpha w) / sw``."""
+                       double l1, double sw, double rate) noexcept nogil:
+    """Optimiser step on ``n`` parameters with gradient
+    ``(a x + alpha w + l1 sign(w)) / sw`` and step size ``rate``."""
     if o.kind == OPT_SGD:
         if floating is float:
-            cbp_sgd_f(n, w, s1, a, x, <float>alpha, <float>sw, <float>o.lr,
+            cbp_sgd_f(n, w, s1, a, x, <float>alpha, <float>l1, <float>sw, <float>rate,
                       <float>o.momentum, o.nesterov)
         else:
-            cbp_sgd_d(n, w, s1, a, x, alpha, sw, o.lr, o.momentum, o.nesterov)
+            cbp_sgd_d(n, w, s1, a, x, alpha, l1, sw, rate, o.momentum, o.nesterov)
     else:
         if floating is float:
-            cbp_adam_f(n, w, s1, s2, a, x, <float>alpha, <float>sw, <float>lr_t,
-                       <float>o.beta1, <float>o.beta2, <float>o.eps)
+            cbp_adam_f(n, w, s1, s2, a, x, <float>alpha, <float>l1, <float>sw,
+                       <float>rate, <float>o.beta1, <float>o.beta2, <float>o.eps)
         else:
-            cbp_adam_d(n, w, s1, s2, a, x, alpha, sw, lr_t, o.beta1, o.beta2, o.eps)
+            cbp_adam_d(n, w, s1, s2, a, x, alpha, l1, sw, rate, o.beta1, o.beta2,
+                       o.eps)
 
 
 cdef inline double _adam_rate(Optim* o) noexcept nogil:
@@ -323,7 +405,7 @@ cdef inline Py_ssize_t _layer_base(const Net* net, Py_ssize_t cap,
     """Start of layer ``layer`` (1..L) in a block buffer holding ``cap`` rows."""
     cdef Py_ssize_t k, off = 0
     for k in range(1, layer):
-        off += net.units[k]
+        off += net.stride[k]
     return off * cap
 
 
@@ -352,48 +434,113 @@ cdef bint _interrupted() noexcept nogil:
 
 
 # ---------------------------------------------------------------------------
+# Hidden layers: activation (or maxout), dropout, and their backward pass.
+# ---------------------------------------------------------------------------
+
+cdef void _hidden_layer_forward(const Net* net, Py_ssize_t layer, floating* row,
+                                floating* gate, Py_ssize_t nr,
+                                long long pos) noexcept nogil:
+    """Activations of ``nr`` rows of hidden layer ``layer`` from their
+    pre-activations, then dropout.  Rows are ``stride`` apart; ``pos`` is the
+    epoch position of the first row, which keys its dropout mask.
+
+    With dropout, ``gate`` receives what the backward pass multiplies the
+    delta by: ``mask / (1 - rate) * f'(z)`` (maxout: without ``f'``, the
+    routing does that part), and the activations are masked in place.
+    """
+    cdef Py_ssize_t u = net.units[layer], s = net.stride[layer], r, j
+    cdef bint maxout = net.act[layer] == ACT_MAXOUT
+    cdef unsigned long long h
+    cdef floating scale
+    if maxout:
+        if floating is float:
+            cbp_maxout_forward_f(nr, u, net.zw[layer] // u, row + net.zoff[layer], s,
+                                 row, s)
+        else:
+            cbp_maxout_forward_d(nr, u, net.zw[layer] // u, row + net.zoff[layer], s,
+                                 row, s)
+    else:
+        _hidden_forward(net, layer, row, nr * s)
+    if net.drop <= 0:
+        return
+    scale = <floating>(1.0 / (1.0 - net.drop))
+    for r in range(nr):
+        h = cbp_rng_prefix(net.seed, <unsigned long long>(net.step0 + pos + r),
+                           <unsigned long long>layer)
+        for j in range(u):
+            gate[r * s + j] = scale if cbp_rng_unit(h, j) >= net.drop else <floating>0
+        if not maxout:
+            _hidden_backward(net, layer, row + r * s, gate + r * s, u)
+        for j in range(u):
+            row[r * s + j] = row[r * s + j] * scale \
+                if cbp_rng_unit(h, j) >= net.drop else <floating>0
+
+
+cdef void _hidden_layer_backward(const Net* net, Py_ssize_t layer, const floating* row,
+                                 const floating* gate, floating* g,
+                                 Py_ssize_t nr) noexcept nogil:
+    """Turn ``g`` = dloss/da of ``nr`` rows of hidden layer ``layer`` into
+    dloss/dz (at ``g + zoff``)."""
+    cdef Py_ssize_t u = net.units[layer], s = net.stride[layer], r, j
+    cdef bint maxout = net.act[layer] == ACT_MAXOUT
+    if net.drop > 0:
+        for r in range(nr):
+            for j in range(u):
+                g[r * s + j] *= gate[r * s + j]
+    if maxout:
+        if floating is float:
+            cbp_maxout_backward_f(nr, u, net.zw[layer] // u, row + net.zoff[layer], s,
+                                  g, s, g + net.zoff[layer])
+        else:
+            cbp_maxout_backward_d(nr, u, net.zw[layer] // u, row + net.zoff[layer], s,
+                                  g, s, g + net.zoff[layer])
+    elif net.drop <= 0:
+        _hidden_backward(net, layer, row, g, nr * s)
+
+
+# ---------------------------------------------------------------------------
 # Layer 0 of one row block.
 # ---------------------------------------------------------------------------
 
 cdef void _layer0_forward(const Net* net, const floating* params, const Source* src,
                           const SpBatch* sb, Py_ssize_t r0, Py_ssize_t nr,
-                          const floating* xin, floating* z) noexcept nogil:
+                          const floating* xin, floating* z,
+                          Py_ssize_t ldz) noexcept nogil:
     """``z[r, :] = x_r W0 + b0`` for rows ``r0 .. r0 + nr`` (no activation)."""
-    cdef Py_ssize_t u_in = net.units[0], u_out = net.units[1], r
+    cdef Py_ssize_t u_in = net.units[0], m = net.zw[1], r
     cdef const floating* b = params + net.icpt_off[0]
     if src.csr:
         if floating is float:
             cbp_sprows_f(nr, sb.rs + r0, sb.re + r0, sb.idx, <const float*>sb.val,
-                         params, u_out, b, z)
+                         params, m, b, z, ldz)
         else:
             cbp_sprows_d(nr, sb.rs + r0, sb.re + r0, sb.idx, <const double*>sb.val,
-                         params, u_out, b, z)
+                         params, m, b, z, ldz)
         return
-    mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>u_out, <int>u_in, <floating>1,
-                xin + r0 * u_in, <int>u_in, params, <int>u_out, <floating>0, z,
-                <int>u_out)
+    mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>u_in, <floating>1,
+                xin + r0 * u_in, <int>u_in, params, <int>m, <floating>0, z, <int>ldz)
     for r in range(nr):
-        _axpy(u_out, <floating>1, b, z + r * u_out)
+        _axpy(m, <floating>1, b, z + r * ldz)
 
 
 cdef void _layer0_grad_block(const Net* net, const Source* src, const SpBatch* sb,
                              Py_ssize_t nb, const floating* xin, const floating* d,
-                             floating* G, Py_ssize_t i0, Py_ssize_t i1,
+                             Py_ssize_t ldd, floating* G, Py_ssize_t i0, Py_ssize_t i1,
                              bint accumulate) noexcept nogil:
     """Rows ``i0:i1`` of ``dW0 (+)= X^T delta`` over the ``nb`` batch rows."""
-    cdef Py_ssize_t u_in = net.units[0], u_out = net.units[1]
+    cdef Py_ssize_t u_in = net.units[0], m = net.zw[1]
     if src.csr:
         if floating is float:
-            cbp_spgrad_f(i0, i1, sb.fptr, sb.frow, <const float*>sb.fval, d, u_out, G,
+            cbp_spgrad_f(i0, i1, sb.fptr, sb.frow, <const float*>sb.fval, d, m, ldd, G,
                          accumulate)
         else:
-            cbp_spgrad_d(i0, i1, sb.fptr, sb.frow, <const double*>sb.fval, d, u_out, G,
+            cbp_spgrad_d(i0, i1, sb.fptr, sb.frow, <const double*>sb.fval, d, m, ldd, G,
                          accumulate)
         return
-    mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>u_out, <int>nb, <floating>1,
-                xin + i0, <int>u_in, d, <int>u_out,
+    mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>m, <int>nb, <floating>1,
+                xin + i0, <int>u_in, d, <int>ldd,
                 <floating>1 if accumulate else <floating>0,
-                G + i0 * u_out, <int>u_out)
+                G + i0 * m, <int>m)
 
 
 cdef void _sparse_rows(const Source* src, SpBatch* sb, const Py_ssize_t* rows,
@@ -438,75 +585,81 @@ cdef void _sparse_by_feature(const Source* src, SpBatch* sb, Py_ssize_t nb,
 
 cdef void _forward_rows(const Net* net, const floating* params, const Source* src,
                         const SpBatch* sb, Py_ssize_t nr, const floating* xin,
-                        floating* acts, Py_ssize_t cap, Py_ssize_t r0) noexcept nogil:
-    """Activations of layers 1..L for rows ``r0 .. r0 + nr`` of a block."""
-    cdef Py_ssize_t L = net.n_layers, li, r, u_in, u_out
+                        floating* acts, floating* gates, Py_ssize_t cap, Py_ssize_t r0,
+                        long long pos) noexcept nogil:
+    """Activations of layers 1..L for rows ``r0 .. r0 + nr`` of a block whose
+    first row is at epoch position ``pos``."""
+    cdef Py_ssize_t L = net.n_layers, li, r, u_in, m, s_in, s_out, base
     cdef floating* z
     cdef const floating* a_in
     for li in range(L):
         u_in = net.units[li]
-        u_out = net.units[li + 1]
-        z = acts + _layer_base(net, cap, li + 1) + r0 * u_out
+        m = net.zw[li + 1]
+        s_out = net.stride[li + 1]
+        base = _layer_base(net, cap, li + 1) + r0 * s_out
+        z = acts + base + net.zoff[li + 1]
         if li == 0:
-            _layer0_forward(net, params, src, sb, r0, nr, xin, z)
+            _layer0_forward(net, params, src, sb, r0, nr, xin, z, s_out)
         else:
-            a_in = acts + _layer_base(net, cap, li) + r0 * u_in
-            mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>u_out, <int>u_in,
-                        <floating>1, a_in, <int>u_in, params + net.coef_off[li],
-                        <int>u_out, <floating>0, z, <int>u_out)
+            s_in = net.stride[li]
+            a_in = acts + _layer_base(net, cap, li) + r0 * s_in
+            mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>u_in,
+                        <floating>1, a_in, <int>s_in, params + net.coef_off[li],
+                        <int>m, <floating>0, z, <int>s_out)
             for r in range(nr):
-                _axpy(u_out, <floating>1, params + net.icpt_off[li], z + r * u_out)
+                _axpy(m, <floating>1, params + net.icpt_off[li], z + r * s_out)
         if li < L - 1:
-            _hidden_forward(net, z, nr * u_out)
+            _hidden_layer_forward(net, li + 1, acts + base, gates + base, nr, pos + r0)
         else:
-            _output_forward(net.out_act, z, nr, u_out)
+            _output_forward(net.out_act, z, nr, m)
 
 
 cdef void _chunk_backward(const Net* net, const floating* params, const Source* src,
                           const SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t nr,
                           const floating* xin,
                           const floating* Y, const floating* sw, floating* acts,
-                          floating* deltas, Py_ssize_t cap, Py_ssize_t r0,
-                          double* loss_out, double* sw_out,
-                          bint need_grad) noexcept nogil:
+                          floating* deltas, floating* gates, Py_ssize_t cap,
+                          Py_ssize_t r0, long long pos, double* loss_out,
+                          double* sw_out, bint need_grad) noexcept nogil:
     """Forward pass, loss, and (``need_grad``) every delta of one row chunk."""
-    cdef Py_ssize_t L = net.n_layers, li, r, j, u_in, u_out
+    cdef Py_ssize_t L = net.n_layers, li, r, j, u, m, s, s_next
     cdef Py_ssize_t n_out = net.units[L]
     cdef floating* out
     cdef floating* d
-    cdef floating* dprev
+    cdef floating* g
     cdef const floating* yrow
     cdef floating w
     cdef double loss = 0.0, wsum = 0.0
 
-    _forward_rows(net, params, src, sb, nr, xin, acts, cap, r0)
+    _forward_rows(net, params, src, sb, nr, xin, acts, gates, cap, r0, pos)
     out = acts + _layer_base(net, cap, L) + r0 * n_out
     d = deltas + _layer_base(net, cap, L) + r0 * n_out
     for r in range(nr):
         yrow = Y + rows[r0 + r] * n_out
         w = sw[rows[r0 + r]] if sw != NULL else <floating>1
-        loss += (<double>w) * _row_loss(net.loss, out + r * n_out, yrow, n_out)
+        loss += (<double>w) * _row_loss(net, out + r * n_out, yrow, n_out)
         wsum += <double>w
         if need_grad:
-            # Every loss is paired with its canonical link: delta = p - y.
-            for j in range(n_out):
-                d[r * n_out + j] = out[r * n_out + j] - yrow[j]
-                if sw != NULL:
+            _output_delta(net, out + r * n_out, yrow, d + r * n_out, n_out)
+            if sw != NULL:
+                for j in range(n_out):
                     d[r * n_out + j] *= w
     loss_out[0] = loss
     sw_out[0] = wsum
     if not need_grad:
         return
     for li in range(L - 1, 0, -1):
-        u_in = net.units[li]
-        u_out = net.units[li + 1]
-        d = deltas + _layer_base(net, cap, li + 1) + r0 * u_out
-        dprev = deltas + _layer_base(net, cap, li) + r0 * u_in
-        mm_rowmajor(NoTrans, Trans, <int>nr, <int>u_in, <int>u_out, <floating>1, d,
-                    <int>u_out, params + net.coef_off[li], <int>u_out, <floating>0,
-                    dprev, <int>u_in)
-        _hidden_backward(net, acts + _layer_base(net, cap, li) + r0 * u_in,
-                         dprev, nr * u_in)
+        u = net.units[li]
+        s = net.stride[li]
+        m = net.zw[li + 1]
+        s_next = net.stride[li + 1]
+        d = deltas + _layer_base(net, cap, li + 1) + r0 * s_next + net.zoff[li + 1]
+        g = deltas + _layer_base(net, cap, li) + r0 * s
+        mm_rowmajor(NoTrans, Trans, <int>nr, <int>u, <int>m, <floating>1, d,
+                    <int>s_next, params + net.coef_off[li], <int>m, <floating>0,
+                    g, <int>s)
+        _hidden_layer_backward(net, li, acts + _layer_base(net, cap, li) + r0 * s,
+                               gates + _layer_base(net, cap, li) + r0 * s, g, nr)
 
 
 # ---------------------------------------------------------------------------
@@ -515,17 +668,18 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
 
 cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                       SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t nb,
-                      const floating* Y,
+                      long long pos, const floating* Y,
                       const floating* sw, floating* acts, floating* deltas,
-                      floating* xbuf, Py_ssize_t cap, floating* grad,
+                      floating* gates, floating* xbuf, Py_ssize_t cap, floating* grad,
                       double* closs, double* csw, const Py_ssize_t* gblocks,
                       Py_ssize_t n_gblocks, bint accumulate, bint need_grad,
                       int n_threads, double* loss_sum, double* sw_sum) noexcept nogil:
-    """Loss of ``nb`` rows added to ``loss_sum``/``sw_sum`` and, with
-    ``need_grad``, their unnormalised gradient written to (``accumulate``:
-    added to) ``grad``: ``A^T delta`` and column sums of ``delta``."""
+    """Loss of ``nb`` rows (the first at epoch position ``pos``) added to
+    ``loss_sum``/``sw_sum`` and, with ``need_grad``, their unnormalised
+    gradient written to (``accumulate``: added to) ``grad``: ``A^T delta``
+    and column sums of ``delta``."""
     cdef Py_ssize_t ch = _chunk_rows(nb), n_chunks, c, r0, nr, k, li, i0, i1
-    cdef Py_ssize_t nf = src.n_features, u_in, u_out, r, j
+    cdef Py_ssize_t nf = src.n_features, u_in, m, s_next, r, j
     cdef const floating* xin = NULL
     cdef const floating* X = <const floating*>src.x
     cdef const floating* a_in
@@ -554,7 +708,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         r0 = c * ch
         nr = min(ch, nb - r0)
         _chunk_backward(net, params, src, sb, rows, nr, xin, Y, sw, acts, deltas,
-                        cap, r0, &closs[c], &csw[c], need_grad)
+                        gates, cap, r0, pos, &closs[c], &csw[c], need_grad)
     for c in range(n_chunks):
         loss_sum[0] += closs[c]
         sw_sum[0] += csw[c]
@@ -570,34 +724,37 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         i0 = gblocks[3 * k + 1]
         i1 = gblocks[3 * k + 2]
         u_in = net.units[li]
-        u_out = net.units[li + 1]
-        d = deltas + _layer_base(net, cap, li + 1)
+        m = net.zw[li + 1]
+        s_next = net.stride[li + 1]
+        d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
         if li == 0:
-            _layer0_grad_block(net, src, sb, nb, xin, d, grad, i0, i1, accumulate)
+            _layer0_grad_block(net, src, sb, nb, xin, d, s_next, grad, i0, i1,
+                               accumulate)
         else:
             a_in = acts + _layer_base(net, cap, li)
-            mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>u_out, <int>nb,
-                        <floating>1, a_in + i0, <int>u_in, d, <int>u_out,
+            mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>m, <int>nb,
+                        <floating>1, a_in + i0, <int>net.stride[li], d, <int>s_next,
                         <floating>1 if accumulate else <floating>0,
-                        grad + net.coef_off[li] + i0 * u_out, <int>u_out)
+                        grad + net.coef_off[li] + i0 * m, <int>m)
     for li in range(net.n_layers):
-        u_out = net.units[li + 1]
-        d = deltas + _layer_base(net, cap, li + 1)
+        m = net.zw[li + 1]
+        s_next = net.stride[li + 1]
+        d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
         gb = grad + net.icpt_off[li]
         if not accumulate:
-            memset(gb, 0, u_out * sizeof(floating))
+            memset(gb, 0, m * sizeof(floating))
         for r in range(nb):
-            for j in range(u_out):
-                gb[j] += d[r * u_out + j]
+            for j in range(m):
+                gb[j] += d[r * s_next + j]
 
 
 cdef int _accumulate(const Net* net, const floating* params, const Source* src,
-                     SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t n,
+                     SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t n, long long pos,
                      const floating* Y, const floating* sw, floating* acts,
-                     floating* deltas, floating* xbuf, Py_ssize_t cap, floating* grad,
-                     double* closs, double* csw, const Py_ssize_t* gblocks,
-                     Py_ssize_t n_gblocks, bint need_grad, int n_threads,
-                     double* loss_sum, double* sw_sum,
+                     floating* deltas, floating* gates, floating* xbuf, Py_ssize_t cap,
+                     floating* grad, double* closs, double* csw,
+                     const Py_ssize_t* gblocks, Py_ssize_t n_gblocks, bint need_grad,
+                     int n_threads, double* loss_sum, double* sw_sum,
                      bint check_signals) noexcept nogil:
     """Loss and unnormalised gradient of ``n`` rows, ``cap`` rows per pass.
 
@@ -608,9 +765,9 @@ cdef int _accumulate(const Net* net, const floating* params, const Source* src,
     sw_sum[0] = 0.0
     while start < n:
         nb = min(cap, n - start)
-        _block_grad(net, params, src, sb, rows + start, nb, Y, sw, acts, deltas, xbuf,
-                    cap, grad, closs, csw, gblocks, n_gblocks, start > 0, need_grad,
-                    n_threads, loss_sum, sw_sum)
+        _block_grad(net, params, src, sb, rows + start, nb, pos + start, Y, sw, acts,
+                    deltas, gates, xbuf, cap, grad, closs, csw, gblocks, n_gblocks,
+                    start > 0, need_grad, n_threads, loss_sum, sw_sum)
         start += nb
         if check_signals and start < n and _interrupted():
             return STATUS_INTERRUPTED
@@ -619,32 +776,49 @@ cdef int _accumulate(const Net* net, const floating* params, const Source* src,
 
 cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1,
                         floating* s2, const floating* grad, double sw_sum,
-                        double* bssq, int n_threads) noexcept nogil:
-    """Normalise an accumulated gradient, add the L2 term and update the
-    parameters in place.  Returns the sum of squared coefficients *before* the
-    update, which the batch loss needs."""
-    cdef Py_ssize_t n_coef = net.n_coef, P = net.n_params
-    cdef Py_ssize_t n_cblocks = (n_coef + UPDATE_BLOCK - 1) // UPDATE_BLOCK
-    cdef Py_ssize_t n_iblocks = (P - n_coef + UPDATE_BLOCK - 1) // UPDATE_BLOCK
-    cdef Py_ssize_t k, k0, k1
-    cdef double lr_t = 0.0, ssq = 0.0
+                        const Py_ssize_t* ublocks, Py_ssize_t n_ublocks,
+                        double* bwork, int n_threads) noexcept nogil:
+    """Normalise an accumulated gradient, add the penalty terms, clip it and
+    update the parameters in place.  Returns the weight penalty *before* the
+    update, which the batch loss needs.
+
+    ``ublocks`` holds (start, end, layer, is_coef) of every update block:
+    blocks never straddle layers, so each has one learning-rate factor.
+    """
+    cdef Py_ssize_t k, k0, k1, li
+    cdef bint coef
+    cdef double lr_t = 0.0, pen = 0.0, c = 1.0, norm = 0.0
+    cdef double* bsq = bwork
+    cdef double* bpen = bwork + n_ublocks
     if o.kind == OPT_ADAM:
         lr_t = _adam_rate(o)
-    for k in prange(n_cblocks + n_iblocks, num_threads=n_threads, schedule="static"):
-        if k < n_cblocks:
-            k0 = k * UPDATE_BLOCK
-            k1 = min(k0 + UPDATE_BLOCK, n_coef)
-            bssq[k] = _sumsq(k1 - k0, params + k0)
-            _step(o, k1 - k0, params + k0, s1 + k0, s2 + k0, <floating>1, grad + k0,
-                  o.alpha, sw_sum, lr_t)
+    if o.clip > 0:
+        for k in prange(n_ublocks, num_threads=n_threads, schedule="static"):
+            k0 = ublocks[4 * k]
+            k1 = ublocks[4 * k + 1]
+            coef = ublocks[4 * k + 3]
+            bsq[k] = _gradsq(k1 - k0, grad + k0, params + k0,
+                             o.alpha if coef else 0.0, o.l1 if coef else 0.0)
+        for k in range(n_ublocks):
+            norm += bsq[k]
+        norm = sqrt(norm) / sw_sum
+        if norm > o.clip:
+            c = o.clip / norm
+    for k in prange(n_ublocks, num_threads=n_threads, schedule="static"):
+        k0 = ublocks[4 * k]
+        k1 = ublocks[4 * k + 1]
+        li = ublocks[4 * k + 2]
+        coef = ublocks[4 * k + 3]
+        if coef:
+            bpen[k] = _penalty(k1 - k0, params + k0, o.alpha, o.l1)
         else:
-            k0 = n_coef + (k - n_cblocks) * UPDATE_BLOCK
-            k1 = min(k0 + UPDATE_BLOCK, P)
-            _step(o, k1 - k0, params + k0, s1 + k0, s2 + k0, <floating>1, grad + k0,
-                  0.0, sw_sum, lr_t)
-    for k in range(n_cblocks):
-        ssq += bssq[k]
-    return ssq
+            bpen[k] = 0.0
+        _step(o, k1 - k0, params + k0, s1 + k0, s2 + k0, <floating>c, grad + k0,
+              o.alpha * c if coef else 0.0, o.l1 * c if coef else 0.0, sw_sum,
+              _rate(o, lr_t, net.lr_mult[li]))
+    for k in range(n_ublocks):
+        pen += bpen[k]
+    return pen
 
 
 # ---------------------------------------------------------------------------
@@ -663,46 +837,52 @@ cdef struct Lazy:
 
 cdef double _outer_step(const Optim* o, Py_ssize_t n, Py_ssize_t m, const floating* a,
                         const floating* d, floating* W, floating* s1, floating* s2,
-                        double sw, double lr_t) noexcept nogil:
-    """One sample's step of a whole layer; returns sum W^2 before it."""
+                        double sw, double rate, double c) noexcept nogil:
+    """One sample's step of a whole layer, its gradient scaled by ``c``;
+    returns the penalty of W before it (meaningful for ``c == 1``)."""
+    cdef double alpha = o.alpha * c, l1 = o.l1 * c
     if o.kind == OPT_SGD:
         if floating is float:
-            return cbp_sgd_outer_f(n, m, a, d, W, s1, <float>o.alpha, <float>sw,
-                                   <float>o.lr, <float>o.momentum, o.nesterov)
+            return cbp_sgd_outer_f(n, m, a, d, W, s1, <float>alpha, <float>l1,
+                                   <float>sw, <float>rate, <float>o.momentum,
+                                   o.nesterov)
         else:
-            return cbp_sgd_outer_d(n, m, a, d, W, s1, o.alpha, sw, o.lr, o.momentum,
+            return cbp_sgd_outer_d(n, m, a, d, W, s1, alpha, l1, sw, rate, o.momentum,
                                    o.nesterov)
     if floating is float:
-        return cbp_adam_outer_f(n, m, a, d, W, s1, s2, <float>o.alpha, <float>sw,
-                                <float>lr_t, <float>o.beta1, <float>o.beta2,
-                                <float>o.eps)
+        return cbp_adam_outer_f(n, m, a, d, W, s1, s2, <float>alpha, <float>l1,
+                                <float>sw, <float>rate, <float>o.beta1,
+                                <float>o.beta2, <float>o.eps)
     else:
-        return cbp_adam_outer_d(n, m, a, d, W, s1, s2, o.alpha, sw, lr_t, o.beta1,
+        return cbp_adam_outer_d(n, m, a, d, W, s1, s2, alpha, l1, sw, rate, o.beta1,
                                 o.beta2, o.eps)
 
 
 cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1,
                         floating* s2, const Source* src, Py_ssize_t row,
                         Py_ssize_t t, const floating* y, floating w, floating* acts,
-                        floating* deltas, Py_ssize_t* nzi, floating* nzv,
-                        floating* xdense, Lazy* lz, double* data_loss,
-                        double* l2_loss) noexcept nogil:
+                        floating* deltas, floating* gates, Py_ssize_t* nzi,
+                        floating* nzv, floating* xdense, Lazy* lz, double* data_loss,
+                        double* pen_loss) noexcept nogil:
     """Forward, deltas and in-place update for one sample at time ``t``.
 
-    Layers are processed from the output down; each layer's weights are
-    updated right after the delta of the layer below has been computed from
-    them, which equals computing every gradient first and updating after.
+    Without clipping, layers are processed from the output down and each
+    layer's weights are updated right after the delta of the layer below has
+    been computed from them, which equals computing every gradient first and
+    updating after.  Clipping needs the whole gradient's norm first, so
+    every delta is computed before any update.
     """
-    cdef Py_ssize_t L = net.n_layers, li, j, p, nnz = 0, u_in, u_out
+    cdef Py_ssize_t L = net.n_layers, li, j, p, nnz = 0, u_in, m
     cdef Py_ssize_t n_out = net.units[L], u0 = net.units[0]
     cdef const floating* X = <const floating*>src.x
     cdef const floating* xr = NULL
     cdef floating* z
     cdef const floating* a_in
     cdef floating* d
-    cdef floating* dprev
-    cdef double ssq = 0.0, lr_t = 0.0, sw = <double>w, loss
+    cdef floating* g
+    cdef double pen = 0.0, lr_t = 0.0, sw = <double>w, loss, c = 1.0, nsq = 0.0
     cdef Py_ssize_t zero = 0
+    cdef bint fused = o.clip <= 0
 
     # Non-zero inputs of the sample.
     if src.csr:
@@ -720,90 +900,122 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
     # Forward pass; inputs and hidden units that are exactly zero are skipped.
     for li in range(L):
         u_in = net.units[li]
-        u_out = net.units[li + 1]
-        z = acts + _layer_base(net, 1, li + 1)
+        m = net.zw[li + 1]
+        z = acts + _layer_base(net, 1, li + 1) + net.zoff[li + 1]
         if li == 0 and lz.on:
             # Rows are brought up to date as the forward pass reads them.
             if floating is float:
                 lz.l2 += cbp_lazy_forward_f(nnz, nzi, nzv, lz.last, t, lz.powers,
-                                            lz.prefix, lz.stats, params, s1, u_out,
+                                            lz.prefix, lz.stats, params, s1, m,
                                             params + net.icpt_off[0], z)
             else:
                 lz.l2 += cbp_lazy_forward_d(nnz, nzi, nzv, lz.last, t, lz.powers,
-                                            lz.prefix, lz.stats, params, s1, u_out,
+                                            lz.prefix, lz.stats, params, s1, m,
                                             params + net.icpt_off[0], z)
         elif li == 0:
             p = nnz
             if floating is float:
-                cbp_sprows_f(1, &zero, &p, nzi, nzv, params, u_out,
-                             params + net.icpt_off[0], z)
+                cbp_sprows_f(1, &zero, &p, nzi, nzv, params, m,
+                             params + net.icpt_off[0], z, m)
             else:
-                cbp_sprows_d(1, &zero, &p, nzi, nzv, params, u_out,
-                             params + net.icpt_off[0], z)
+                cbp_sprows_d(1, &zero, &p, nzi, nzv, params, m,
+                             params + net.icpt_off[0], z, m)
         else:
             a_in = acts + _layer_base(net, 1, li)
             if floating is float:
-                cbp_gemv_skip_f(u_in, a_in, params + net.coef_off[li], u_out,
+                cbp_gemv_skip_f(u_in, a_in, params + net.coef_off[li], m,
                                 params + net.icpt_off[li], z)
             else:
-                cbp_gemv_skip_d(u_in, a_in, params + net.coef_off[li], u_out,
+                cbp_gemv_skip_d(u_in, a_in, params + net.coef_off[li], m,
                                 params + net.icpt_off[li], z)
         if li < L - 1:
-            _hidden_forward(net, z, u_out)
+            _hidden_layer_forward(net, li + 1, acts + _layer_base(net, 1, li + 1),
+                                  gates + _layer_base(net, 1, li + 1), 1, t)
         else:
-            _output_forward(net.out_act, z, 1, u_out)
+            _output_forward(net.out_act, z, 1, m)
 
     z = acts + _layer_base(net, 1, L)
-    loss = _row_loss(net.loss, z, y, n_out)
+    loss = _row_loss(net, z, y, n_out)
     d = deltas + _layer_base(net, 1, L)
+    _output_delta(net, z, y, d, n_out)
     for j in range(n_out):
-        d[j] = z[j] - y[j]
         d[j] *= w
 
     if o.kind == OPT_ADAM:
         lr_t = _adam_rate(o)
+    if xr == NULL and not lz.on:
+        # CSR row: spread it into a dense vector for the full update.
+        for p in range(nnz):
+            xdense[nzi[p]] = nzv[p]
+        xr = xdense
     for li in range(L - 1, -1, -1):
         u_in = net.units[li]
-        u_out = net.units[li + 1]
-        d = deltas + _layer_base(net, 1, li + 1)
+        m = net.zw[li + 1]
+        d = deltas + _layer_base(net, 1, li + 1) + net.zoff[li + 1]
+        a_in = acts + _layer_base(net, 1, li) if li > 0 else xr
         if li > 0:
-            a_in = acts + _layer_base(net, 1, li)
-            dprev = deltas + _layer_base(net, 1, li)
+            g = deltas + _layer_base(net, 1, li)
             if floating is float:
-                cbp_gemv_t_f(u_in, u_out, params + net.coef_off[li], d, dprev)
+                cbp_gemv_t_f(u_in, m, params + net.coef_off[li], d, g)
             else:
-                cbp_gemv_t_d(u_in, u_out, params + net.coef_off[li], d, dprev)
-            _hidden_backward(net, a_in, dprev, u_in)
-            ssq += _outer_step(o, u_in, u_out, a_in, d, params + net.coef_off[li],
-                               s1 + net.coef_off[li], s2 + net.coef_off[li], sw, lr_t)
-        elif lz.on:
+                cbp_gemv_t_d(u_in, m, params + net.coef_off[li], d, g)
+            _hidden_layer_backward(net, li, a_in, gates + _layer_base(net, 1, li), g, 1)
+        if not fused:
+            if floating is float:
+                nsq += cbp_outer_gradsq_f(u_in, m, a_in, d, params + net.coef_off[li],
+                                          <float>o.alpha, <float>o.l1)
+            else:
+                nsq += cbp_outer_gradsq_d(u_in, m, a_in, d, params + net.coef_off[li],
+                                          o.alpha, o.l1)
+            nsq += _sumsq(m, d)
+            pen += _penalty(u_in * m, params + net.coef_off[li], o.alpha, o.l1)
+        elif li == 0 and lz.on:
             # Only the rows with a non-zero input get a data step now.
             if floating is float:
                 lz.l2 += cbp_lazy_step_f(nnz, nzi, nzv, lz.last, t, lz.stats, params,
-                                         s1, u_out, d, <float>o.alpha, <float>o.lr,
+                                         s1, m, d, <float>o.alpha,
+                                         <float>(o.lr * net.lr_mult[0]),
                                          <float>o.momentum, o.nesterov)
             else:
                 lz.l2 += cbp_lazy_step_d(nnz, nzi, nzv, lz.last, t, lz.stats, params,
-                                         s1, u_out, d, o.alpha, o.lr, o.momentum,
-                                         o.nesterov)
+                                         s1, m, d, o.alpha, o.lr * net.lr_mult[0],
+                                         o.momentum, o.nesterov)
+            _step(o, m, params + net.icpt_off[0], s1 + net.icpt_off[0],
+                  s2 + net.icpt_off[0], <floating>1, d, 0.0, 0.0, sw,
+                  _rate(o, lr_t, net.lr_mult[0]))
         else:
-            if xr == NULL:
-                # CSR row: spread it into a dense vector for the full update.
-                for p in range(nnz):
-                    xdense[nzi[p]] = nzv[p]
-                a_in = xdense
-            else:
-                a_in = xr
-            ssq += _outer_step(o, u_in, u_out, a_in, d, params, s1, s2, sw, lr_t)
-            if xr == NULL:
-                for p in range(nnz):
-                    xdense[nzi[p]] = 0
-        _step(o, u_out, params + net.icpt_off[li], s1 + net.icpt_off[li],
-              s2 + net.icpt_off[li], <floating>1, d, 0.0, sw, lr_t)
+            pen += _outer_step(o, u_in, m, a_in, d, params + net.coef_off[li],
+                               s1 + net.coef_off[li], s2 + net.coef_off[li], sw,
+                               _rate(o, lr_t, net.lr_mult[li]), 1.0)
+            _step(o, m, params + net.icpt_off[li], s1 + net.icpt_off[li],
+                  s2 + net.icpt_off[li], <floating>1, d, 0.0, 0.0, sw,
+                  _rate(o, lr_t, net.lr_mult[li]))
+
+    if not fused:
+        # The gradient of layer l is (a d^T + alpha W + l1 sign W) / sw.
+        nsq = sqrt(nsq) / sw
+        if nsq > o.clip:
+            c = o.clip / nsq
+        for li in range(L - 1, -1, -1):
+            u_in = net.units[li]
+            m = net.zw[li + 1]
+            d = deltas + _layer_base(net, 1, li + 1) + net.zoff[li + 1]
+            a_in = acts + _layer_base(net, 1, li) if li > 0 else xr
+            for j in range(m):
+                d[j] *= <floating>c
+            _outer_step(o, u_in, m, a_in, d, params + net.coef_off[li],
+                        s1 + net.coef_off[li], s2 + net.coef_off[li], sw,
+                        _rate(o, lr_t, net.lr_mult[li]), c)
+            _step(o, m, params + net.icpt_off[li], s1 + net.icpt_off[li],
+                  s2 + net.icpt_off[li], <floating>1, d, 0.0, 0.0, sw,
+                  _rate(o, lr_t, net.lr_mult[li]))
+    if xr == xdense:
+        for p in range(nnz):
+            xdense[nzi[p]] = 0
 
     data_loss[0] = loss
-    l2_loss[0] = 0.5 * o.alpha * ssq / sw
-    if not (isfinite(loss) and isfinite(l2_loss[0])):
+    pen_loss[0] = pen / sw
+    if not (isfinite(loss) and isfinite(pen_loss[0])):
         return STATUS_NONFINITE
     return STATUS_OK
 
@@ -813,28 +1025,41 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
 # checked, contiguous arrays of one dtype.
 # ---------------------------------------------------------------------------
 
-cdef Py_ssize_t _total_units(const Py_ssize_t[::1] units) noexcept:
-    cdef Py_ssize_t k, s = 0
-    for k in range(1, units.shape[0]):
-        s += units[k]
-    return s
-
-
-cdef void _make_net(Net* net, const Py_ssize_t[::1] units,
-                    const Py_ssize_t[::1] coef_off, const Py_ssize_t[::1] icpt_off,
-                    Py_ssize_t n_params, int hidden_act, int out_act,
-                    int loss) noexcept:
+cdef void _make_net(Net* net, dict spec, Py_ssize_t n_params, bint training,
+                    long long step0) except *:
+    """Point ``net`` at the arrays of ``spec`` (see ``_mlp._NetSpec``), which
+    the caller keeps alive for the duration of the kernel call."""
+    cdef const Py_ssize_t[::1] units = spec["units"]
+    cdef const Py_ssize_t[::1] zw = spec["zw"]
+    cdef const Py_ssize_t[::1] stride = spec["stride"]
+    cdef const Py_ssize_t[::1] zoff = spec["zoff"]
+    cdef const Py_ssize_t[::1] act = spec["act"]
+    cdef const double[::1] act_param = spec["act_param"]
+    cdef const double[::1] lr_mult = spec["lr_mult"]
+    cdef const Py_ssize_t[::1] coef_off = spec["coef_off"]
+    cdef const Py_ssize_t[::1] icpt_off = spec["icpt_off"]
+    cdef Py_ssize_t k
     net.n_layers = units.shape[0] - 1
     net.units = &units[0]
+    net.zw = &zw[0]
+    net.stride = &stride[0]
+    net.zoff = &zoff[0]
+    net.act = &act[0]
+    net.act_param = &act_param[0]
+    net.lr_mult = &lr_mult[0]
     net.coef_off = &coef_off[0]
     net.icpt_off = &icpt_off[0]
     net.n_coef = icpt_off[0]
     net.n_params = n_params
-    net.total_units = _total_units(units)
-    net.hidden_act = hidden_act
-    net.act_param = 0.0
-    net.out_act = out_act
-    net.loss = loss
+    net.total_units = 0
+    for k in range(1, units.shape[0]):
+        net.total_units += stride[k]
+    net.out_act = spec["out_act"]
+    net.loss = spec["loss"]
+    net.loss_param = spec["loss_param"]
+    net.drop = spec["dropout"] if training else 0.0
+    net.seed = spec["seed"]
+    net.step0 = step0
 
 
 cdef void _make_source(Source* src, object X, Py_ssize_t n_features,
@@ -869,6 +1094,8 @@ cdef void _make_optim(Optim* o, dict opt) except *:
     o.beta2 = opt.get("beta2", 0.999)
     o.eps = opt.get("eps", 1e-8)
     o.alpha = opt["alpha"]
+    o.l1 = opt.get("l1", 0.0)
+    o.clip = opt.get("clip", 0.0)
     o.t = opt.get("t", 0)
 
 
@@ -935,22 +1162,22 @@ def lazy_tables(Py_ssize_t n, double lr, double momentum, bint nesterov,
 
 def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               const floating[:, ::1] Y, const floating[::1] sw,
-              bint has_sw, const Py_ssize_t[::1] order, const Py_ssize_t[::1] units,
-              const Py_ssize_t[::1] coef_off, const Py_ssize_t[::1] icpt_off,
-              const Py_ssize_t[::1] gblocks, int hidden_act, int out_act, int loss,
+              bint has_sw, const Py_ssize_t[::1] order, dict spec,
+              const Py_ssize_t[::1] gblocks, const Py_ssize_t[::1] ublocks,
               floating[::1] params, floating[::1] state1, floating[::1] state2,
               floating[::1] grad, floating[::1] acts, floating[::1] deltas,
-              floating[::1] xbuf, Py_ssize_t[::1] iwork, double[::1] dwork,
-              Py_ssize_t[::1] spi, floating[::1] spv, Py_ssize_t nnz_cap,
-              Py_ssize_t batch_size, int n_threads, dict opt, object lazy=None,
-              double act_param=0.0):
+              floating[::1] gates, floating[::1] xbuf, Py_ssize_t[::1] iwork,
+              double[::1] dwork, Py_ssize_t[::1] spi, floating[::1] spv,
+              Py_ssize_t nnz_cap, Py_ssize_t batch_size, int n_threads, dict opt,
+              object lazy=None, long long step0=0):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
-    Returns ``(status, data_loss_sum, l2_loss_sum, n_done)``: the batch losses
+    Returns ``(status, data_loss_sum, penalty_sum, n_done)``: the batch losses
     weighted by batch size (scikit-learn's ``accumulated_loss``), split into
-    the data term and the L2 term.  Adam's step counter ``opt["t"]`` is
-    advanced in place.  ``lazy`` is ``(powers, prefix)`` from
+    the data term and the weight penalty.  Adam's step counter ``opt["t"]``
+    is advanced in place.  ``lazy`` is ``(powers, prefix)`` from
     :func:`lazy_tables` to defer the data-free steps of online SGD.
+    ``step0`` numbers the first sample of the epoch for the dropout masks.
     """
     cdef Net net
     cdef Source src
@@ -958,8 +1185,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef Lazy lz
     cdef SpBatch sb
     cdef Py_ssize_t n = order.shape[0], start, nb, k, i, cap, every, n_batches = 0
-    cdef Py_ssize_t n_gblocks = gblocks.shape[0] // 3
-    cdef double data_sum = 0.0, l2_sum = 0.0, loss_sum, sw_sum, ssq, dl, ll
+    cdef Py_ssize_t n_gblocks = gblocks.shape[0] // 3, n_ublocks = ublocks.shape[0] // 4
+    cdef double data_sum = 0.0, pen_sum = 0.0, loss_sum, sw_sum, pen, dl, ll
     cdef int status = STATUS_OK, threads
     cdef const floating* Yp = &Y[0, 0]
     cdef const floating* swp = &sw[0] if has_sw else NULL
@@ -969,11 +1196,9 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef floating[::1] nzv
     cdef floating[::1] xdense
 
-    _make_net(&net, units, coef_off, icpt_off, params.shape[0], hidden_act, out_act,
-              loss)
+    _make_net(&net, spec, params.shape[0], True, step0)
     _make_source(&src, X, n_features, indices, indptr, params)
     _make_optim(&o, opt)
-    net.act_param = act_param
     cap = acts.shape[0] // net.total_units
     _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features)
 
@@ -994,21 +1219,22 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                 for i in range(n_features):
                     lz.last[i] = 0
                     if floating is float:
-                        cbp_rowstats_f(units[1], &params[i * units[1]],
-                                       &state1[i * units[1]], lz.stats + 3 * i)
+                        cbp_rowstats_f(net.zw[1], &params[i * net.zw[1]],
+                                       &state1[i * net.zw[1]], lz.stats + 3 * i)
                     else:
-                        cbp_rowstats_d(units[1], &params[i * units[1]],
-                                       &state1[i * units[1]], lz.stats + 3 * i)
+                        cbp_rowstats_d(net.zw[1], &params[i * net.zw[1]],
+                                       &state1[i * net.zw[1]], lz.stats + 3 * i)
             for k in range(n):
                 if swp != NULL and swp[order[k]] == 0:
                     continue
                 status = _online_sample(&net, &o, &params[0], &state1[0], &state2[0],
-                                        &src, order[k], k, Yp + order[k] * units[net.n_layers],
+                                        &src, order[k], k,
+                                        Yp + order[k] * net.units[net.n_layers],
                                         swp[order[k]] if swp != NULL else one,
-                                        &acts[0], &deltas[0], &iwork[0], &nzv[0],
-                                        &xdense[0], &lz, &dl, &ll)
+                                        &acts[0], &deltas[0], &gates[0], &iwork[0],
+                                        &nzv[0], &xdense[0], &lz, &dl, &ll)
                 data_sum += dl
-                l2_sum += ll
+                pen_sum += ll
                 if status == STATUS_OK and k % SIGNAL_EVERY == SIGNAL_EVERY - 1 \
                         and _interrupted():
                     status = STATUS_INTERRUPTED
@@ -1019,13 +1245,13 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                 if floating is float:
                     lz.l2 += cbp_lazy_flush_f(n_features, lz.last, n, lz.powers,
                                               lz.prefix, lz.stats, &params[0],
-                                              &state1[0], units[1])
+                                              &state1[0], net.zw[1])
                 else:
                     lz.l2 += cbp_lazy_flush_d(n_features, lz.last, n, lz.powers,
                                               lz.prefix, lz.stats, &params[0],
-                                              &state1[0], units[1])
-                l2_sum += 0.5 * o.alpha * lz.l2
-                if not isfinite(l2_sum):
+                                              &state1[0], net.zw[1])
+                pen_sum += 0.5 * o.alpha * lz.l2
+                if not isfinite(pen_sum):
                     status = STATUS_NONFINITE
     else:
         threads = _threads_for(&net, min(batch_size, n), n_threads)
@@ -1034,25 +1260,26 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             start = 0
             while start < n:
                 nb = min(batch_size, n - start)
-                status = _accumulate(&net, &params[0], &src, &sb, &order[start], nb, Yp,
-                                     swp, &acts[0], &deltas[0], &xbuf[0], cap,
-                                     &grad[0], &dwork[0], &dwork[cap], &gblocks[0],
-                                     n_gblocks, True, threads, &loss_sum, &sw_sum,
-                                     True)
+                status = _accumulate(&net, &params[0], &src, &sb, &order[start], nb,
+                                     start, Yp, swp, &acts[0], &deltas[0], &gates[0],
+                                     &xbuf[0], cap, &grad[0], &dwork[0], &dwork[cap],
+                                     &gblocks[0], n_gblocks, True, threads, &loss_sum,
+                                     &sw_sum, True)
                 if status != STATUS_OK:
                     break
                 if sw_sum > 0:
-                    ssq = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
-                                      &grad[0], sw_sum, &dwork[2 * cap], threads)
+                    pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
+                                      &grad[0], sw_sum, &ublocks[0], n_ublocks,
+                                      &dwork[2 * cap], threads)
                     dl = loss_sum / sw_sum
-                    ll = 0.5 * o.alpha * ssq / sw_sum
+                    ll = pen / sw_sum
                 else:
                     # A batch whose weights are all zero carries no information:
                     # skip it rather than divide by zero.
                     dl = 0.0
                     ll = 0.0
                 data_sum += dl * nb
-                l2_sum += ll * nb
+                pen_sum += ll * nb
                 start += nb
                 if not (isfinite(dl) and isfinite(ll)):
                     status = STATUS_NONFINITE
@@ -1063,78 +1290,109 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                     status = STATUS_INTERRUPTED
                     break
     opt["t"] = o.t
-    return status, data_sum, l2_sum, n
+    return status, data_sum, pen_sum, n
 
 
 def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
               const floating[:, ::1] Y, const floating[::1] sw,
-              bint has_sw, const Py_ssize_t[::1] units, const Py_ssize_t[::1] coef_off,
-              const Py_ssize_t[::1] icpt_off, const Py_ssize_t[::1] gblocks,
-              int hidden_act, int out_act, int loss, const floating[::1] params,
-              floating[::1] grad, floating[::1] acts, floating[::1] deltas,
-              floating[::1] xbuf, double[::1] dwork, Py_ssize_t[::1] spi,
-              floating[::1] spv, Py_ssize_t nnz_cap, double alpha, int n_threads,
-              bint need_grad=True, double act_param=0.0):
-    """Full-batch objective and gradient at ``params`` (lbfgs, gradient checks).
+              bint has_sw, dict spec, const Py_ssize_t[::1] gblocks,
+              const floating[::1] params, floating[::1] grad, floating[::1] acts,
+              floating[::1] deltas, floating[::1] gates, floating[::1] xbuf,
+              double[::1] dwork, Py_ssize_t[::1] spi, floating[::1] spv,
+              Py_ssize_t nnz_cap, double alpha, double l1, int n_threads,
+              bint need_grad=True, object dropout_step=None):
+    """Full-batch objective and gradient at ``params`` (lbfgs, rprop, gradient
+    checks, validation losses).
 
-    Returns ``(data_loss, l2_loss)``; ``grad`` receives the gradient of their
-    sum in the packed layout.
+    Returns ``(data_loss, penalty)``; ``grad`` receives the gradient of their
+    sum in the packed layout.  With ``dropout_step`` (an int) the hidden
+    units are dropped with the masks the training epoch starting at that
+    sample counter would draw; otherwise the network is used as in predict.
     """
     cdef Net net
     cdef Source src
     cdef SpBatch sb
     cdef Py_ssize_t n = Y.shape[0], k, cap
     cdef int status
-    cdef double loss_sum = 0.0, sw_sum = 0.0, ssq
+    cdef double loss_sum = 0.0, sw_sum = 0.0, pen
     cdef const floating* swp = &sw[0] if has_sw else NULL
     cdef Py_ssize_t[::1] rows = np.arange(n, dtype=np.intp)
     cdef int threads = n_threads
+    cdef floating w
 
-    _make_net(&net, units, coef_off, icpt_off, params.shape[0], hidden_act, out_act,
-              loss)
+    _make_net(&net, spec, params.shape[0], dropout_step is not None,
+              dropout_step if dropout_step is not None else 0)
     _make_source(&src, X, n_features, indices, indptr, params)
-    net.act_param = act_param
     cap = acts.shape[0] // net.total_units
     _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features)
     threads = _threads_for(&net, min(cap, n), n_threads)
     with nogil:
-        status = _accumulate(&net, &params[0], &src, &sb, &rows[0], n, &Y[0, 0], swp,
-                             &acts[0], &deltas[0], &xbuf[0], cap, &grad[0], &dwork[0],
-                             &dwork[cap], &gblocks[0], gblocks.shape[0] // 3, need_grad,
-                             threads, &loss_sum, &sw_sum, True)
+        status = _accumulate(&net, &params[0], &src, &sb, &rows[0], n, 0, &Y[0, 0],
+                             swp, &acts[0], &deltas[0], &gates[0], &xbuf[0], cap,
+                             &grad[0], &dwork[0], &dwork[cap], &gblocks[0],
+                             gblocks.shape[0] // 3, need_grad, threads, &loss_sum,
+                             &sw_sum, True)
     if status == STATUS_INTERRUPTED:
         raise KeyboardInterrupt
     with nogil:
-        ssq = _sumsq(net.n_coef, &params[0])
+        pen = _penalty(net.n_coef, &params[0], alpha, l1)
         if need_grad:
             for k in range(net.n_coef):
-                grad[k] = (grad[k] + alpha * params[k]) / sw_sum
+                w = params[k]
+                grad[k] = (grad[k] + alpha * w
+                           + l1 * ((w > 0) - (w < 0))) / sw_sum
             for k in range(net.n_coef, net.n_params):
                 grad[k] = grad[k] / sw_sum
-    return loss_sum / sw_sum, 0.5 * alpha * ssq / sw_sum
+    return loss_sum / sw_sum, pen / sw_sum
+
+
+def rprop_update(floating[::1] params, const floating[::1] grad,
+                 floating[::1] prev, floating[::1] step, double eta_minus,
+                 double eta_plus, double step_min, double step_max):
+    """One iRprop- update of every parameter from the full-batch gradient.
+
+    Each parameter keeps its own step: it grows by ``eta_plus`` while the
+    gradient keeps its sign and shrinks by ``eta_minus`` when the sign flips,
+    in which case (the "-" of iRprop-) that parameter does not move and its
+    remembered gradient is zeroed so the next step cannot shrink it again.
+    """
+    cdef Py_ssize_t k, n = params.shape[0]
+    cdef floating g, s
+    with nogil:
+        for k in range(n):
+            g = grad[k]
+            s = step[k]
+            if g * prev[k] > 0:
+                s = min(s * <floating>eta_plus, <floating>step_max)
+            elif g * prev[k] < 0:
+                s = max(s * <floating>eta_minus, <floating>step_min)
+                g = 0
+            step[k] = s
+            if g > 0:
+                params[k] -= s
+            elif g < 0:
+                params[k] += s
+            prev[k] = g
 
 
 def forward(object X, object indices, object indptr, Py_ssize_t n_samples,
-            Py_ssize_t n_features, const Py_ssize_t[::1] units,
-            const Py_ssize_t[::1] coef_off, const Py_ssize_t[::1] icpt_off,
-            int hidden_act, int out_act, const floating[::1] params,
+            Py_ssize_t n_features, dict spec, const floating[::1] params,
             floating[:, ::1] out, floating[:, ::1] acts, Py_ssize_t[:, ::1] rsre,
-            int n_threads, double act_param=0.0):
+            int n_threads):
     """Output-layer activations of every row of X, written into ``out``.
 
     Rows are processed in chunks of ``acts.shape[1] // total_units`` rows, in
     parallel over ``acts.shape[0]`` thread-private buffers (``rsre`` holds
-    each thread's CSR row bounds).  Dense X goes through BLAS.
+    each thread's CSR row bounds).  Dense X goes through BLAS.  Dropout is
+    off: prediction uses the whole network.
     """
     cdef Net net
     cdef Source src
     cdef Py_ssize_t cap, n_chunks, c, r0, nr, tid
     cdef const floating* X0 = NULL
     cdef int threads = min(n_threads, acts.shape[0])
-    _make_net(&net, units, coef_off, icpt_off, params.shape[0], hidden_act, out_act,
-              0)
+    _make_net(&net, spec, params.shape[0], False, 0)
     _make_source(&src, X, n_features, indices, indptr, params)
-    net.act_param = act_param
     if not src.csr:
         X0 = <const floating*>src.x
     cap = acts.shape[1] // net.total_units
@@ -1167,7 +1425,8 @@ cdef void _predict_chunk(const Net* net, const floating* params, const Source* s
         sb.val = src.x
     else:
         xin = X0 + r0 * src.n_features
-    _forward_rows(net, params, src, &sb, nr, xin, acts, cap, 0)
+    # Without dropout the gate buffer is never touched.
+    _forward_rows(net, params, src, &sb, nr, xin, acts, acts, cap, 0, 0)
     memcpy(out, acts + _layer_base(net, cap, L), nr * net.units[L] * sizeof(floating))
 
 

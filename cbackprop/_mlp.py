@@ -23,6 +23,7 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils import shuffle as sk_shuffle
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
@@ -34,16 +35,19 @@ from cbackprop._openmp_helpers import effective_n_threads
 from cbackprop._progress import EpochProgress
 
 HIDDEN_ACTIVATIONS = {"identity": 0, "logistic": 1, "tanh": 2, "relu": 3,
-                      "leaky_relu": 4, "elu": 5, "lecun_tanh": 6, "softplus": 7}
+                      "leaky_relu": 4, "elu": 5, "lecun_tanh": 6, "softplus": 7,
+                      "maxout": 8}
 OUTPUT_ACTIVATIONS = {"identity": 0, "logistic": 1, "softmax": 2, "exp": 3}
-LOSSES = {"squared_error": 0, "log_loss": 1, "binary_log_loss": 2, "poisson": 3}
+LOSSES = {"squared_error": 0, "log_loss": 1, "binary_log_loss": 2, "poisson": 3,
+          "absolute_error": 4, "huber": 5, "hinge": 6, "multiclass_hinge": 7}
+INITS = ("glorot_uniform", "lecun", "he", "nguyen_widrow")
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 _STATUS_NONFINITE = 1
 _STATUS_INTERRUPTED = 2
 
 # Bumped whenever the pickled state of the estimators changes meaning; a
 # model saved under another format refuses to load (see __setstate__).
-_PERSISTENCE_FORMAT = 1
+_PERSISTENCE_FORMAT = 2
 
 def _cbackprop_version():
     from cbackprop import __version__
@@ -108,23 +112,28 @@ class _Workspace:
 
     ``cap`` is the number of rows a kernel pass holds: the batch size for
     stochastic solvers, at most ``SUPER_BLOCK_ROWS`` for full-batch passes.
+    ``spec`` is the network description of :meth:`_BaseMLP._net_spec`.
     """
 
-    def __init__(self, X, dtype, layer_units, cap, n_threads, online=False):
+    def __init__(self, X, dtype, spec, cap, n_threads, online=False):
         self.data, self.ind, self.ptr, self.skip_zeros, row_nnz = _kernel_input(
             X, dtype, online)
         self.n_features = X.shape[1]
-        self.layout = _BaseMLP._layout(layer_units)
-        units, _, _, n_params = self.layout
-        total = int(np.sum(units[1:]))
+        self.spec = spec
+        units = spec["units"]
+        n_params = spec["n_params"]
+        total = int(np.sum(spec["stride"][1:]))
         self.cap = cap = max(1, int(cap))
         self.acts = np.empty(cap * total, dtype=dtype)
         self.deltas = np.empty(cap * total, dtype=dtype)
+        # Dropout's per-unit gates (mask times f'(z)) share the layout.
+        self.gates = np.empty(cap * total if spec["dropout"] > 0 else 1, dtype=dtype)
         dense_blas = self.ind is None and not self.skip_zeros
         self.xbuf = np.empty(cap * self.n_features if dense_blas else 1, dtype=dtype)
         self.grad = np.empty(n_params, dtype=dtype)
-        n_update_blocks = n_params // 16384 + 2
-        self.dwork = np.empty(max(2 * cap + n_update_blocks, 3 * self.n_features, 1))
+        self.ublocks = self._update_blocks(spec)
+        n_ublocks = self.ublocks.shape[0] // 4
+        self.dwork = np.empty(max(2 * cap + 2 * n_ublocks, 3 * self.n_features, 1))
         self.iwork = np.empty(max(2 * self.n_features, 1), dtype=np.intp)
         self.gblocks = self._grad_blocks(units)
         self.n_threads = n_threads
@@ -145,6 +154,26 @@ class _Workspace:
         blocks = [(layer, i0, min(i0 + step, units[layer]))
                   for layer in range(len(units) - 1)
                   for i0 in range(0, units[layer], step)]
+        return np.ascontiguousarray(np.array(blocks, dtype=np.intp).ravel())
+
+    @staticmethod
+    def _update_blocks(spec):
+        """(start, end, layer, is_coef) of every parameter-update block: each
+        layer's weights, then each layer's biases, cut into pieces of at most
+        ``UPDATE_BLOCK_SIZE``, so a block has one learning-rate factor."""
+        step = _kernels.UPDATE_BLOCK_SIZE
+        units, zw = spec["units"], spec["zw"]
+        segments = []
+        for layer in range(len(units) - 1):
+            start = int(spec["coef_off"][layer])
+            segments.append((start, start + int(units[layer] * zw[layer + 1]),
+                             layer, 1))
+        for layer in range(len(units) - 1):
+            start = int(spec["icpt_off"][layer])
+            segments.append((start, start + int(zw[layer + 1]), layer, 0))
+        blocks = [(k0, min(k0 + step, end), layer, coef)
+                  for start, end, layer, coef in segments
+                  for k0 in range(start, end, step)]
         return np.ascontiguousarray(np.array(blocks, dtype=np.intp).ravel())
 
 
@@ -252,6 +281,19 @@ class _BaseMLP(BaseEstimator):
         max_fun,
         n_threads=None,
         leaky_relu_slope=0.01,
+        l1=0.0,
+        dropout=0.0,
+        max_grad_norm=None,
+        init="glorot_uniform",
+        layer_lr="uniform",
+        maxout_pieces=2,
+        gtol=None,
+        restore_best_weights=False,
+        rprop_eta_minus=0.5,
+        rprop_eta_plus=1.2,
+        rprop_step_init=0.1,
+        rprop_step_min=1e-6,
+        rprop_step_max=50.0,
     ):
         self.activation = activation
         self.solver = solver
@@ -279,13 +321,37 @@ class _BaseMLP(BaseEstimator):
         self.max_fun = max_fun
         self.n_threads = n_threads
         self.leaky_relu_slope = leaky_relu_slope
+        self.l1 = l1
+        self.dropout = dropout
+        self.max_grad_norm = max_grad_norm
+        self.init = init
+        self.layer_lr = layer_lr
+        self.maxout_pieces = maxout_pieces
+        self.gtol = gtol
+        self.restore_best_weights = restore_best_weights
+        self.rprop_eta_minus = rprop_eta_minus
+        self.rprop_eta_plus = rprop_eta_plus
+        self.rprop_step_init = rprop_step_init
+        self.rprop_step_min = rprop_step_min
+        self.rprop_step_max = rprop_step_max
 
     # ------------------------------------------------------------------
     # Validation
     # ------------------------------------------------------------------
     def _validate_params(self):
-        _check_option("activation", self.activation, HIDDEN_ACTIVATIONS)
-        _check_option("solver", self.solver, {"lbfgs", "sgd", "adam"})
+        if isinstance(self.activation, str):
+            _check_option("activation", self.activation, HIDDEN_ACTIVATIONS)
+        else:
+            try:
+                names = list(self.activation)
+            except TypeError:
+                raise ValueError(
+                    "The 'activation' parameter must be a string or a list of "
+                    f"strings (one per hidden layer), got {self.activation!r}."
+                ) from None
+            for name in names:
+                _check_option("activation", name, HIDDEN_ACTIVATIONS)
+        _check_option("solver", self.solver, {"lbfgs", "sgd", "adam", "rprop"})
         _check_option("learning_rate", self.learning_rate,
                       {"constant", "invscaling", "adaptive"})
         _check_scalar("alpha", self.alpha, Real, 0)
@@ -317,11 +383,51 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("The 'n_threads' parameter must be None, -1 or a "
                                  "non-zero int, got 0.")
         _check_scalar("leaky_relu_slope", self.leaky_relu_slope, Real, 0, 1)
+        _check_scalar("l1", self.l1, Real, 0)
+        _check_scalar("dropout", self.dropout, Real, 0, 1)
+        if self.max_grad_norm is not None:
+            _check_scalar("max_grad_norm", self.max_grad_norm, Real, 0,
+                          closed="neither")
+        _check_option("init", self.init, INITS)
+        _check_option("layer_lr", self.layer_lr, {"uniform", "fan_in"})
+        _check_scalar("maxout_pieces", self.maxout_pieces, Integral, 2)
+        if self.gtol is not None:
+            _check_scalar("gtol", self.gtol, Real, 0, closed="neither")
+        _check_scalar("restore_best_weights", self.restore_best_weights, bool)
+        _check_scalar("rprop_eta_minus", self.rprop_eta_minus, Real, 0, 1,
+                      closed="neither")
+        _check_scalar("rprop_eta_plus", self.rprop_eta_plus, Real, 1,
+                      closed="neither")
+        _check_scalar("rprop_step_min", self.rprop_step_min, Real, 0)
+        _check_scalar("rprop_step_max", self.rprop_step_max, Real, 0,
+                      closed="neither")
+        _check_scalar("rprop_step_init", self.rprop_step_init, Real,
+                      self.rprop_step_min, self.rprop_step_max, closed="both")
+        if self.dropout > 0 and self.solver not in _STOCHASTIC_SOLVERS:
+            raise ValueError(
+                f"dropout={self.dropout} needs a stochastic solver: the masks change "
+                f"every sample, which '{self.solver}' (a full-batch method that "
+                "relies on a fixed objective) cannot follow. Use solver='sgd' or "
+                "'adam', or dropout=0."
+            )
         # random_state is checked by check_random_state at fit time.
 
     def _n_threads(self):
         """Threads the kernels may use (see the n_threads parameter)."""
         return effective_n_threads(getattr(self, "n_threads", None))
+
+    def _hidden_activations(self, n_hidden):
+        """One activation name per hidden layer."""
+        if isinstance(self.activation, str):
+            return [self.activation] * n_hidden
+        names = list(self.activation)
+        if len(names) != n_hidden:
+            raise ValueError(
+                f"activation lists {len(names)} activations but the network has "
+                f"{n_hidden} hidden layers: give one per hidden layer, or a single "
+                "string for all."
+            )
+        return names
 
     def _hidden_sizes(self):
         sizes = self.hidden_layer_sizes
@@ -339,11 +445,12 @@ class _BaseMLP(BaseEstimator):
         return [int(s) for s in sizes]
 
     @staticmethod
-    def _check_network_size(layer_units, dtype):
+    def _check_network_size(layer_units, dtype, zw=None):
         """Refuse networks that cannot be allocated before anything is."""
         int_max = 2**31 - 1  # BLAS dimensions and leading sizes are C ints
-        widest = max(a * b for a, b in zip(layer_units[:-1], layer_units[1:]))
-        n_params = sum(a * b + b for a, b in zip(layer_units[:-1], layer_units[1:]))
+        zw = layer_units if zw is None else zw
+        widest = max(a * b for a, b in zip(layer_units[:-1], zw[1:]))
+        n_params = sum(a * b + b for a, b in zip(layer_units[:-1], zw[1:]))
         if widest > int_max:
             raise ValueError(
                 f"A weight matrix of this network would have {widest:,} entries, "
@@ -390,21 +497,81 @@ class _BaseMLP(BaseEstimator):
     # Parameter vector plumbing
     # ------------------------------------------------------------------
     @staticmethod
-    def _layout(layer_units):
-        """Offsets of every layer in the packed parameter vector."""
+    def _layout(layer_units, zw=None):
+        """Offsets of every layer in the packed parameter vector.
+
+        ``zw[l]`` is the number of pre-activations of layer ``l`` (the
+        columns of ``coefs_[l - 1]``): ``layer_units[l]`` times the pieces of
+        a maxout layer, else ``layer_units[l]``.
+        """
         units = np.asarray(layer_units, dtype=np.intp)
-        coef_sizes = units[:-1] * units[1:]
+        zw = units if zw is None else np.asarray(zw, dtype=np.intp)
+        coef_sizes = units[:-1] * zw[1:]
         coef_off = np.concatenate(([0], np.cumsum(coef_sizes)[:-1])).astype(np.intp)
         n_coef = int(coef_sizes.sum())
-        icpt_off = (n_coef + np.concatenate(([0], np.cumsum(units[1:])[:-1]))).astype(
+        icpt_off = (n_coef + np.concatenate(([0], np.cumsum(zw[1:])[:-1]))).astype(
             np.intp
         )
-        n_params = n_coef + int(units[1:].sum())
+        n_params = n_coef + int(zw[1:].sum())
         return units, coef_off, icpt_off, n_params
 
     def _layer_units(self):
-        units = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
-        return units
+        """Activations per layer, input first (what each layer passes on)."""
+        return [c.shape[0] for c in self.coefs_] + [self.coefs_[-1].shape[1]]
+
+    def _layer_zw(self):
+        """Pre-activations per layer: the columns of each weight matrix."""
+        return [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+
+    def _planned_zw(self, layer_units):
+        """Pre-activation widths of a network about to be initialised."""
+        names = self._hidden_activations(len(layer_units) - 2)
+        return [layer_units[0]] + [
+            u * self.maxout_pieces if name == "maxout" else u
+            for u, name in zip(layer_units[1:-1], names)
+        ] + [layer_units[-1]]
+
+    def _net_spec(self, layer_units, zw, out_activation=None):
+        """What the kernels need to know about the network, as arrays.
+
+        A maxout layer's rows in the kernels' block buffers hold its
+        ``units`` activations followed by its ``units * pieces``
+        pre-activations (the backward pass needs the winning piece).
+        """
+        units, coef_off, icpt_off, n_params = self._layout(layer_units, zw)
+        zw = np.asarray(zw, dtype=np.intp)
+        L = len(units) - 1
+        names = self._hidden_activations(L - 1)
+        act = np.zeros(L + 1, dtype=np.intp)
+        act_param = np.zeros(L + 1)
+        for layer, name in enumerate(names, start=1):
+            act[layer] = HIDDEN_ACTIVATIONS[name]
+            act_param[layer] = float(getattr(self, "leaky_relu_slope", 0.01))
+        maxout = act == HIDDEN_ACTIVATIONS["maxout"]
+        for layer in np.flatnonzero(maxout):
+            if zw[layer] % units[layer] or zw[layer] < 2 * units[layer]:
+                raise ValueError(
+                    f"Hidden layer {layer} is a maxout layer of {units[layer]} units "
+                    f"but coefs_[{layer - 1}] has {zw[layer]} columns: it needs "
+                    "units * maxout_pieces columns, with maxout_pieces >= 2."
+                )
+        if getattr(self, "layer_lr", "uniform") == "fan_in":
+            lr_mult = 1.0 / np.sqrt(units[:-1].astype(float))
+        else:
+            lr_mult = np.ones(L)
+        out, loss = self._codes(out_activation)
+        return {
+            "units": units, "zw": zw,
+            "zoff": np.where(maxout, units, 0).astype(np.intp),
+            "stride": np.where(maxout, units + zw, units).astype(np.intp),
+            "act": act, "act_param": act_param,
+            "lr_mult": np.ascontiguousarray(lr_mult, dtype=np.float64),
+            "coef_off": coef_off, "icpt_off": icpt_off, "n_params": n_params,
+            "out_act": out, "loss": loss,
+            "loss_param": float(getattr(self, "huber_delta", 1.0)),
+            "dropout": float(getattr(self, "dropout", 0.0)),
+            "seed": int(getattr(self, "_dropout_seed", 0) or 0),
+        }
 
     def _pack(self, dtype):
         """The current ``coefs_`` / ``intercepts_`` as one flat vector.
@@ -413,51 +580,52 @@ class _BaseMLP(BaseEstimator):
         them is what the kernels use.
         """
         units = self._layer_units()
+        zw = self._layer_zw()
         for i, (c, b) in enumerate(zip(self.coefs_, self.intercepts_)):
-            if c.shape != (units[i], units[i + 1]) or np.shape(b) != (units[i + 1],):
+            if c.shape != (units[i], zw[i + 1]) or np.shape(b) != (zw[i + 1],):
                 raise ValueError(
                     f"coefs_[{i}] has shape {np.shape(c)} and intercepts_[{i}] "
-                    f"{np.shape(b)}; they must be ({units[i]}, {units[i + 1]}) and "
-                    f"({units[i + 1]},) to chain the layers."
+                    f"{np.shape(b)}; they must be ({units[i]}, {zw[i + 1]}) and "
+                    f"({zw[i + 1]},) to chain the layers."
                 )
         return np.concatenate(
             [np.asarray(c, dtype=dtype).ravel() for c in self.coefs_]
             + [np.asarray(b, dtype=dtype).ravel() for b in self.intercepts_]
         )
 
-    def _unpack_views(self, params, layer_units):
+    def _unpack_views(self, params, layer_units, zw=None):
         """Point ``coefs_`` / ``intercepts_`` at slices of ``params``."""
-        units, coef_off, icpt_off, _ = self._layout(layer_units)
+        units, coef_off, icpt_off, _ = self._layout(layer_units, zw)
+        zw = units if zw is None else zw
         L = len(units) - 1
         self.coefs_ = [
-            params[coef_off[i]: coef_off[i] + units[i] * units[i + 1]].reshape(
-                units[i], units[i + 1]
+            params[coef_off[i]: coef_off[i] + units[i] * zw[i + 1]].reshape(
+                units[i], zw[i + 1]
             )
             for i in range(L)
         ]
         self.intercepts_ = [
-            params[icpt_off[i]: icpt_off[i] + units[i + 1]] for i in range(L)
+            params[icpt_off[i]: icpt_off[i] + zw[i + 1]] for i in range(L)
         ]
 
-    def _codes(self):
+    def _codes(self, out_activation=None):
+        """Kernel codes of the output activation and the loss."""
+        out_activation = out_activation or self.out_activation_
         loss = self.loss
-        if loss == "log_loss" and self.out_activation_ == "logistic":
+        if loss == "log_loss" and out_activation == "logistic":
             loss = "binary_log_loss"
-        return (
-            HIDDEN_ACTIVATIONS[self.activation],
-            OUTPUT_ACTIVATIONS[self.out_activation_],
-            LOSSES[loss],
-        )
-
-    def _act_param(self):
-        """The hidden activation's parameter for the kernels."""
-        return float(getattr(self, "leaky_relu_slope", 0.01))
+        if loss == "hinge" and getattr(self, "_label_binarizer", None) is not None \
+                and self._label_binarizer.y_type_ == "multiclass":
+            loss = "multiclass_hinge"
+        return OUTPUT_ACTIVATIONS[out_activation], LOSSES[loss]
 
     def _loss_scale(self):
         """scikit-learn averages multi-output squared error over outputs in the
         reported loss (but not in its gradient); stopping rules use that scale
         so that trajectories stay the same."""
-        return self.n_outputs_ if self.loss == "squared_error" else 1
+        if is_classifier(self) or self.loss != "squared_error":
+            return 1
+        return self.n_outputs_
 
     # ------------------------------------------------------------------
     # Forward pass
@@ -468,7 +636,8 @@ class _BaseMLP(BaseEstimator):
         x_dtype = X.dtype if X.dtype in (np.float32, np.float64) else np.float64
         dtype = np.result_type(params.dtype, x_dtype)
         params = params.astype(dtype, copy=False)
-        units, coef_off, icpt_off, _ = self._layout(self._layer_units())
+        spec = self._net_spec(self._layer_units(), self._layer_zw(), out_activation)
+        units = spec["units"]
         n = X.shape[0]
         out = np.empty((n, units[-1]), dtype=dtype)
         if n == 0:
@@ -476,13 +645,11 @@ class _BaseMLP(BaseEstimator):
         data, ind, ptr, _, _ = _kernel_input(X, dtype)
         cap = min(_PREDICT_ROWS, n)
         threads = self._n_threads() if n > cap else 1
-        acts = np.empty((threads, cap * int(np.sum(units[1:]))), dtype=dtype)
+        acts = np.empty((threads, cap * int(np.sum(spec["stride"][1:]))), dtype=dtype)
         rsre = np.empty((threads, 2 * cap), dtype=np.intp)
         with _blas_single_thread():
-            _kernels.forward(data, ind, ptr, n, X.shape[1], units, coef_off,
-                             icpt_off, HIDDEN_ACTIVATIONS[self.activation],
-                             OUTPUT_ACTIVATIONS[out_activation], params, out, acts,
-                             rsre, threads, self._act_param())
+            _kernels.forward(data, ind, ptr, n, X.shape[1], spec, params, out, acts,
+                             rsre, threads)
         return out
 
     def _forward_pass_fast(self, X, check_input=True):
@@ -501,29 +668,38 @@ class _BaseMLP(BaseEstimator):
         self.n_layers_ = len(layer_units)
         if not is_classifier(self):
             self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
+        elif self.loss == "hinge":
+            self.out_activation_ = "identity"
         elif self._label_binarizer.y_type_ == "multiclass":
             self.out_activation_ = "softmax"
         else:
             self.out_activation_ = "logistic"
 
-        # Glorot-uniform draws in scikit-learn's order: for each layer the
-        # weight matrix, then the bias vector, from one RandomState stream.
-        factor = 2.0 if self.activation == "logistic" else 6.0
+        zw = self._planned_zw(layer_units)
+        names = self._hidden_activations(len(layer_units) - 2)
         coefs, intercepts = [], []
-        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
-            bound = np.sqrt(factor / (fan_in + fan_out))
-            coefs.append(self._random_state.uniform(-bound, bound, (fan_in, fan_out)))
-            intercepts.append(self._random_state.uniform(-bound, bound, fan_out))
+        for i, (fan_in, fan_out) in enumerate(zip(layer_units[:-1], zw[1:])):
+            # The activation the layer feeds (the output layer: as the last
+            # hidden layer, which is scikit-learn's single activation).
+            if names:
+                name = names[min(i, len(names) - 1)]
+            else:
+                name = self.activation if isinstance(self.activation, str) else "relu"
+            hidden = i < len(layer_units) - 2
+            coef, intercept = self._init_layer(fan_in, fan_out, name, hidden)
+            coefs.append(coef)
+            intercepts.append(intercept)
         params = np.concatenate(
             [c.ravel() for c in coefs] + [b.ravel() for b in intercepts]
         ).astype(dtype, copy=False)
-        self._unpack_views(params, layer_units)
+        self._unpack_views(params, layer_units, zw)
         self._best_params = params.copy()
 
-        if self.solver in _STOCHASTIC_SOLVERS:
+        self.validation_loss_curve_ = None
+        if self.solver != "lbfgs":
             self.loss_curve_ = []
             self._no_improvement_count = 0
-            if self.early_stopping:
+            if self.early_stopping and self.solver in _STOCHASTIC_SOLVERS:
                 self.validation_scores_ = []
                 self.best_validation_score_ = -np.inf
                 self.best_loss_ = None
@@ -533,9 +709,65 @@ class _BaseMLP(BaseEstimator):
                 self.validation_scores_ = None
                 self.best_validation_score_ = None
 
-    def _fit(self, X, y, sample_weight=None, incremental=False):
+    def _init_layer(self, fan_in, fan_out, activation, hidden):
+        """Initial weights and biases of one layer, drawn from the estimator's
+        random stream in scikit-learn's order (weights, then biases).
+
+        'glorot_uniform' is scikit-learn's scheme; 'lecun' and 'he' draw
+        uniform weights of variance 1/fan_in and 2/fan_in with zero biases;
+        'nguyen_widrow' spreads the hidden units' active regions over the
+        input range (uniform weights whose columns are rescaled to norm
+        0.7 * fan_out ** (1 / fan_in), biases uniform in +-that norm) and
+        initialises the output layer like 'glorot_uniform'.
+        """
+        rng = self._random_state
+        init = getattr(self, "init", "glorot_uniform")
+        if init == "lecun" or init == "he":
+            bound = np.sqrt((3.0 if init == "lecun" else 6.0) / fan_in)
+            return (rng.uniform(-bound, bound, (fan_in, fan_out)), np.zeros(fan_out))
+        if init == "nguyen_widrow" and hidden:
+            beta = 0.7 * fan_out ** (1.0 / fan_in)
+            coef = rng.uniform(-0.5, 0.5, (fan_in, fan_out))
+            norms = np.linalg.norm(coef, axis=0)
+            coef *= beta / np.where(norms > 0, norms, 1.0)
+            return coef, rng.uniform(-beta, beta, fan_out)
+        factor = 2.0 if activation == "logistic" else 6.0
+        bound = np.sqrt(factor / (fan_in + fan_out))
+        return (rng.uniform(-bound, bound, (fan_in, fan_out)),
+                rng.uniform(-bound, bound, fan_out))
+
+    def _class_weights(self, y, sample_weight, incremental, dtype):
+        """Fold ``class_weight`` into the sample weights (classifier only)."""
+        class_weight = getattr(self, "class_weight", None)
+        if class_weight is None:
+            return sample_weight
+        y_type = self._label_binarizer.y_type_
+        if y_type not in ("binary", "multiclass"):
+            raise ValueError(
+                f"class_weight needs single-label targets, got {y_type} targets; "
+                "pass per-sample weights as sample_weight instead."
+            )
+        if isinstance(class_weight, str) and incremental:
+            raise ValueError(
+                "class_weight='balanced' cannot be used with partial_fit, which "
+                "never sees the whole data: compute the weights once with "
+                "sklearn.utils.class_weight.compute_class_weight and pass them as "
+                "a dict."
+            )
+        idx = np.argmax(y, axis=1) if y.shape[1] > 1 else y[:, 0].astype(np.intp)
+        labels = self.classes_[idx]
+        weights = compute_class_weight(class_weight, classes=self.classes_, y=labels)
+        per_sample = weights[idx].astype(dtype)
+        if sample_weight is not None:
+            per_sample = per_sample * sample_weight
+        if not np.any(per_sample > 0):
+            raise ValueError("class_weight gives every sample a zero weight.")
+        return np.ascontiguousarray(per_sample, dtype=dtype)
+
+    def _fit(self, X, y, sample_weight=None, incremental=False, validation_data=None):
         self._validate_params()
         hidden = self._hidden_sizes()
+        self._hidden_activations(len(hidden))
         first_pass = not hasattr(self, "coefs_") or (
             not self.warm_start and not incremental
         )
@@ -544,33 +776,59 @@ class _BaseMLP(BaseEstimator):
         sample_weight = self._check_sample_weight(sample_weight, X.shape[0], dtype)
         if y.ndim == 1:
             y = y.reshape((-1, 1))
+        if is_classifier(self):
+            sample_weight = self._class_weights(y, sample_weight, incremental, dtype)
         if not is_classifier(self) and self.loss == "poisson" and np.any(y < 0):
             raise ValueError(
                 "loss='poisson' needs non-negative targets y; use "
                 "loss='squared_error' for targets that can be negative."
             )
         layer_units = [X.shape[1]] + hidden + [y.shape[1]]
-        self._check_network_size(layer_units, dtype)
+        self._check_network_size(layer_units, dtype, self._planned_zw(layer_units))
         if not first_pass:
-            if self._layer_units() != layer_units:
+            if (self._layer_units() != layer_units
+                    or self._layer_zw() != self._planned_zw(layer_units)):
                 raise ValueError(
-                    f"The fitted network has layer sizes {self._layer_units()} but "
-                    f"this call needs {layer_units}: keep hidden_layer_sizes and the "
-                    "number of outputs, or fit with warm_start=False."
+                    f"The fitted network has layer sizes {self._layer_units()} "
+                    f"(pre-activations {self._layer_zw()}) but this call needs "
+                    f"{layer_units} (pre-activations "
+                    f"{self._planned_zw(layer_units)}): keep hidden_layer_sizes, "
+                    "activation, maxout_pieces and the number of outputs, or fit "
+                    "with warm_start=False."
                 )
         self.n_outputs_ = y.shape[1]
         self._random_state = check_random_state(self.random_state)
         if first_pass:
             self._initialize(y, layer_units, dtype)
+        if self.dropout > 0 and getattr(self, "_dropout_seed", None) is None:
+            self._dropout_seed = int(self._random_state.randint(np.iinfo(np.int32).max))
+        if self.restore_best_weights and validation_data is None and not (
+                self.early_stopping and self.solver in _STOCHASTIC_SOLVERS):
+            raise ValueError(
+                "restore_best_weights=True needs a validation set: pass "
+                "validation_data=(X_val, y_val) to fit, or use early_stopping=True "
+                "with solver='sgd' or 'adam'."
+            )
+        validation = None
+        if validation_data is not None:
+            validation = self._validation_set(validation_data, dtype)
 
+        zw = self._layer_zw()
         params = self._pack(dtype)
-        self._unpack_views(params, layer_units)
+        self._unpack_views(params, layer_units, zw)
+        self._best_val_loss = np.inf
+        self._best_val_params = None
         with _blas_single_thread():
             if self.solver in _STOCHASTIC_SOLVERS:
                 self._fit_stochastic(X, y, sample_weight, params, layer_units,
-                                     incremental)
+                                     incremental, validation)
+            elif self.solver == "rprop":
+                self._fit_rprop(X, y, sample_weight, params, layer_units, validation)
             else:
-                self._fit_lbfgs(X, y, sample_weight, params, layer_units)
+                self._fit_lbfgs(X, y, sample_weight, params, layer_units, validation)
+        if self.restore_best_weights and self._best_val_params is not None:
+            params[:] = self._best_val_params
+        self._best_val_params = None
 
         if not np.isfinite(params).all():
             raise ValueError(
@@ -579,61 +837,139 @@ class _BaseMLP(BaseEstimator):
             )
         return self
 
-    def _objective_setup(self, X, y, sample_weight, dtype, layer_units):
-        """Full-batch loss/gradient function ``objective(params, need_grad)``."""
-        ws = _Workspace(X, dtype, layer_units,
-                        min(X.shape[0], _kernels.SUPER_BLOCK_ROWS), self._n_threads())
-        units, coef_off, icpt_off, _ = ws.layout
+    def _validation_set(self, validation_data, dtype):
+        """Check a user's ``validation_data`` and return ``(X, Y, y, sw)``:
+        Y in the network's target encoding, y as ``score`` takes it."""
+        if not isinstance(validation_data, (tuple, list)) or \
+                len(validation_data) not in (2, 3):
+            raise ValueError(
+                "validation_data must be a tuple (X_val, y_val) or (X_val, y_val, "
+                f"sample_weight_val), got {type(validation_data).__name__}."
+            )
+        X_val, y_val = validation_data[0], validation_data[1]
+        sw_val = validation_data[2] if len(validation_data) == 3 else None
+        X_val = validate_data(self, X_val, accept_sparse=["csr", "csc"], reset=False,
+                              dtype=dtype)
+        y_val = np.asarray(y_val)
+        if y_val.shape[0] != X_val.shape[0]:
+            raise ValueError(
+                f"validation_data has {X_val.shape[0]} samples in X_val but "
+                f"{y_val.shape[0]} in y_val."
+            )
+        if X_val.shape[0] == 0:
+            raise ValueError("validation_data holds no samples.")
+        if y_val.ndim == 2 and y_val.shape[1] == 1:
+            y_val = column_or_1d(y_val)
+        if is_classifier(self):
+            unknown = np.setdiff1d(np.unique(y_val), self.classes_) \
+                if y_val.ndim == 1 else []
+            if len(unknown):
+                raise ValueError(
+                    f"validation_data has labels {unknown} that are not in the "
+                    f"training classes {self.classes_}."
+                )
+            Y_val = self._label_binarizer.transform(y_val)
+        else:
+            Y_val = np.asarray(y_val, dtype=dtype)
+        Y_val = np.ascontiguousarray(Y_val.reshape(X_val.shape[0], -1), dtype=dtype)
+        if Y_val.shape[1] != self.n_outputs_:
+            raise ValueError(
+                f"validation_data has {Y_val.shape[1]} outputs, the training data "
+                f"{self.n_outputs_}."
+            )
+        sw_val = self._check_sample_weight(sw_val, X_val.shape[0], dtype)
+        return X_val, Y_val, y_val, sw_val
+
+    def _validation_loss_fn(self, validation, dtype, layer_units):
+        """``f(params)``: the data loss on the validation set, on the scale of
+        ``loss_curve_``'s data term; also keeps the best weights."""
+        X_val, Y_val, _, sw_val = validation
+        objective = self._objective_setup(X_val, Y_val, sw_val, dtype, layer_units)
+        scale = self._loss_scale()
+
+        def validation_loss(params):
+            data, _, _ = objective(params, need_grad=False)
+            loss = float(data) / scale
+            self.validation_loss_curve_.append(loss)
+            if loss < self._best_val_loss:
+                self._best_val_loss = loss
+                if self.restore_best_weights:
+                    self._best_val_params = params.copy()
+            return loss
+
+        self.validation_loss_curve_ = []
+        return validation_loss
+
+    def _objective_setup(self, X, y, sample_weight, dtype, layer_units,
+                         dropout_step=None):
+        """Full-batch function ``objective(params, need_grad)`` returning
+        ``(data_loss, penalty, grad)``.  ``dropout_step`` evaluates the
+        network with the dropout masks of the training epoch that starts at
+        that sample counter (a fixed, differentiable objective); by default
+        the whole network is used."""
+        spec = self._net_spec(layer_units, self._layer_zw())
+        ws = _Workspace(X, dtype, spec, min(X.shape[0], _kernels.SUPER_BLOCK_ROWS),
+                        self._n_threads())
+        if dropout_step is None:
+            ws.gates = np.empty(1, dtype=dtype)
         Y = np.ascontiguousarray(y, dtype=dtype)
         has_sw = sample_weight is not None
         sw = sample_weight if has_sw else np.empty(1, dtype=dtype)
-        hidden, out, loss = self._codes()
         alpha = float(self.alpha)
-        act_param = self._act_param()
+        l1 = float(getattr(self, "l1", 0.0))
 
         def objective(params, need_grad=True):
-            data_loss, l2 = _kernels.loss_grad(
-                ws.data, ws.ind, ws.ptr, ws.n_features, Y, sw,
-                has_sw, units, coef_off, icpt_off, ws.gblocks, hidden, out, loss,
-                params, ws.grad, ws.acts, ws.deltas, ws.xbuf, ws.dwork, ws.spi,
-                ws.spv, ws.nnz_cap, alpha, ws.n_threads, need_grad, act_param,
+            data_loss, penalty = _kernels.loss_grad(
+                ws.data, ws.ind, ws.ptr, ws.n_features, Y, sw, has_sw, spec,
+                ws.gblocks, params, ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf,
+                ws.dwork, ws.spi, ws.spv, ws.nnz_cap, alpha, l1, ws.n_threads,
+                need_grad, dropout_step,
             )
-            return data_loss + l2, ws.grad
+            return data_loss, penalty, ws.grad
 
         return objective
 
-    def _fit_lbfgs(self, X, y, sample_weight, params, layer_units):
+    def _fit_lbfgs(self, X, y, sample_weight, params, layer_units, validation):
         objective = self._objective_setup(X, y, sample_weight, params.dtype,
                                           layer_units)
+        validation_loss = None
+        if validation is not None:
+            validation_loss = self._validation_loss_fn(validation, params.dtype,
+                                                       layer_units)
+
+        # What an interrupt falls back to: the last finite evaluation; and
+        # the gradient norm of the last evaluation, for gtol.
+        last = {"x": params.astype(np.float64), "fun": np.inf, "nit": 0,
+                "gnorm": np.inf, "gx": None}
 
         def fun(x):
             params[:] = x
-            loss, grad = objective(params)
-            return loss, grad.astype(np.float64)
-
-        callback = None
-        if self.verbose:
-            def callback(intermediate_result):
-                print("Iteration, loss = %.8f" % intermediate_result.fun)
-
-        # What an interrupt falls back to: the last finite evaluation.
-        last = {"x": params.astype(np.float64), "fun": np.inf, "nit": 0}
-
-        def tracked(x):
-            loss, grad = fun(x)
+            data, penalty, grad = objective(params)
+            loss = data + penalty
             if np.isfinite(loss):
                 last["x"], last["fun"] = x.copy(), loss
-            return loss, grad
+            last["gx"] = x.copy()
+            last["gnorm"] = float(np.linalg.norm(grad))
+            return loss, grad.astype(np.float64)
 
-        def count(intermediate_result):
+        def callback(intermediate_result):
             last["nit"] += 1
-            if callback is not None:
-                callback(intermediate_result)
+            if self.verbose:
+                print("Iteration, loss = %.8f" % intermediate_result.fun)
+            x = intermediate_result.x
+            if validation_loss is not None:
+                params[:] = x
+                validation_loss(params)
+            if self.gtol is not None:
+                if last["gx"] is None or not np.array_equal(last["gx"], x):
+                    fun(x)
+                if last["gnorm"] < self.gtol:
+                    raise StopIteration
 
         try:
             res = scipy.optimize.minimize(
-                tracked, params.astype(np.float64), method="L-BFGS-B", jac=True,
-                callback=count,
+                fun, params.astype(np.float64), method="L-BFGS-B", jac=True,
+                callback=callback,
                 options={"maxfun": self.max_fun, "maxiter": self.max_iter,
                          "gtol": self.tol},
             )
@@ -652,7 +988,8 @@ class _BaseMLP(BaseEstimator):
                 "The last finite weights were kept. Scale the inputs (for example "
                 "with StandardScaler) or increase alpha."
             )
-        if res.status != 0:
+        stopped_by_gtol = self.gtol is not None and last["gnorm"] < self.gtol
+        if res.status != 0 and not stopped_by_gtol:
             msg = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
                    f"(status={res.status}):\n{res.message}\n")
             if self.n_iter_ == self.max_iter:
@@ -662,6 +999,66 @@ class _BaseMLP(BaseEstimator):
             warnings.warn(msg, ConvergenceWarning, stacklevel=3)
         self.loss_ = float(res.fun)
         params[:] = res.x
+
+    def _fit_rprop(self, X, y, sample_weight, params, layer_units, validation):
+        """iRprop- on the full batch: one kernel call for the loss and
+        gradient and one for the update per epoch."""
+        objective = self._objective_setup(X, y, sample_weight, params.dtype,
+                                          layer_units)
+        validation_loss = None
+        if validation is not None:
+            validation_loss = self._validation_loss_fn(validation, params.dtype,
+                                                       layer_units)
+        state = getattr(self, "_rprop", None)
+        if state is None or state[0].shape != params.shape or not self.warm_start:
+            state = (np.zeros_like(params),
+                     np.full_like(params, self.rprop_step_init))
+        self._rprop = state
+        prev, step = state
+        scale = self._loss_scale()
+        snapshot = np.empty_like(params)
+        self.n_iter_ = 0
+        try:
+            for _ in range(self.max_iter):
+                data, penalty, grad = objective(params)
+                if not np.isfinite(data + penalty):
+                    params[:] = snapshot
+                    raise ValueError(
+                        f"rprop diverged in epoch {self.n_iter_ + 1}: the loss became "
+                        "infinite or NaN. The weights of the last finite epoch were "
+                        "kept. Lower rprop_step_max or scale the inputs."
+                    )
+                self.loss_ = float(data + penalty)
+                self.loss_curve_.append(self.loss_)
+                if validation_loss is not None:
+                    validation_loss(params)
+                if self._print_lines():
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_ + 1, self.loss_))
+                if self.gtol is not None and np.linalg.norm(grad) < self.gtol:
+                    break
+                snapshot[:] = params
+                _kernels.rprop_update(params, grad, prev, step,
+                                      float(self.rprop_eta_minus),
+                                      float(self.rprop_eta_plus),
+                                      float(self.rprop_step_min),
+                                      float(self.rprop_step_max))
+                self.n_iter_ += 1
+                self._update_no_improvement_count(
+                    False, None, None, None, data / scale + penalty, params)
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if self._print_lines():
+                        print("Training loss did not improve more than tol=%f for %d "
+                              "consecutive epochs. Stopping."
+                              % (self.tol, self.n_iter_no_change))
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(
+                        "rprop: Maximum iterations (%d) reached and the optimization "
+                        "hasn't converged yet." % self.max_iter,
+                        ConvergenceWarning, stacklevel=3,
+                    )
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.", stacklevel=3)
 
     def _optimizer_state(self, n_params, dtype, incremental):
         if incremental and getattr(self, "_opt", None) is not None \
@@ -686,22 +1083,28 @@ class _BaseMLP(BaseEstimator):
             }
         return self._opt
 
-    def _fit_stochastic(self, X, y, sample_weight, params, layer_units, incremental):
+    def _fit_stochastic(self, X, y, sample_weight, params, layer_units, incremental,
+                        validation=None):
         dtype = params.dtype
-        units, coef_off, icpt_off, n_params = self._layout(layer_units)
-        opt = self._optimizer_state(n_params, dtype, incremental)
+        spec = self._net_spec(layer_units, self._layer_zw())
+        opt = self._optimizer_state(spec["n_params"], dtype, incremental)
         opt["alpha"] = float(self.alpha)
+        opt["l1"] = float(self.l1)
+        opt["clip"] = float(self.max_grad_norm or 0.0)
 
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         early_stopping = self.early_stopping
-        if early_stopping:
+        if early_stopping and validation is not None:
+            X_train, y_train, sw_train = X, y, sample_weight
+            X_val, Y_val, y_val, sw_val = validation
+        elif early_stopping:
             stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
             arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
             split = train_test_split(*arrays, random_state=self._random_state,
                                      test_size=self.validation_fraction,
                                      stratify=stratify)
-            X_train, X_val, y_train, y_val = split[:4]
+            X_train, X_val, y_train, Y_val = split[:4]
             sw_train, sw_val = (split[4], split[5]) if sample_weight is not None \
                 else (None, None)
             if X_val.shape[0] < 2:
@@ -709,11 +1112,17 @@ class _BaseMLP(BaseEstimator):
                     "The validation set is too small. Increase 'validation_fraction' "
                     "or the size of your dataset."
                 )
+            y_val = Y_val
             if is_classifier(self):
-                y_val = self._label_binarizer.inverse_transform(y_val)
+                y_val = self._label_binarizer.inverse_transform(Y_val)
+            validation = (X_val, np.ascontiguousarray(Y_val, dtype=dtype), y_val,
+                          sw_val)
         else:
             X_train, y_train, sw_train = X, y, sample_weight
             X_val = y_val = sw_val = None
+        validation_loss = None
+        if validation is not None:
+            validation_loss = self._validation_loss_fn(validation, dtype, layer_units)
 
         n_samples = X_train.shape[0]
         if self.batch_size == "auto":
@@ -726,19 +1135,25 @@ class _BaseMLP(BaseEstimator):
                 )
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
-        ws = _Workspace(X_train, dtype, layer_units,
-                        min(batch_size, _kernels.SUPER_BLOCK_ROWS), self._n_threads(),
-                        online=batch_size == 1)
+        ws = _Workspace(X_train, dtype, spec, min(batch_size, _kernels.SUPER_BLOCK_ROWS),
+                        self._n_threads(), online=batch_size == 1)
         Y = np.ascontiguousarray(y_train, dtype=dtype)
         has_sw = sw_train is not None
         sw = np.ascontiguousarray(sw_train, dtype=dtype) if has_sw \
             else np.empty(1, dtype=dtype)
-        hidden, out, loss_code = self._codes()
         # Online SGD defers the weight-decay / momentum steps of first-layer
         # rows whose input is zero (see _kernels); worth it on sparse inputs.
+        # L1 and clipping make those steps depend on more than the row.
         lazy = (batch_size == 1 and opt["kind"] == "sgd" and not has_sw
                 and (ws.skip_zeros or ws.ind is not None)
-                and (self.alpha > 0 or self.momentum > 0))
+                and (self.alpha > 0 or self.momentum > 0)
+                and opt["l1"] == 0 and opt["clip"] == 0)
+        gradient_norm = None
+        if self.gtol is not None:
+            full = self._objective_setup(X_train, Y, sw_train, dtype, layer_units)
+
+            def gradient_norm(params):
+                return float(np.linalg.norm(full(params)[2]))
         scale = self._loss_scale()
         sample_idx = np.arange(n_samples, dtype=int)
         snapshot = np.empty_like(params)
@@ -755,15 +1170,14 @@ class _BaseMLP(BaseEstimator):
                 order = np.ascontiguousarray(sample_idx, dtype=np.intp)
                 snapshot[:] = params
                 tables = _kernels.lazy_tables(
-                    n_samples, opt["lr"], opt["momentum"], opt["nesterov"],
-                    opt["alpha"]) if lazy else None
-                status, data_sum, l2_sum, _ = _kernels.run_epoch(
-                    ws.data, ws.ind, ws.ptr, ws.n_features, Y, sw,
-                    has_sw, order, units, coef_off, icpt_off, ws.gblocks, hidden,
-                    out, loss_code, params, opt["state1"], opt["state2"], ws.grad,
-                    ws.acts, ws.deltas, ws.xbuf, ws.iwork, ws.dwork, ws.spi, ws.spv,
-                    ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
-                    self._act_param(),
+                    n_samples, opt["lr"] * spec["lr_mult"][0], opt["momentum"],
+                    opt["nesterov"], opt["alpha"]) if lazy else None
+                status, data_sum, pen_sum, _ = _kernels.run_epoch(
+                    ws.data, ws.ind, ws.ptr, ws.n_features, Y, sw, has_sw, order, spec,
+                    ws.gblocks, ws.ublocks, params, opt["state1"], opt["state2"],
+                    ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf, ws.iwork, ws.dwork,
+                    ws.spi, ws.spv, ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
+                    self.t_,
                 )
                 if status == _STATUS_INTERRUPTED:
                     # Back to the end of the last whole epoch, so that the
@@ -779,13 +1193,15 @@ class _BaseMLP(BaseEstimator):
                         "example with StandardScaler) or increase alpha."
                     )
                 self.n_iter_ += 1
-                self.loss_ = (data_sum + l2_sum) / n_samples
-                stop_loss = (data_sum / scale + l2_sum) / n_samples
+                self.loss_ = (data_sum + pen_sum) / n_samples
+                stop_loss = (data_sum / scale + pen_sum) / n_samples
                 self.t_ += n_samples
                 self.loss_curve_.append(self.loss_)
                 if self._print_lines():
                     print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
 
+                if validation_loss is not None:
+                    validation_loss(params)
                 self._update_no_improvement_count(early_stopping, X_val, y_val,
                                                   sw_val, stop_loss, params)
                 if progress is not None:
@@ -795,6 +1211,11 @@ class _BaseMLP(BaseEstimator):
                     opt["lr"] = float(self.learning_rate_init) / (
                         self.t_ + 1) ** self.power_t
 
+                if gradient_norm is not None and gradient_norm(params) < self.gtol:
+                    if self._print_lines():
+                        print("Full-batch gradient norm below gtol=%g. Stopping."
+                              % self.gtol)
+                    break
                 if self._no_improvement_count > self.n_iter_no_change:
                     if early_stopping:
                         msg = ("Validation score did not improve more than "
@@ -869,7 +1290,7 @@ class _BaseMLP(BaseEstimator):
             if self.loss_curve_[-1] < self.best_loss_:
                 self.best_loss_ = self.loss_curve_[-1]
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X, y, sample_weight=None, validation_data=None):
         """Fit the model to data matrix X and target(s) y.
 
         Parameters
@@ -880,13 +1301,23 @@ class _BaseMLP(BaseEstimator):
             Class labels (classification) or real targets (regression).
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative sample weights, not all zero.
+        validation_data : tuple (X_val, y_val) or (X_val, y_val, sw_val), \
+default=None
+            A held-out set (not in scikit-learn). Its loss is recorded after
+            every epoch (lbfgs: iteration) in ``validation_loss_curve_``;
+            with ``early_stopping=True`` it replaces the internal
+            ``validation_fraction`` split; with ``restore_best_weights=True``
+            the weights of its lowest loss are kept. In a pipeline or a
+            search, route it with ``set_fit_request(validation_data=True)``:
+            being one tuple, cross-validation never slices it by rows.
 
         Returns
         -------
         self : object
             The fitted estimator.
         """
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False,
+                         validation_data=validation_data)
 
     def _check_solver(self):
         if self.solver not in _STOCHASTIC_SOLVERS:
@@ -1085,6 +1516,21 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         max_fun=15000,
         n_threads=None,
         leaky_relu_slope=0.01,
+        l1=0.0,
+        dropout=0.0,
+        max_grad_norm=None,
+        init="glorot_uniform",
+        layer_lr="uniform",
+        maxout_pieces=2,
+        gtol=None,
+        restore_best_weights=False,
+        rprop_eta_minus=0.5,
+        rprop_eta_plus=1.2,
+        rprop_step_init=0.1,
+        rprop_step_min=1e-6,
+        rprop_step_max=50.0,
+        loss="log_loss",
+        class_weight=None,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -1096,7 +1542,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             learning_rate_init=learning_rate_init,
             power_t=power_t,
             max_iter=max_iter,
-            loss="log_loss",
+            loss=loss,
             shuffle=shuffle,
             random_state=random_state,
             tol=tol,
@@ -1113,7 +1559,41 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             max_fun=max_fun,
             n_threads=n_threads,
             leaky_relu_slope=leaky_relu_slope,
+            l1=l1,
+            dropout=dropout,
+            max_grad_norm=max_grad_norm,
+            init=init,
+            layer_lr=layer_lr,
+            maxout_pieces=maxout_pieces,
+            gtol=gtol,
+            restore_best_weights=restore_best_weights,
+            rprop_eta_minus=rprop_eta_minus,
+            rprop_eta_plus=rprop_eta_plus,
+            rprop_step_init=rprop_step_init,
+            rprop_step_min=rprop_step_min,
+            rprop_step_max=rprop_step_max,
         )
+        self.class_weight = class_weight
+
+    def _validate_params(self):
+        _check_option("loss", self.loss, {"log_loss", "squared_error", "hinge"})
+        cw = self.class_weight
+        if cw is not None and not isinstance(cw, dict) and not (
+                isinstance(cw, str) and cw == "balanced"):
+            raise ValueError(
+                "The 'class_weight' parameter must be None, 'balanced' or a dict "
+                f"mapping class labels to weights, got {cw!r}."
+            )
+        super()._validate_params()
+
+    def _check_proba(self):
+        if self.loss == "hinge":
+            raise AttributeError(
+                "probability estimates are not available for loss='hinge', whose "
+                "outputs are margins; use predict, or fit with loss='log_loss' or "
+                "'squared_error'."
+            )
+        return True
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = validate_data(self, X, y, accept_sparse=["csr", "csc"],
@@ -1162,7 +1642,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y_pred = self._forward_pass_fast(X, check_input=check_input)
         if self.n_outputs_ == 1:
             y_pred = y_pred.ravel()
-        return self._label_binarizer.inverse_transform(y_pred)
+        # Hinge outputs are margins, whose decision threshold is 0.
+        threshold = 0.0 if self.loss == "hinge" else None
+        return self._label_binarizer.inverse_transform(y_pred, threshold)
 
     def _score(self, X, y, sample_weight=None):
         return self._score_with_function(X, y, sample_weight, accuracy_score)
@@ -1209,6 +1691,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 self._label_binarizer.fit(classes)
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
+    @available_if(lambda est: est._check_proba())
     def predict_proba(self, X):
         """Class probabilities.
 
@@ -1230,6 +1713,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return np.vstack([1 - y_pred, y_pred]).T
         return y_pred
 
+    @available_if(lambda est: est._check_proba())
     def predict_log_proba(self, X):
         """Log of the class probabilities, computed from the output scores.
 
@@ -1316,6 +1800,20 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         max_fun=15000,
         n_threads=None,
         leaky_relu_slope=0.01,
+        l1=0.0,
+        dropout=0.0,
+        max_grad_norm=None,
+        init="glorot_uniform",
+        layer_lr="uniform",
+        maxout_pieces=2,
+        gtol=None,
+        restore_best_weights=False,
+        rprop_eta_minus=0.5,
+        rprop_eta_plus=1.2,
+        rprop_step_init=0.1,
+        rprop_step_min=1e-6,
+        rprop_step_max=50.0,
+        huber_delta=1.0,
     ):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes,
@@ -1344,10 +1842,26 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             max_fun=max_fun,
             n_threads=n_threads,
             leaky_relu_slope=leaky_relu_slope,
+            l1=l1,
+            dropout=dropout,
+            max_grad_norm=max_grad_norm,
+            init=init,
+            layer_lr=layer_lr,
+            maxout_pieces=maxout_pieces,
+            gtol=gtol,
+            restore_best_weights=restore_best_weights,
+            rprop_eta_minus=rprop_eta_minus,
+            rprop_eta_plus=rprop_eta_plus,
+            rprop_step_init=rprop_step_init,
+            rprop_step_min=rprop_step_min,
+            rprop_step_max=rprop_step_max,
         )
+        self.huber_delta = huber_delta
 
     def _validate_params(self):
-        _check_option("loss", self.loss, {"squared_error", "poisson"})
+        _check_option("loss", self.loss,
+                      {"squared_error", "poisson", "absolute_error", "huber"})
+        _check_scalar("huber_delta", self.huber_delta, Real, 0, closed="neither")
         super()._validate_params()
 
     def _validate_input(self, X, y, incremental, reset):

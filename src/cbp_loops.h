@@ -40,6 +40,9 @@
 #define CBP_RESTRICT restrict
 #endif
 
+/* sign(x) as -1, 0 or 1 of type T, branch-free. */
+#define CBP_SIGN(T, x) ((T)(((x) > (T)0) - ((x) < (T)0)))
+
 #define CBP_DEFINE_LOOPS(T, S, SQRT)                                           \
                                                                                \
 /* y += a * x */                                                               \
@@ -79,26 +82,74 @@ CBP_CLONES static double cbp_sumsq_##S(ptrdiff_t n, const T *CBP_RESTRICT x)   \
     return cbp_sumsq_inl_##S(n, x);                                            \
 }                                                                              \
                                                                                \
+/* The weight penalty 0.5 alpha sum w^2 + l1 sum |w|, in double. */            \
+static inline double cbp_penalty_inl_##S(ptrdiff_t n, const T *CBP_RESTRICT w, \
+                                         double alpha, double l1)             \
+{                                                                              \
+    double q = 0.0, b = 0.0;                                                   \
+    if (l1 == 0.0) return 0.5 * alpha * cbp_sumsq_inl_##S(n, w);               \
+    CBP_SIMD_SUM(q, b)                                                         \
+    for (ptrdiff_t j = 0; j < n; j++) {                                        \
+        q += (double)w[j] * (double)w[j];                                      \
+        b += fabs((double)w[j]);                                               \
+    }                                                                          \
+    return 0.5 * alpha * q + l1 * b;                                           \
+}                                                                              \
+                                                                               \
+CBP_CLONES static double cbp_penalty_##S(ptrdiff_t n, const T *CBP_RESTRICT w, \
+                                         double alpha, double l1)             \
+{                                                                              \
+    return cbp_penalty_inl_##S(n, w, alpha, l1);                               \
+}                                                                              \
+                                                                               \
+/* sum_j (c x_j + alpha w_j + l1 sign(w_j))^2 in double: the squared norm */   \
+/* of a gradient block before normalisation, for clipping.                 */  \
+CBP_CLONES static double cbp_gradsq_##S(ptrdiff_t n, T c,                      \
+                                        const T *CBP_RESTRICT x,               \
+                                        const T *CBP_RESTRICT w, T alpha, T l1) \
+{                                                                              \
+    double s = 0.0;                                                            \
+    CBP_SIMD_SUM(s)                                                            \
+    for (ptrdiff_t j = 0; j < n; j++) {                                        \
+        T g = c * x[j] + alpha * w[j] + l1 * CBP_SIGN(T, w[j]);                \
+        s += (double)g * (double)g;                                            \
+    }                                                                          \
+    return s;                                                                  \
+}                                                                              \
+                                                                               \
+/* The same for the rank-1 gradient a d^T + alpha W + l1 sign(W) of one    */  \
+/* sample's (n x m) layer.                                                  */ \
+CBP_CLONES static double cbp_outer_gradsq_##S(ptrdiff_t n, ptrdiff_t m,        \
+                                              const T *a, const T *d,          \
+                                              const T *W, T alpha, T l1)       \
+{                                                                              \
+    double s = 0.0;                                                            \
+    for (ptrdiff_t i = 0; i < n; i++) s += cbp_gradsq_##S(m, a[i], d,          \
+                                                          W + i * m, alpha, l1);\
+    return s;                                                                  \
+}                                                                              \
+                                                                               \
 /* SGD with (Nesterov) momentum on n parameters whose gradient is          */  \
-/* g = (a * x + alpha * w) / sw, in scikit-learn's order of operations.     */ \
+/* g = (a x + alpha w + l1 sign(w)) / sw, in scikit-learn's order of       */  \
+/* operations.                                                              */ \
 static inline void cbp_sgd_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
                                    T *CBP_RESTRICT v, T a,                     \
-                                   const T *CBP_RESTRICT x, T alpha, T sw,     \
-                                   T lr, T mom, int nesterov)                  \
+                                   const T *CBP_RESTRICT x, T alpha, T l1,     \
+                                   T sw, T lr, T mom, int nesterov)            \
 {                                                                              \
     /* nesterov: w += mom u - lr g; plain: w += u (branch-free, exact). */     \
     const T mn = nesterov ? mom : (T)0, cg = nesterov ? lr : (T)0;             \
     const T cu = nesterov ? (T)0 : (T)1;                                       \
     if (sw == (T)1) {                                                          \
         for (ptrdiff_t j = 0; j < n; j++) {                                    \
-            T g = a * x[j] + alpha * w[j];                                     \
+            T g = a * x[j] + alpha * w[j] + l1 * CBP_SIGN(T, w[j]);            \
             T u = mom * v[j] - lr * g;                                         \
             v[j] = u;                                                          \
             w[j] += cu * u + (mn * u - cg * g);                                \
         }                                                                      \
     } else {                                                                   \
         for (ptrdiff_t j = 0; j < n; j++) {                                    \
-            T g = (a * x[j] + alpha * w[j]) / sw;                              \
+            T g = (a * x[j] + alpha * w[j] + l1 * CBP_SIGN(T, w[j])) / sw;     \
             T u = mom * v[j] - lr * g;                                         \
             v[j] = u;                                                          \
             w[j] += cu * u + (mn * u - cg * g);                                \
@@ -108,22 +159,22 @@ static inline void cbp_sgd_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
                                                                                \
 CBP_CLONES static void cbp_sgd_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
                                    T *CBP_RESTRICT v, T a,                     \
-                                   const T *CBP_RESTRICT x, T alpha, T sw,     \
-                                   T lr, T mom, int nesterov)                  \
+                                   const T *CBP_RESTRICT x, T alpha, T l1,     \
+                                   T sw, T lr, T mom, int nesterov)            \
 {                                                                              \
-    cbp_sgd_inl_##S(n, w, v, a, x, alpha, sw, lr, mom, nesterov);              \
+    cbp_sgd_inl_##S(n, w, v, a, x, alpha, l1, sw, lr, mom, nesterov);          \
 }                                                                              \
                                                                                \
-/* Adam on n parameters with g = (a * x + alpha * w) / sw and the bias-    */  \
-/* corrected rate lr_t.                                                     */ \
+/* Adam on n parameters with g = (a x + alpha w + l1 sign(w)) / sw and    */  \
+/* the bias-corrected rate lr_t.                                            */ \
 static inline void cbp_adam_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
                                     T *CBP_RESTRICT m, T *CBP_RESTRICT v, T a, \
-                                    const T *CBP_RESTRICT x, T alpha, T sw,    \
-                                    T lr_t, T b1, T b2, T eps)                 \
+                                    const T *CBP_RESTRICT x, T alpha, T l1,    \
+                                    T sw, T lr_t, T b1, T b2, T eps)           \
 {                                                                              \
     const T c1 = (T)1 - b1, c2 = (T)1 - b2;                                    \
     for (ptrdiff_t j = 0; j < n; j++) {                                        \
-        T g = (a * x[j] + alpha * w[j]) / sw;                                  \
+        T g = (a * x[j] + alpha * w[j] + l1 * CBP_SIGN(T, w[j])) / sw;         \
         T mj = b1 * m[j] + c1 * g;                                             \
         T vj = b2 * v[j] + c2 * (g * g);                                       \
         m[j] = mj;                                                             \
@@ -134,10 +185,10 @@ static inline void cbp_adam_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
                                                                                \
 CBP_CLONES static void cbp_adam_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
                                     T *CBP_RESTRICT m, T *CBP_RESTRICT v, T a, \
-                                    const T *CBP_RESTRICT x, T alpha, T sw,    \
-                                    T lr_t, T b1, T b2, T eps)                 \
+                                    const T *CBP_RESTRICT x, T alpha, T l1,    \
+                                    T sw, T lr_t, T b1, T b2, T eps)           \
 {                                                                              \
-    cbp_adam_inl_##S(n, w, m, v, a, x, alpha, sw, lr_t, b1, b2, eps);          \
+    cbp_adam_inl_##S(n, w, m, v, a, x, alpha, l1, sw, lr_t, b1, b2, eps);      \
 }                                                                              \
                                                                                \
 /* out = (sum w^2, sum w v, sum v^2) in double. */                             \
@@ -172,16 +223,18 @@ CBP_CLONES static ptrdiff_t cbp_compact_##S(ptrdiff_t n, const T *CBP_RESTRICT x
     return c;                                                                  \
 }                                                                              \
                                                                                \
-/* z[r, :] = b + sum_{p in rs[r]..re[r]} val[p] * W[idx[p], :], r < nr.    */  \
+/* z[r, :] = b + sum_{p in rs[r]..re[r]} val[p] * W[idx[p], :], r < nr,   */  \
+/* rows of z ldz apart.                                                     */ \
 /* Output columns go 32 at a time through a local accumulator the compiler */  \
 /* keeps in registers, so z is written once instead of once per non-zero. */  \
 CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
                                       const ptrdiff_t *re, const ptrdiff_t *idx,\
                                       const T *val, const T *W, ptrdiff_t m,   \
-                                      const T *b, T *CBP_RESTRICT z)           \
+                                      const T *b, T *CBP_RESTRICT z,           \
+                                      ptrdiff_t ldz)                           \
 {                                                                              \
     for (ptrdiff_t r = 0; r < nr; r++) {                                       \
-        T *CBP_RESTRICT zr = z + r * m;                                        \
+        T *CBP_RESTRICT zr = z + r * ldz;                                      \
         ptrdiff_t j0 = 0;                                                      \
         for (; j0 + 32 <= m; j0 += 32) {                                       \
             T acc[32];                                                         \
@@ -205,11 +258,12 @@ CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
 }                                                                              \
                                                                                \
 /* G[i, :] (+)= sum_{e in fptr[i]..fptr[i+1]} fval[e] * D[frow[e], :] for  */  \
-/* i0 <= i < i1: the rows of X^T D, entries of each feature in row order.  */  \
+/* i0 <= i < i1: the rows of X^T D (rows of D ldd apart), entries of each */  \
+/* feature in row order.                                                    */ \
 CBP_CLONES static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1,              \
                                       const ptrdiff_t *fptr,                   \
                                       const ptrdiff_t *frow, const T *fval,    \
-                                      const T *D, ptrdiff_t m,                 \
+                                      const T *D, ptrdiff_t m, ptrdiff_t ldd,  \
                                       T *CBP_RESTRICT G, int accumulate)       \
 {                                                                              \
     for (ptrdiff_t i = i0; i < i1; i++) {                                      \
@@ -218,7 +272,7 @@ CBP_CLONES static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1,              \
             for (ptrdiff_t j = 0; j < m; j++) g[j] = (T)0;                     \
         for (ptrdiff_t e = fptr[i]; e < fptr[i + 1]; e++) {                    \
             const T a = fval[e];                                               \
-            const T *CBP_RESTRICT d = D + frow[e] * m;                         \
+            const T *CBP_RESTRICT d = D + frow[e] * ldd;                       \
             for (ptrdiff_t j = 0; j < m; j++) g[j] += a * d[j];                \
         }                                                                      \
     }                                                                          \
@@ -255,21 +309,21 @@ CBP_CLONES static void cbp_gemv_t_##S(ptrdiff_t n, ptrdiff_t m, const T *W,    \
 }                                                                              \
                                                                                \
 /* SGD step of a whole (n x m) layer for one sample: row i has gradient    */  \
-/* (a_i d + alpha W[i]) / sw.  Returns sum W^2 before the step.  A layer   */  \
-/* with one output is one flat loop (no per-row overhead).                  */ \
+/* (a_i d + alpha W[i] + l1 sign(W[i])) / sw.  Returns the penalty of W    */  \
+/* before the step.  A layer with one output is one flat loop.             */  \
 CBP_CLONES static double cbp_sgd_outer_##S(ptrdiff_t n, ptrdiff_t m,           \
                                            const T *a, const T *d, T *W, T *V, \
-                                           T alpha, T sw, T lr, T mom,         \
+                                           T alpha, T l1, T sw, T lr, T mom,   \
                                            int nesterov)                       \
 {                                                                              \
-    const double ssq = cbp_sumsq_inl_##S(n * m, W);                            \
+    const double ssq = cbp_penalty_inl_##S(n * m, W, alpha, l1);               \
     if (m == 1) {                                                              \
         const T mn = nesterov ? mom : (T)0, cg = nesterov ? lr : (T)0;         \
         const T cu = nesterov ? (T)0 : (T)1, d0 = d[0];                        \
         T *CBP_RESTRICT w = W;                                                 \
         T *CBP_RESTRICT v = V;                                                 \
         for (ptrdiff_t i = 0; i < n; i++) {                                    \
-            T g = (a[i] * d0 + alpha * w[i]) / sw;                             \
+            T g = (a[i] * d0 + alpha * w[i] + l1 * CBP_SIGN(T, w[i])) / sw;    \
             T u = mom * v[i] - lr * g;                                         \
             v[i] = u;                                                          \
             w[i] += cu * u + (mn * u - cg * g);                                \
@@ -277,25 +331,25 @@ CBP_CLONES static double cbp_sgd_outer_##S(ptrdiff_t n, ptrdiff_t m,           \
         return ssq;                                                            \
     }                                                                          \
     for (ptrdiff_t i = 0; i < n; i++)                                          \
-        cbp_sgd_inl_##S(m, W + i * m, V + i * m, a[i], d, alpha, sw, lr, mom,  \
-                        nesterov);                                             \
+        cbp_sgd_inl_##S(m, W + i * m, V + i * m, a[i], d, alpha, l1, sw, lr,   \
+                        mom, nesterov);                                        \
     return ssq;                                                                \
 }                                                                              \
                                                                                \
 /* Adam step of a whole (n x m) layer for one sample (see cbp_sgd_outer).  */  \
 CBP_CLONES static double cbp_adam_outer_##S(ptrdiff_t n, ptrdiff_t m,          \
                                             const T *a, const T *d, T *W,      \
-                                            T *M1, T *M2, T alpha, T sw,       \
+                                            T *M1, T *M2, T alpha, T l1, T sw, \
                                             T lr_t, T b1, T b2, T eps)         \
 {                                                                              \
-    const double ssq = cbp_sumsq_inl_##S(n * m, W);                            \
+    const double ssq = cbp_penalty_inl_##S(n * m, W, alpha, l1);               \
     if (m == 1) {                                                              \
         const T c1 = (T)1 - b1, c2 = (T)1 - b2, d0 = d[0];                     \
         T *CBP_RESTRICT w = W;                                                 \
         T *CBP_RESTRICT m1 = M1;                                               \
         T *CBP_RESTRICT m2 = M2;                                               \
         for (ptrdiff_t i = 0; i < n; i++) {                                    \
-            T g = (a[i] * d0 + alpha * w[i]) / sw;                             \
+            T g = (a[i] * d0 + alpha * w[i] + l1 * CBP_SIGN(T, w[i])) / sw;    \
             T mj = b1 * m1[i] + c1 * g;                                        \
             T vj = b2 * m2[i] + c2 * (g * g);                                  \
             m1[i] = mj;                                                        \
@@ -306,8 +360,46 @@ CBP_CLONES static double cbp_adam_outer_##S(ptrdiff_t n, ptrdiff_t m,          \
     }                                                                          \
     for (ptrdiff_t i = 0; i < n; i++)                                          \
         cbp_adam_inl_##S(m, W + i * m, M1 + i * m, M2 + i * m, a[i], d, alpha, \
-                         sw, lr_t, b1, b2, eps);                               \
+                         l1, sw, lr_t, b1, b2, eps);                           \
     return ssq;                                                                \
+}                                                                              \
+                                                                               \
+/* Maxout of nr rows: a[r, j] = max_p z[r, j k + p] (first maximum). */       \
+CBP_CLONES static void cbp_maxout_forward_##S(ptrdiff_t nr, ptrdiff_t u,        \
+                                              ptrdiff_t k, const T *z,         \
+                                              ptrdiff_t ldz, T *a, ptrdiff_t lda)\
+{                                                                              \
+    for (ptrdiff_t r = 0; r < nr; r++) {                                       \
+        const T *zr = z + r * ldz;                                             \
+        T *ar = a + r * lda;                                                   \
+        for (ptrdiff_t j = 0; j < u; j++) {                                    \
+            T m = zr[j * k];                                                   \
+            for (ptrdiff_t p = 1; p < k; p++)                                  \
+                m = zr[j * k + p] > m ? zr[j * k + p] : m;                     \
+            ar[j] = m;                                                         \
+        }                                                                      \
+    }                                                                          \
+}                                                                              \
+                                                                               \
+/* Maxout backward: the delta g[r, j] of each unit goes to the piece that  */  \
+/* won the forward pass, dz of the other pieces is zero.                    */ \
+CBP_CLONES static void cbp_maxout_backward_##S(ptrdiff_t nr, ptrdiff_t u,       \
+                                               ptrdiff_t k, const T *z,        \
+                                               ptrdiff_t ldz, const T *g,      \
+                                               ptrdiff_t ldg, T *dz)           \
+{                                                                              \
+    for (ptrdiff_t r = 0; r < nr; r++) {                                       \
+        const T *zr = z + r * ldz;                                             \
+        const T *gr = g + r * ldg;                                             \
+        T *dr = dz + r * ldz;                                                  \
+        for (ptrdiff_t j = 0; j < u; j++) {                                    \
+            ptrdiff_t w = 0;                                                   \
+            for (ptrdiff_t p = 1; p < k; p++)                                  \
+                if (zr[j * k + p] > zr[j * k + w]) w = p;                      \
+            for (ptrdiff_t p = 0; p < k; p++) dr[j * k + p] = (T)0;            \
+            dr[j * k + w] = gr[j];                                             \
+        }                                                                      \
+    }                                                                          \
 }                                                                              \
                                                                                \
 /* Lazy online SGD (no sample weights, so sw = 1).  A row of W0 whose     */  \

@@ -23,7 +23,8 @@ enum {
     CBP_ACT_LEAKY_RELU = 4, /* param: slope for z < 0 */
     CBP_ACT_ELU = 5,        /* alpha 1 */
     CBP_ACT_LECUN_TANH = 6, /* 1.7159 tanh(2 z / 3) */
-    CBP_ACT_SOFTPLUS = 7    /* log(1 + exp(z)) */
+    CBP_ACT_SOFTPLUS = 7,   /* log(1 + exp(z)) */
+    CBP_ACT_MAXOUT = 8      /* max over k pieces: handled by the kernels */
 };
 
 /* Output activation codes. */
@@ -39,7 +40,11 @@ enum {
     CBP_LOSS_SQUARED = 0,
     CBP_LOSS_LOG = 1,        /* categorical cross-entropy on softmax */
     CBP_LOSS_BINARY_LOG = 2, /* per-output cross-entropy on logistic */
-    CBP_LOSS_POISSON = 3
+    CBP_LOSS_POISSON = 3,
+    CBP_LOSS_ABSOLUTE = 4,   /* sum |p - y|, identity output */
+    CBP_LOSS_HUBER = 5,      /* param: delta, identity output */
+    CBP_LOSS_HINGE = 6,      /* per output max(0, 1 - t s), t = 2y - 1 */
+    CBP_LOSS_MULTI_HINGE = 7 /* sum_{j != y} max(0, s_j - s_y + 1) */
 };
 
 /* Logistic function that never evaluates exp of a large positive number:
@@ -177,6 +182,14 @@ static inline double cbp_logsumexp_##S(const T *z, ptrdiff_t n)               \
     return m + log(s);                                                        \
 }                                                                             \
                                                                               \
+/* Index of the first largest value. */                                      \
+static inline ptrdiff_t cbp_argmax_##S(const T *x, ptrdiff_t n)               \
+{                                                                             \
+    ptrdiff_t j, k = 0;                                                       \
+    for (j = 1; j < n; j++) if (x[j] > x[k]) k = j;                           \
+    return k;                                                                 \
+}                                                                             \
+                                                                              \
 /* In-place output activation of a rows x cols block. */                      \
 static inline void cbp_output_forward_##S(int code, T *z, ptrdiff_t rows,     \
                                           ptrdiff_t cols)                     \
@@ -205,8 +218,8 @@ static inline void cbp_output_forward_##S(int code, T *z, ptrdiff_t rows,     \
 /* Loss of one sample (one row of outputs p against targets y), unweighted. */\
 /* Probabilities are clipped to [eps, 1 - eps] of the data type so the */     \
 /* loss is always finite; squared error is summed over outputs. */            \
-static inline double cbp_row_loss_##S(int loss, const T *p, const T *y,       \
-                                      ptrdiff_t cols)                         \
+static inline double cbp_row_loss_##S(int loss, double param, const T *p,    \
+                                      const T *y, ptrdiff_t cols)             \
 {                                                                             \
     ptrdiff_t j;                                                              \
     double s = 0.0;                                                           \
@@ -243,8 +256,88 @@ static inline double cbp_row_loss_##S(int loss, const T *p, const T *y,       \
             s += pj - yj;                                                     \
         }                                                                     \
         return s;                                                             \
+    case CBP_LOSS_ABSOLUTE:                                                   \
+        for (j = 0; j < cols; j++) s += fabs((double)p[j] - (double)y[j]);    \
+        return s;                                                             \
+    case CBP_LOSS_HUBER:                                                      \
+        for (j = 0; j < cols; j++) {                                          \
+            double r = fabs((double)p[j] - (double)y[j]);                     \
+            s += r <= param ? 0.5 * r * r : param * (r - 0.5 * param);        \
+        }                                                                     \
+        return s;                                                             \
+    case CBP_LOSS_HINGE:                                                      \
+        for (j = 0; j < cols; j++) {                                          \
+            double t = y[j] != (T)0 ? 1.0 : -1.0, m = 1.0 - t * (double)p[j]; \
+            s += m > 0.0 ? m : 0.0;                                           \
+        }                                                                     \
+        return s;                                                             \
+    case CBP_LOSS_MULTI_HINGE: {                                              \
+        ptrdiff_t c = cbp_argmax_##S(y, cols);                                \
+        for (j = 0; j < cols; j++) {                                          \
+            double m = (double)p[j] - (double)p[c] + 1.0;                     \
+            if (j != c && m > 0.0) s += m;                                    \
+        }                                                                     \
+        return s;                                                             \
+    }                                                                         \
     default:                                                                  \
         return NAN;                                                           \
+    }                                                                         \
+}                                                                             \
+                                                                              \
+/* d = dloss/dz of one row (unweighted): p is the output activation of z.  */ \
+/* Each loss paired with its canonical output gives p - y; squared error  */ \
+/* on logistic or softmax outputs goes through their Jacobian, and the    */ \
+/* kinks of the absolute, Huber and hinge losses take the subgradient 0.  */ \
+static inline void cbp_output_delta_##S(int loss, int out, double param,      \
+                                        const T *p, const T *y, T *d,         \
+                                        ptrdiff_t cols)                       \
+{                                                                             \
+    ptrdiff_t j;                                                              \
+    switch (loss) {                                                           \
+    case CBP_LOSS_SQUARED:                                                    \
+        if (out == CBP_OUT_LOGISTIC) {                                        \
+            for (j = 0; j < cols; j++)                                        \
+                d[j] = (p[j] - y[j]) * (p[j] * ((T)1 - p[j]));                \
+        } else if (out == CBP_OUT_SOFTMAX) {                                  \
+            T s = (T)0;                                                       \
+            for (j = 0; j < cols; j++) s += (p[j] - y[j]) * p[j];             \
+            for (j = 0; j < cols; j++) d[j] = p[j] * ((p[j] - y[j]) - s);     \
+        } else {                                                              \
+            for (j = 0; j < cols; j++) d[j] = p[j] - y[j];                    \
+        }                                                                     \
+        return;                                                               \
+    case CBP_LOSS_ABSOLUTE:                                                   \
+        for (j = 0; j < cols; j++)                                            \
+            d[j] = (T)((p[j] > y[j]) - (p[j] < y[j]));                        \
+        return;                                                               \
+    case CBP_LOSS_HUBER: {                                                    \
+        const T h = (T)param;                                                 \
+        for (j = 0; j < cols; j++) {                                          \
+            T r = p[j] - y[j];                                                \
+            d[j] = r > h ? h : (r < -h ? -h : r);                             \
+        }                                                                     \
+        return;                                                               \
+    }                                                                         \
+    case CBP_LOSS_HINGE:                                                      \
+        for (j = 0; j < cols; j++) {                                          \
+            T t = y[j] != (T)0 ? (T)1 : (T)-1;                                \
+            d[j] = t * p[j] < (T)1 ? -t : (T)0;                               \
+        }                                                                     \
+        return;                                                               \
+    case CBP_LOSS_MULTI_HINGE: {                                              \
+        ptrdiff_t c = cbp_argmax_##S(y, cols);                                \
+        T n = (T)0;                                                           \
+        for (j = 0; j < cols; j++) {                                          \
+            T on = (T)(j != c && p[j] - p[c] + (T)1 > (T)0);                  \
+            d[j] = on;                                                        \
+            n += on;                                                          \
+        }                                                                     \
+        d[c] = -n;                                                            \
+        return;                                                               \
+    }                                                                         \
+    default:                                                                  \
+        for (j = 0; j < cols; j++) d[j] = p[j] - y[j];                        \
+        return;                                                               \
     }                                                                         \
 }
 

@@ -30,6 +30,18 @@ static inline uint64_t cbp_rng_bits(uint64_t seed, uint64_t a, uint64_t b,
     return cbp_mix64(h ^ c);
 }
 
+/* The draws of one (seed, a, b) share the first three mixing rounds:
+ * cbp_rng_unit(cbp_rng_prefix(seed, a, b), c) == cbp_rng_uniform(seed, a, b, c). */
+static inline uint64_t cbp_rng_prefix(uint64_t seed, uint64_t a, uint64_t b)
+{
+    return cbp_mix64(cbp_mix64(cbp_mix64(seed) ^ a) ^ b);
+}
+
+static inline double cbp_rng_unit(uint64_t prefix, uint64_t c)
+{
+    return (double)(cbp_mix64(prefix ^ c) >> 11) * (1.0 / 9007199254740992.0);
+}
+
 /* Uniform double in [0, 1) with 53 random bits. */
 static inline double cbp_rng_uniform(uint64_t seed, uint64_t a, uint64_t b,
                                      uint64_t c)

@@ -28,9 +28,19 @@ def test_constructor_signature_matches_sklearn(ours, theirs):
     b = inspect.signature(theirs.__init__).parameters
     # scikit-learn's parameters, in order, then cbackprop's own (keyword-only).
     assert list(a)[: len(b)] == list(b)
-    assert list(a)[len(b):] == ["n_threads", "leaky_relu_slope"]
-    assert a["n_threads"].kind == inspect.Parameter.KEYWORD_ONLY
-    assert a["leaky_relu_slope"].kind == inspect.Parameter.KEYWORD_ONLY
+    own = ["n_threads", "leaky_relu_slope", "l1", "dropout", "max_grad_norm", "init",
+           "layer_lr", "maxout_pieces", "gtol", "restore_best_weights",
+           "rprop_eta_minus", "rprop_eta_plus", "rprop_step_init", "rprop_step_min",
+           "rprop_step_max"]
+    own += ["loss", "class_weight"] if ours is MLPClassifier else ["huber_delta"]
+    assert list(a)[len(b):] == own
+    for name in own:
+        assert a[name].kind == inspect.Parameter.KEYWORD_ONLY, name
+    # Defaults keep scikit-learn's behaviour.
+    est = ours()
+    assert est.l1 == 0 and est.dropout == 0 and est.max_grad_norm is None
+    assert est.init == "glorot_uniform" and est.layer_lr == "uniform"
+    assert est.gtol is None and est.restore_best_weights is False
     for name in b:
         assert a[name].default == b[name].default, name
         assert a[name].kind == b[name].kind, name
@@ -287,7 +297,7 @@ def test_poisson_regressor_needs_non_negative_targets():
     with pytest.raises(ValueError, match="non-negative"):
         MLPRegressor(loss="poisson").fit(X, X[:, 0])
     with pytest.raises(ValueError, match="loss"):
-        MLPRegressor(loss="huber").fit(X, X[:, 0])
+        MLPRegressor(loss="quantile").fit(X, X[:, 0])
 
 
 def test_pickle_round_trip_keeps_predictions_and_training(digits):

@@ -184,10 +184,10 @@ def test_check_gradients_detects_a_wrong_gradient(monkeypatch):
         objective = original(self, *args, **kwargs)
 
         def wrapped(params, need_grad=True):
-            loss, grad = objective(params, need_grad)
+            data, penalty, grad = objective(params, need_grad)
             if need_grad:
                 grad[3] += 1e-3
-            return loss, grad
+            return data, penalty, grad
         return wrapped
 
     monkeypatch.setattr(type(est), "_objective_setup", broken)

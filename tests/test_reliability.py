@@ -221,11 +221,11 @@ def test_lbfgs_divergence_keeps_the_last_finite_weights(monkeypatch):
 
         def wrapped(params, need_grad=True):
             calls["n"] += 1
-            loss, grad = objective(params, need_grad)
+            data, penalty, grad = objective(params, need_grad)
             if calls["n"] > 3:  # the loss blows up after a few evaluations
                 grad[:] = np.nan
-                return np.nan, grad
-            return loss, grad
+                return np.nan, penalty, grad
+            return data, penalty, grad
         return wrapped
 
     monkeypatch.setattr(_mlp._BaseMLP, "_objective_setup", poisoned)
