@@ -208,6 +208,15 @@ cdef Py_ssize_t SIGNAL_EVERY = 64
 cdef double PARALLEL_MIN_CHUNK_WORK = 3.0e6
 
 
+def _set_parallel_min_work(double work):
+    """Set the threading threshold (multiply-adds per chunk product) and
+    return the previous one; tests use 0 to run small problems threaded."""
+    global PARALLEL_MIN_CHUNK_WORK
+    old = PARALLEL_MIN_CHUNK_WORK
+    PARALLEL_MIN_CHUNK_WORK = work
+    return old
+
+
 cdef int _threads_for(const Net* net, Py_ssize_t nb, int n_threads) noexcept nogil:
     """Thread count for blocks of ``nb`` rows: 1 when threads would not pay."""
     cdef double work = (<double>_chunk_rows(nb)) * net.units[0] * net.zw[1]

@@ -104,13 +104,30 @@ CASES = [
     dict(solver="sgd", batch_size=64, hidden_layer_sizes=(130,)),
     dict(solver="adam", batch_size=500, hidden_layer_sizes=(100, 100), activation="tanh"),
     dict(solver="lbfgs", max_iter=15, hidden_layer_sizes=(90,)),
+    # The toolbox: maxout, dropout (counter-based masks), L1, clipping and
+    # per-layer rates must not depend on the thread count either.
+    dict(solver="adam", batch_size=100, hidden_layer_sizes=(40, 30),
+         activation=["maxout", "relu"], dropout=0.3, l1=1e-4, max_grad_norm=1.0,
+         layer_lr="fan_in"),
+    dict(solver="rprop", max_iter=6, hidden_layer_sizes=(50,), loss="hinge"),
 ]
+
+
+@pytest.fixture(params=["default", "always"])
+def threading_threshold(request):
+    """Run each case with the shipped threshold and with threads forced on
+    (the small test problems fall below the shipped one)."""
+    from cbackprop import _kernels
+
+    old = _kernels._set_parallel_min_work(0.0 if request.param == "always" else 3.0e6)
+    yield request.param
+    _kernels._set_parallel_min_work(old)
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("kind", ["dense", "zeros", "csr"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_bitwise_identical_for_any_thread_count(case, kind, dtype):
+def test_bitwise_identical_for_any_thread_count(case, kind, dtype, threading_threshold):
     rng = np.random.RandomState(0)
     if kind == "dense":
         X = rng.normal(size=(1200, 80))
@@ -127,7 +144,8 @@ def test_bitwise_identical_for_any_thread_count(case, kind, dtype):
                         other.coefs_ + other.intercepts_):
             np.testing.assert_array_equal(a, b)
         assert fits[0].loss_ == other.loss_
-    probas = [f.predict_proba(X) for f in fits]
+    # Parallel prediction too (hinge outputs are margins: no predict_proba).
+    probas = [f._forward_pass_fast(X) for f in fits]
     for p in probas[1:]:
         np.testing.assert_array_equal(probas[0], p)
 
