@@ -688,7 +688,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     gradient written to (``accumulate``: added to) ``grad``: ``A^T delta``
     and column sums of ``delta``."""
     cdef Py_ssize_t ch = _chunk_rows(nb), n_chunks, c, r0, nr, k, li, i0, i1
-    cdef Py_ssize_t nf = src.n_features, u_in, m, s_next, r, j
+    cdef Py_ssize_t nf = src.n_features, m, s_next, r, j
     cdef const floating* xin = NULL
     cdef const floating* X = <const floating*>src.x
     cdef const floating* a_in
@@ -732,7 +732,6 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         li = gblocks[3 * k]
         i0 = gblocks[3 * k + 1]
         i1 = gblocks[3 * k + 2]
-        u_in = net.units[li]
         m = net.zw[li + 1]
         s_next = net.stride[li + 1]
         d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]

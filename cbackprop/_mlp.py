@@ -23,8 +23,8 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
-from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils import shuffle as sk_shuffle
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
@@ -1030,8 +1030,6 @@ class _BaseMLP(BaseEstimator):
                     )
                 self.loss_ = float(data + penalty)
                 self.loss_curve_.append(self.loss_)
-                if validation_loss is not None:
-                    validation_loss(params)
                 if self._print_lines():
                     print("Iteration %d, loss = %.8f" % (self.n_iter_ + 1, self.loss_))
                 if self.gtol is not None and np.linalg.norm(grad) < self.gtol:
@@ -1043,6 +1041,8 @@ class _BaseMLP(BaseEstimator):
                                       float(self.rprop_step_min),
                                       float(self.rprop_step_max))
                 self.n_iter_ += 1
+                if validation_loss is not None:
+                    validation_loss(params)
                 self._update_no_improvement_count(
                     False, None, None, None, data / scale + penalty, params)
                 if self._no_improvement_count > self.n_iter_no_change:
