@@ -34,6 +34,14 @@
 #define CBP_SIMD_SUM(...)
 #endif
 
+/* Helpers that must be inlined into their (cloned) callers, so they run
+ * with the caller's vector width instead of as baseline-ISA calls. */
+#if defined(__GNUC__) || defined(__clang__)
+#define CBP_INLINE static inline __attribute__((always_inline))
+#else
+#define CBP_INLINE static inline
+#endif
+
 #if defined(_MSC_VER)
 #define CBP_RESTRICT __restrict
 #else
@@ -42,6 +50,27 @@
 
 /* sign(x) as -1, 0 or 1 of type T, branch-free. */
 #define CBP_SIGN(T, x) ((T)(((x) > (T)0) - ((x) < (T)0)))
+
+/* The update loops below come in two copies: without the L1 term (the
+ * common case, kept as lean as before L1 existed: the tiny online networks
+ * are bound by these loops) and with it. */
+#define CBP_SGD_LOOP(T, N, GEXPR)                                              \
+    for (ptrdiff_t j = 0; j < (N); j++) {                                      \
+        T g = GEXPR;                                                           \
+        T u = mom * v[j] - lr * g;                                             \
+        v[j] = u;                                                              \
+        w[j] += cu * u + (mn * u - cg * g);                                    \
+    }
+
+#define CBP_ADAM_LOOP(T, N, SQRT, GEXPR)                                       \
+    for (ptrdiff_t j = 0; j < (N); j++) {                                      \
+        T g = GEXPR;                                                           \
+        T mj = b1 * m[j] + c1 * g;                                             \
+        T vj = b2 * v[j] + c2 * (g * g);                                       \
+        m[j] = mj;                                                             \
+        v[j] = vj;                                                             \
+        w[j] += (-lr_t * mj) / (SQRT(vj) + eps);                               \
+    }
 
 #define CBP_DEFINE_LOOPS(T, S, SQRT)                                           \
                                                                                \
@@ -53,7 +82,7 @@ CBP_CLONES static void cbp_axpy_##S(ptrdiff_t n, T a, const T *CBP_RESTRICT x, \
 }                                                                              \
                                                                                \
 /* x . y */                                                                    \
-static inline T cbp_dot_inl_##S(ptrdiff_t n, const T *CBP_RESTRICT x,          \
+CBP_INLINE T cbp_dot_inl_##S(ptrdiff_t n, const T *CBP_RESTRICT x,          \
                                 const T *CBP_RESTRICT y)                       \
 {                                                                              \
     T s = 0;                                                                   \
@@ -69,7 +98,7 @@ CBP_CLONES static T cbp_dot_##S(ptrdiff_t n, const T *CBP_RESTRICT x,          \
 }                                                                              \
                                                                                \
 /* sum of x^2, accumulated in double. */                                       \
-static inline double cbp_sumsq_inl_##S(ptrdiff_t n, const T *CBP_RESTRICT x)   \
+CBP_INLINE double cbp_sumsq_inl_##S(ptrdiff_t n, const T *CBP_RESTRICT x)   \
 {                                                                              \
     double s = 0.0;                                                            \
     CBP_SIMD_SUM(s)                                                            \
@@ -83,7 +112,7 @@ CBP_CLONES static double cbp_sumsq_##S(ptrdiff_t n, const T *CBP_RESTRICT x)   \
 }                                                                              \
                                                                                \
 /* The weight penalty 0.5 alpha sum w^2 + l1 sum |w|, in double. */            \
-static inline double cbp_penalty_inl_##S(ptrdiff_t n, const T *CBP_RESTRICT w, \
+CBP_INLINE double cbp_penalty_inl_##S(ptrdiff_t n, const T *CBP_RESTRICT w, \
                                          double alpha, double l1)             \
 {                                                                              \
     double q = 0.0, b = 0.0;                                                   \
@@ -132,7 +161,7 @@ CBP_CLONES static double cbp_outer_gradsq_##S(ptrdiff_t n, ptrdiff_t m,        \
 /* SGD with (Nesterov) momentum on n parameters whose gradient is          */  \
 /* g = (a x + alpha w + l1 sign(w)) / sw, in scikit-learn's order of       */  \
 /* operations.                                                              */ \
-static inline void cbp_sgd_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
+CBP_INLINE void cbp_sgd_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
                                    T *CBP_RESTRICT v, T a,                     \
                                    const T *CBP_RESTRICT x, T alpha, T l1,     \
                                    T sw, T lr, T mom, int nesterov)            \
@@ -140,20 +169,12 @@ static inline void cbp_sgd_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
     /* nesterov: w += mom u - lr g; plain: w += u (branch-free, exact). */     \
     const T mn = nesterov ? mom : (T)0, cg = nesterov ? lr : (T)0;             \
     const T cu = nesterov ? (T)0 : (T)1;                                       \
-    if (sw == (T)1) {                                                          \
-        for (ptrdiff_t j = 0; j < n; j++) {                                    \
-            T g = a * x[j] + alpha * w[j] + l1 * CBP_SIGN(T, w[j]);            \
-            T u = mom * v[j] - lr * g;                                         \
-            v[j] = u;                                                          \
-            w[j] += cu * u + (mn * u - cg * g);                                \
-        }                                                                      \
+    if (l1 != (T)0) {                                                          \
+        CBP_SGD_LOOP(T, n, (a * x[j] + alpha * w[j] + l1 * CBP_SIGN(T, w[j])) / sw)\
+    } else if (sw == (T)1) {                                                   \
+        CBP_SGD_LOOP(T, n, a * x[j] + alpha * w[j])                            \
     } else {                                                                   \
-        for (ptrdiff_t j = 0; j < n; j++) {                                    \
-            T g = (a * x[j] + alpha * w[j] + l1 * CBP_SIGN(T, w[j])) / sw;     \
-            T u = mom * v[j] - lr * g;                                         \
-            v[j] = u;                                                          \
-            w[j] += cu * u + (mn * u - cg * g);                                \
-        }                                                                      \
+        CBP_SGD_LOOP(T, n, (a * x[j] + alpha * w[j]) / sw)                     \
     }                                                                          \
 }                                                                              \
                                                                                \
@@ -167,19 +188,17 @@ CBP_CLONES static void cbp_sgd_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
                                                                                \
 /* Adam on n parameters with g = (a x + alpha w + l1 sign(w)) / sw and    */  \
 /* the bias-corrected rate lr_t.                                            */ \
-static inline void cbp_adam_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
+CBP_INLINE void cbp_adam_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
                                     T *CBP_RESTRICT m, T *CBP_RESTRICT v, T a, \
                                     const T *CBP_RESTRICT x, T alpha, T l1,    \
                                     T sw, T lr_t, T b1, T b2, T eps)           \
 {                                                                              \
     const T c1 = (T)1 - b1, c2 = (T)1 - b2;                                    \
-    for (ptrdiff_t j = 0; j < n; j++) {                                        \
-        T g = (a * x[j] + alpha * w[j] + l1 * CBP_SIGN(T, w[j])) / sw;         \
-        T mj = b1 * m[j] + c1 * g;                                             \
-        T vj = b2 * v[j] + c2 * (g * g);                                       \
-        m[j] = mj;                                                             \
-        v[j] = vj;                                                             \
-        w[j] += (-lr_t * mj) / (SQRT(vj) + eps);                               \
+    if (l1 != (T)0) {                                                          \
+        CBP_ADAM_LOOP(T, n, SQRT,                                              \
+                      (a * x[j] + alpha * w[j] + l1 * CBP_SIGN(T, w[j])) / sw) \
+    } else {                                                                   \
+        CBP_ADAM_LOOP(T, n, SQRT, (a * x[j] + alpha * w[j]) / sw)              \
     }                                                                          \
 }                                                                              \
                                                                                \
@@ -322,11 +341,11 @@ CBP_CLONES static double cbp_sgd_outer_##S(ptrdiff_t n, ptrdiff_t m,           \
         const T cu = nesterov ? (T)0 : (T)1, d0 = d[0];                        \
         T *CBP_RESTRICT w = W;                                                 \
         T *CBP_RESTRICT v = V;                                                 \
-        for (ptrdiff_t i = 0; i < n; i++) {                                    \
-            T g = (a[i] * d0 + alpha * w[i] + l1 * CBP_SIGN(T, w[i])) / sw;    \
-            T u = mom * v[i] - lr * g;                                         \
-            v[i] = u;                                                          \
-            w[i] += cu * u + (mn * u - cg * g);                                \
+        if (l1 != (T)0) {                                                      \
+            CBP_SGD_LOOP(T, n,                                                 \
+                         (a[j] * d0 + alpha * w[j] + l1 * CBP_SIGN(T, w[j])) / sw)\
+        } else {                                                               \
+            CBP_SGD_LOOP(T, n, (a[j] * d0 + alpha * w[j]) / sw)                \
         }                                                                      \
         return ssq;                                                            \
     }                                                                          \
@@ -346,15 +365,13 @@ CBP_CLONES static double cbp_adam_outer_##S(ptrdiff_t n, ptrdiff_t m,          \
     if (m == 1) {                                                              \
         const T c1 = (T)1 - b1, c2 = (T)1 - b2, d0 = d[0];                     \
         T *CBP_RESTRICT w = W;                                                 \
-        T *CBP_RESTRICT m1 = M1;                                               \
-        T *CBP_RESTRICT m2 = M2;                                               \
-        for (ptrdiff_t i = 0; i < n; i++) {                                    \
-            T g = (a[i] * d0 + alpha * w[i] + l1 * CBP_SIGN(T, w[i])) / sw;    \
-            T mj = b1 * m1[i] + c1 * g;                                        \
-            T vj = b2 * m2[i] + c2 * (g * g);                                  \
-            m1[i] = mj;                                                        \
-            m2[i] = vj;                                                        \
-            w[i] += (-lr_t * mj) / (SQRT(vj) + eps);                           \
+        T *CBP_RESTRICT m = M1;                                                \
+        T *CBP_RESTRICT v = M2;                                                \
+        if (l1 != (T)0) {                                                      \
+            CBP_ADAM_LOOP(T, n, SQRT,                                          \
+                          (a[j] * d0 + alpha * w[j] + l1 * CBP_SIGN(T, w[j])) / sw)\
+        } else {                                                               \
+            CBP_ADAM_LOOP(T, n, SQRT, (a[j] * d0 + alpha * w[j]) / sw)         \
         }                                                                      \
         return ssq;                                                            \
     }                                                                          \
