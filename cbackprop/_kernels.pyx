@@ -93,6 +93,10 @@ cdef extern from "cbp_loops.h" nogil:
     void cbp_adam_f(Py_ssize_t n, float* w, float* m, float* v, float a,
                     const float* x, float alpha, float l1, float sw, float lr_t,
                     float b1, float b2, float eps)
+    void cbp_dropout_row_d(Py_ssize_t n, unsigned long long prefix, double rate,
+                           double scale, double* a, double* gate)
+    void cbp_dropout_row_f(Py_ssize_t n, unsigned long long prefix, double rate,
+                           float scale, float* a, float* gate)
     void cbp_maxout_forward_d(Py_ssize_t nr, Py_ssize_t u, Py_ssize_t k,
                               const double* z, Py_ssize_t ldz, double* a,
                               Py_ssize_t lda)
@@ -474,15 +478,17 @@ cdef void _hidden_layer_forward(const Net* net, Py_ssize_t layer, floating* row,
         return
     scale = <floating>(1.0 / (1.0 - net.drop))
     for r in range(nr):
-        h = cbp_rng_prefix(net.seed, <unsigned long long>(net.step0 + pos + r),
-                           <unsigned long long>layer)
+        # f'(z) first, from the activations before they are masked.
         for j in range(u):
-            gate[r * s + j] = scale if cbp_rng_unit(h, j) >= net.drop else <floating>0
+            gate[r * s + j] = 1
         if not maxout:
             _hidden_backward(net, layer, row + r * s, gate + r * s, u)
-        for j in range(u):
-            row[r * s + j] = row[r * s + j] * scale \
-                if cbp_rng_unit(h, j) >= net.drop else <floating>0
+        h = cbp_rng_prefix(net.seed, <unsigned long long>(net.step0 + pos + r),
+                           <unsigned long long>layer)
+        if floating is float:
+            cbp_dropout_row_f(u, h, net.drop, scale, row + r * s, gate + r * s)
+        else:
+            cbp_dropout_row_d(u, h, net.drop, scale, row + r * s, gate + r * s)
 
 
 cdef void _hidden_layer_backward(const Net* net, Py_ssize_t layer, const floating* row,

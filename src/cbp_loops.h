@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <math.h>
 
+#include "cbp_rng.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
     defined(__linux__) && (__GNUC__ >= 11) && !defined(CBP_NO_CLONES)
 #define CBP_CLONES \
@@ -379,6 +381,22 @@ CBP_CLONES static double cbp_adam_outer_##S(ptrdiff_t n, ptrdiff_t m,          \
         cbp_adam_inl_##S(m, W + i * m, M1 + i * m, M2 + i * m, a[i], d, alpha, \
                          l1, sw, lr_t, b1, b2, eps);                           \
     return ssq;                                                                \
+}                                                                              \
+                                                                               \
+/* Inverted dropout of one row of n units keyed by ``prefix`` (see        */  \
+/* cbp_rng_prefix): unit j is kept when its draw is >= rate; kept units  */  \
+/* are scaled by ``scale`` = 1 / (1 - rate) in ``a`` and their ``gate``  */  \
+/* (which holds f'(z) on entry) is multiplied by the same factor.        */  \
+CBP_CLONES static void cbp_dropout_row_##S(ptrdiff_t n, uint64_t prefix,       \
+                                           double rate, T scale,               \
+                                           T *CBP_RESTRICT a,                  \
+                                           T *CBP_RESTRICT gate)               \
+{                                                                              \
+    for (ptrdiff_t j = 0; j < n; j++) {                                        \
+        T s = cbp_rng_unit(prefix, (uint64_t)j) >= rate ? scale : (T)0;        \
+        a[j] *= s;                                                             \
+        gate[j] *= s;                                                          \
+    }                                                                          \
 }                                                                              \
                                                                                \
 /* Maxout of nr rows: a[r, j] = max_p z[r, j k + p] (first maximum). */       \
