@@ -1361,15 +1361,21 @@ _PARAMS_DOC = """
     hidden_layer_sizes : array-like of shape (n_layers - 2,), default=(100,)
         Width of each hidden layer.
     activation : {'identity', 'logistic', 'tanh', 'relu', 'leaky_relu', 'elu', \
-'lecun_tanh', 'softplus'}, default='relu'
-        Hidden-layer activation. Beyond scikit-learn: 'leaky_relu'
-        (``max(z, slope z)``, slope ``leaky_relu_slope``), 'elu' (``z`` for
-        ``z > 0``, else ``exp(z) - 1``), 'lecun_tanh' (``1.7159 tanh(2z/3)``)
-        and 'softplus' (``log(1 + exp(z))``).
-    solver : {'lbfgs', 'sgd', 'adam'}, default='adam'
+'lecun_tanh', 'softplus', 'maxout'} or list of those, default='relu'
+        Hidden-layer activation, or a list with one per hidden layer.
+        Beyond scikit-learn: 'leaky_relu' (``max(z, slope z)``, slope
+        ``leaky_relu_slope``), 'elu' (``z`` for ``z > 0``, else
+        ``exp(z) - 1``), 'lecun_tanh' (``1.7159 tanh(2z/3)``), 'softplus'
+        (``log(1 + exp(z))``) and 'maxout' (each unit is the largest of
+        ``maxout_pieces`` linear pieces; its layer's ``coefs_`` has
+        ``units * maxout_pieces`` columns, unit ``j``'s pieces being columns
+        ``j * k`` to ``j * k + k - 1``).
+    solver : {'lbfgs', 'sgd', 'adam', 'rprop'}, default='adam'
         'sgd' and 'adam' run whole epochs inside one nogil kernel call;
         'lbfgs' drives scipy's L-BFGS-B with a kernel that returns the
-        full-batch loss and gradient together.
+        full-batch loss and gradient together; 'rprop' (not in
+        scikit-learn) is iRprop- on the full batch, one loss-and-gradient
+        kernel call and one update call per epoch.
     alpha : float, default=0.0001
         L2 penalty; the term ``0.5 * alpha * ||W||^2`` is divided by the
         (weighted) number of samples of the batch, as in scikit-learn.
@@ -1418,6 +1424,49 @@ _PARAMS_DOC = """
     leaky_relu_slope : float, default=0.01
         Slope of 'leaky_relu' for negative inputs, in [0, 1) (not in
         scikit-learn).
+    l1 : float, default=0.0
+        L1 penalty ``l1 * sum |W|`` on the weights (not the biases), divided
+        by the batch's sample weight like ``alpha``'s L2 term; its gradient
+        is the subgradient ``l1 * sign(W)`` (not in scikit-learn).
+    dropout : float, default=0.0
+        Share of hidden units dropped for each training sample, in [0, 1);
+        kept units are scaled by ``1 / (1 - dropout)`` so prediction uses
+        the whole network. The masks are a pure function of
+        ``random_state``, the sample's position in training and the unit, so
+        a fit is reproducible and the same for any ``n_threads``. Needs
+        'sgd' or 'adam' (not in scikit-learn).
+    max_grad_norm : float or None, default=None
+        Rescale the gradient of each update (all layers, penalties
+        included) to at most this Euclidean norm (not in scikit-learn).
+    init : {'glorot_uniform', 'lecun', 'he', 'nguyen_widrow'}, \
+default='glorot_uniform'
+        Weight initialisation (not in scikit-learn). 'glorot_uniform' is
+        scikit-learn's; 'lecun' and 'he' draw uniform weights of variance
+        ``1 / fan_in`` and ``2 / fan_in`` with zero biases; 'nguyen_widrow'
+        rescales each hidden unit's uniform(-0.5, 0.5) weights to norm
+        ``0.7 * fan_out ** (1 / fan_in)`` with biases uniform in plus or
+        minus that norm, and draws the output layer like 'glorot_uniform'.
+    layer_lr : {'uniform', 'fan_in'}, default='uniform'
+        'fan_in' scales each layer's step size by ``1 / sqrt(fan_in)`` of
+        that layer (not in scikit-learn).
+    maxout_pieces : int, default=2
+        Linear pieces per unit of the 'maxout' layers, at least 2.
+    gtol : float or None, default=None
+        Also stop when the Euclidean norm of the full-batch gradient falls
+        below ``gtol``: checked every lbfgs iteration and rprop epoch at no
+        extra cost, and after each sgd/adam epoch with one extra full-batch
+        pass (not in scikit-learn).
+    restore_best_weights : bool, default=False
+        With a validation set (``validation_data`` given to ``fit``, or
+        ``early_stopping=True``), end with the weights of the epoch of
+        lowest validation loss (not in scikit-learn; its early stopping
+        keeps the best validation *score* weights, which stays the default).
+    rprop_eta_minus, rprop_eta_plus : float, default=0.5, 1.2
+        Factors by which 'rprop' shrinks a weight's step when its gradient
+        changes sign and grows it while the sign holds.
+    rprop_step_init, rprop_step_min, rprop_step_max : float, \
+default=0.1, 1e-6, 50.0
+        Initial step of every weight under 'rprop', and its bounds.
     n_threads : int or None, default=None
         OpenMP threads for training and prediction (not in scikit-learn).
         None follows scikit-learn's convention (``OMP_NUM_THREADS`` and
@@ -1425,6 +1474,23 @@ _PARAMS_DOC = """
         every core, a positive int is exact. Small work (small networks and
         batches, online mode) runs on one thread regardless. The fitted weights
         are bitwise identical for every value.
+"""
+
+_CLASSIFIER_PARAMS_DOC = """    loss : {'log_loss', 'squared_error', 'hinge'}, default='log_loss'
+        'squared_error' trains the logistic / softmax outputs on half the
+        squared error (the classic sigmoid network); 'hinge' uses linear
+        output scores with the multiclass SVM loss
+        ``sum_{j != y} max(0, s_j - s_y + 1)`` (binary and multilabel:
+        ``max(0, 1 - t s)`` per output, ``t = +-1``), predicts from the
+        scores' sign or argmax and has no ``predict_proba``.
+    class_weight : None, 'balanced' or dict, default=None
+        Per-class weights multiplied into ``sample_weight``; 'balanced' uses
+        ``n_samples / (n_classes * bincount(y))``. Single-label targets only.
+"""
+
+_REGRESSOR_PARAMS_DOC = """    huber_delta : float, default=1.0
+        Where the 'huber' loss turns from quadratic to linear (not in
+        scikit-learn).
 """
 
 _ATTRS_DOC = """
@@ -1435,9 +1501,13 @@ _ATTRS_DOC = """
     best_loss_ : float or None
         Smallest epoch loss; None with early stopping.
     loss_curve_ : list of float
-        Loss of every epoch (stochastic solvers only).
+        Loss of every epoch (stochastic solvers and rprop).
     validation_scores_ : list of float or None
         Validation score of every epoch with early stopping.
+    validation_loss_curve_ : list of float or None
+        Data loss on the validation set after every epoch (lbfgs: every
+        iteration) whenever one is used: ``validation_data`` or the
+        early-stopping split. On the scale of ``loss_curve_``'s data term.
     best_validation_score_ : float or None
         Best validation score with early stopping.
     t_ : int
@@ -1473,6 +1543,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     Parameters
     ----------"""
         + _PARAMS_DOC
+        + _CLASSIFIER_PARAMS_DOC
         + _ATTRS_DOC
         + """    classes_ : ndarray or list of ndarray
         Class labels.
@@ -1755,9 +1826,14 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     Parameters
     ----------
-    loss : {'squared_error', 'poisson'}, default='squared_error'
-        'poisson' uses an exponential output and needs non-negative targets."""
+    loss : {'squared_error', 'poisson', 'absolute_error', 'huber'}, \
+default='squared_error'
+        'poisson' uses an exponential output and needs non-negative targets;
+        'absolute_error' (sum of ``|y - p|`` over outputs) and 'huber' (half
+        squared error within ``huber_delta``, linear beyond) are not in
+        scikit-learn and resist outliers."""
         + _PARAMS_DOC
+        + _REGRESSOR_PARAMS_DOC
         + _ATTRS_DOC
         + """
     Examples
