@@ -8,9 +8,8 @@ the subgradient 0; finite differences agree away from the kinks.
 """
 
 import numpy as np
-from sklearn.base import is_classifier
 from sklearn.utils import check_random_state
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from cbackprop._mlp import _blas_single_thread
 
@@ -19,31 +18,7 @@ def _objective(estimator, X, y, sample_weight, dtype, dropout_step=None):
     check_is_fitted(estimator)
     X = validate_data(estimator, X, accept_sparse=["csr", "csc"], reset=False,
                       dtype=(np.float64, np.float32))
-    y = np.asarray(y)
-    if y.shape[0] != X.shape[0]:
-        raise ValueError(
-            f"X has {X.shape[0]} samples but y has {y.shape[0]}: give one target "
-            "per sample."
-        )
-    if is_classifier(estimator):
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = column_or_1d(y)
-        unknown = np.setdiff1d(np.unique(y), estimator.classes_) if y.ndim == 1 \
-            else []
-        if len(unknown):
-            raise ValueError(
-                f"y has labels {unknown} that the estimator was not fitted on "
-                f"(classes_ = {estimator.classes_})."
-            )
-        Y = estimator._label_binarizer.transform(y)
-    else:
-        Y = np.asarray(y, dtype=np.float64)
-    Y = Y.reshape(X.shape[0], -1)
-    if Y.shape[1] != estimator.n_outputs_:
-        raise ValueError(
-            f"y has {Y.shape[1]} outputs but the estimator has "
-            f"{estimator.n_outputs_}."
-        )
+    _, Y = estimator._encode_targets(y, X.shape[0], dtype)
     sw = estimator._check_sample_weight(sample_weight, X.shape[0], dtype)
     if dropout_step is not None:
         if not (isinstance(dropout_step, (int, np.integer)) and dropout_step >= 0):

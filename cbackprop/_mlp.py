@@ -837,6 +837,36 @@ class _BaseMLP(BaseEstimator):
             )
         return self
 
+    def _encode_targets(self, y, n_samples, dtype, name="y"):
+        """``(y, Y)``: targets given as to ``fit`` (a column vector made 1-D)
+        and the same in the network's output encoding, checked against the
+        fitted classes and number of outputs."""
+        y = np.asarray(y)
+        if y.shape[0] != n_samples:
+            raise ValueError(
+                f"X has {n_samples} samples but {name} has {y.shape[0]}: give one "
+                "target per sample."
+            )
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y)
+        if is_classifier(self):
+            unknown = np.setdiff1d(np.unique(y), self.classes_) if y.ndim == 1 else []
+            if len(unknown):
+                raise ValueError(
+                    f"{name} has labels {unknown} that the estimator was not fitted "
+                    f"on (classes_ = {self.classes_})."
+                )
+            Y = self._label_binarizer.transform(y)
+        else:
+            Y = np.asarray(y, dtype=dtype)
+        Y = np.ascontiguousarray(Y.reshape(n_samples, -1), dtype=dtype)
+        if Y.shape[1] != self.n_outputs_:
+            raise ValueError(
+                f"{name} has {Y.shape[1]} outputs but the estimator has "
+                f"{self.n_outputs_}."
+            )
+        return y, Y
+
     def _validation_set(self, validation_data, dtype):
         """Check a user's ``validation_data`` and return ``(X, Y, y, sw)``:
         Y in the network's target encoding, y as ``score`` takes it."""
@@ -850,33 +880,10 @@ class _BaseMLP(BaseEstimator):
         sw_val = validation_data[2] if len(validation_data) == 3 else None
         X_val = validate_data(self, X_val, accept_sparse=["csr", "csc"], reset=False,
                               dtype=dtype)
-        y_val = np.asarray(y_val)
-        if y_val.shape[0] != X_val.shape[0]:
-            raise ValueError(
-                f"validation_data has {X_val.shape[0]} samples in X_val but "
-                f"{y_val.shape[0]} in y_val."
-            )
         if X_val.shape[0] == 0:
             raise ValueError("validation_data holds no samples.")
-        if y_val.ndim == 2 and y_val.shape[1] == 1:
-            y_val = column_or_1d(y_val)
-        if is_classifier(self):
-            unknown = np.setdiff1d(np.unique(y_val), self.classes_) \
-                if y_val.ndim == 1 else []
-            if len(unknown):
-                raise ValueError(
-                    f"validation_data has labels {unknown} that are not in the "
-                    f"training classes {self.classes_}."
-                )
-            Y_val = self._label_binarizer.transform(y_val)
-        else:
-            Y_val = np.asarray(y_val, dtype=dtype)
-        Y_val = np.ascontiguousarray(Y_val.reshape(X_val.shape[0], -1), dtype=dtype)
-        if Y_val.shape[1] != self.n_outputs_:
-            raise ValueError(
-                f"validation_data has {Y_val.shape[1]} outputs, the training data "
-                f"{self.n_outputs_}."
-            )
+        y_val, Y_val = self._encode_targets(y_val, X_val.shape[0], dtype,
+                                            "validation_data's y_val")
         sw_val = self._check_sample_weight(sw_val, X_val.shape[0], dtype)
         return X_val, Y_val, y_val, sw_val
 
@@ -1476,7 +1483,8 @@ default=0.1, 1e-6, 50.0
         are bitwise identical for every value.
 """
 
-_CLASSIFIER_PARAMS_DOC = """    loss : {'log_loss', 'squared_error', 'hinge'}, default='log_loss'
+_CLASSIFIER_PARAMS_DOC = """\
+    loss : {'log_loss', 'squared_error', 'hinge'}, default='log_loss'
         'squared_error' trains the logistic / softmax outputs on half the
         squared error (the classic sigmoid network); 'hinge' uses linear
         output scores with the multiclass SVM loss
