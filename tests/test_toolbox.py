@@ -566,3 +566,21 @@ def test_validation_data_is_routed_by_metadata_routing():
         search = GridSearchCV(clf, {"alpha": [1e-4, 1e-2]}, cv=2)
         _quiet_fit(search, X[:200], y[:200], validation_data=(X[200:], y[200:]))
     assert len(search.best_estimator_.validation_loss_curve_) == 5
+
+
+@pytest.mark.parametrize("layer_lr", ["uniform", "fan_in"])
+def test_lazy_online_path_honours_layer_rates(layer_lr):
+    # Zero-heavy input takes the lazy first-layer path; unit sample weights
+    # take the plain one. Both must give the same fit.
+    rng = np.random.RandomState(0)
+    X = rng.uniform(0, 1, (200, 40))
+    X[rng.uniform(size=X.shape) > 0.15] = 0
+    y = rng.randint(0, 3, 200)
+    params = dict(hidden_layer_sizes=(10,), solver="sgd", batch_size=1, max_iter=3,
+                  layer_lr=layer_lr, alpha=1e-2, momentum=0.9, random_state=0,
+                  learning_rate_init=0.05)
+    lazy = _quiet_fit(MLPClassifier(**params), X, y)
+    plain = _quiet_fit(MLPClassifier(**params), X, y, sample_weight=np.ones(200))
+    for a, b in zip(lazy.coefs_ + lazy.intercepts_, plain.coefs_ + plain.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert lazy.loss_ == pytest.approx(plain.loss_, rel=1e-12)
