@@ -23,7 +23,6 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d
-from sklearn.utils import shuffle as sk_shuffle
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
@@ -1173,7 +1172,12 @@ class _BaseMLP(BaseEstimator):
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    sample_idx = sk_shuffle(sample_idx, random_state=self._random_state)
+                    # scikit-learn's shuffle() draws exactly this permutation
+                    # (RandomState.shuffle of arange(n)), without its
+                    # parameter validation: a sixth of a small fit's time.
+                    perm = np.arange(n_samples)
+                    self._random_state.shuffle(perm)
+                    sample_idx = sample_idx[perm]
                 order = np.ascontiguousarray(sample_idx, dtype=np.intp)
                 snapshot[:] = params
                 tables = _kernels.lazy_tables(
