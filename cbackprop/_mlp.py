@@ -118,7 +118,6 @@ class _Workspace:
         self.data, self.ind, self.ptr, self.skip_zeros, row_nnz = _kernel_input(
             X, dtype, online)
         self.n_features = X.shape[1]
-        self.spec = spec
         units = spec["units"]
         n_params = spec["n_params"]
         total = int(np.sum(spec["stride"][1:]))
