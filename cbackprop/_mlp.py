@@ -412,7 +412,7 @@ class _BaseMLP(BaseEstimator):
 
     def _n_threads(self):
         """Threads the kernels may use (see the n_threads parameter)."""
-        return effective_n_threads(getattr(self, "n_threads", None))
+        return effective_n_threads(self.n_threads)
 
     def _hidden_activations(self, n_hidden):
         """One activation name per hidden layer."""
@@ -544,7 +544,7 @@ class _BaseMLP(BaseEstimator):
         act_param = np.zeros(L + 1)
         for layer, name in enumerate(names, start=1):
             act[layer] = HIDDEN_ACTIVATIONS[name]
-            act_param[layer] = float(getattr(self, "leaky_relu_slope", 0.01))
+            act_param[layer] = float(self.leaky_relu_slope)
         maxout = act == HIDDEN_ACTIVATIONS["maxout"]
         for layer in np.flatnonzero(maxout):
             if zw[layer] % units[layer] or zw[layer] < 2 * units[layer]:
@@ -553,7 +553,7 @@ class _BaseMLP(BaseEstimator):
                     f"but coefs_[{layer - 1}] has {zw[layer]} columns: it needs "
                     "units * maxout_pieces columns, with maxout_pieces >= 2."
                 )
-        if getattr(self, "layer_lr", "uniform") == "fan_in":
+        if self.layer_lr == "fan_in":
             lr_mult = 1.0 / np.sqrt(units[:-1].astype(float))
         else:
             lr_mult = np.ones(L)
@@ -567,7 +567,7 @@ class _BaseMLP(BaseEstimator):
             "coef_off": coef_off, "icpt_off": icpt_off, "n_params": n_params,
             "out_act": out, "loss": loss,
             "loss_param": float(getattr(self, "huber_delta", 1.0)),
-            "dropout": float(getattr(self, "dropout", 0.0)),
+            "dropout": float(self.dropout),
             "seed": int(getattr(self, "_dropout_seed", 0) or 0),
         }
 
@@ -719,7 +719,7 @@ class _BaseMLP(BaseEstimator):
         initialises the output layer like 'glorot_uniform'.
         """
         rng = self._random_state
-        init = getattr(self, "init", "glorot_uniform")
+        init = self.init
         if init == "lecun" or init == "he":
             bound = np.sqrt((3.0 if init == "lecun" else 6.0) / fan_in)
             return (rng.uniform(-bound, bound, (fan_in, fan_out)), np.zeros(fan_out))
@@ -921,7 +921,7 @@ class _BaseMLP(BaseEstimator):
         has_sw = sample_weight is not None
         sw = sample_weight if has_sw else np.empty(1, dtype=dtype)
         alpha = float(self.alpha)
-        l1 = float(getattr(self, "l1", 0.0))
+        l1 = float(self.l1)
 
         def objective(params, need_grad=True):
             data_loss, penalty = _kernels.loss_grad(
