@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from reference_checks import assert_matches_reference
 
 from cbackprop import (
     MLPClassifier,
@@ -57,16 +58,6 @@ def _fitted(kind, activation, dtype=np.float64, alpha=1e-2, hidden=(6, 4), seed=
     return est, X, y
 
 
-def _reference(est, X, y, sample_weight=None):
-    if hasattr(est, "classes_"):
-        Y = est._label_binarizer.transform(y)
-    else:
-        Y = np.asarray(y, dtype=float).reshape(X.shape[0], -1)
-    return ref.loss_and_gradients(est.coefs_, est.intercepts_, X, Y, est.activation,
-                                  est.out_activation_, est.loss, est.alpha,
-                                  sample_weight, slope=est.leaky_relu_slope)
-
-
 KINDS = ["binary", "multiclass", "multilabel", "regression", "multioutput", "poisson"]
 
 
@@ -75,11 +66,7 @@ KINDS = ["binary", "multiclass", "multilabel", "regression", "multioutput", "poi
 def test_kernel_matches_numpy_reference_float64(kind, activation, weighted):
     est, X, y = _fitted(kind, activation)
     sw = np.random.RandomState(1).uniform(0.1, 3.0, X.shape[0]) if weighted else None
-    loss, cg, ig = loss_and_gradients(est, X, y, sample_weight=sw)
-    rloss, rcg, rig = _reference(est, X, y, sw)
-    assert loss == pytest.approx(rloss, rel=1e-12)
-    for a, b in zip(cg + ig, rcg + rig):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    assert_matches_reference(est, X, y, sw)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -87,13 +74,7 @@ def test_kernel_matches_numpy_reference_float64(kind, activation, weighted):
 def test_kernel_matches_numpy_reference_float32(kind, activation):
     est, X, y = _fitted(kind, activation, dtype=np.float32)
     assert est.coefs_[0].dtype == np.float32
-    loss, cg, ig = loss_and_gradients(est, X, y)
-    assert all(g.dtype == np.float32 for g in cg + ig)
-    rloss, rcg, rig = _reference(est, X, y)
-    assert loss == pytest.approx(rloss, rel=1e-5)
-    scale = max(np.max(np.abs(g)) for g in rcg + rig)
-    for a, b in zip(cg + ig, rcg + rig):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale)
+    assert_matches_reference(est, X, y)
 
 
 @pytest.mark.parametrize("kind", KINDS)

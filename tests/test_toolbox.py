@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import sklearn
+from reference_checks import assert_matches_reference, ref_loss_name, targets
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV
@@ -53,29 +54,6 @@ def _estimator(kind, **params):
     return MLPRegressor(**common)
 
 
-def _ref_loss_name(est):
-    if est.loss == "hinge" and est._label_binarizer.y_type_ == "multiclass":
-        return "multiclass_hinge"
-    return est.loss
-
-
-def _targets(est, y, n):
-    if hasattr(est, "classes_"):
-        return est._label_binarizer.transform(y)
-    return np.asarray(y, dtype=float).reshape(n, -1)
-
-
-def _reference(est, X, y, sample_weight=None, dropout_step=None):
-    dropout = None
-    if dropout_step is not None:
-        dropout = (est.dropout, est._dropout_seed, dropout_step)
-    return ref.loss_and_gradients(
-        est.coefs_, est.intercepts_, X, _targets(est, y, X.shape[0]), est.activation,
-        est.out_activation_, _ref_loss_name(est), est.alpha, sample_weight,
-        slope=est.leaky_relu_slope, l1=est.l1,
-        huber_delta=getattr(est, "huber_delta", 1.0), dropout=dropout)
-
-
 # (kind, estimator parameters): every toolbox item that changes the objective.
 OBJECTIVES = [
     ("binary", dict(loss="squared_error", activation="logistic")),
@@ -111,23 +89,14 @@ def _fitted(kind, params, dtype=np.float64):
 def test_objective_matches_reference_float64(kind, params, weighted):
     est, X, y = _fitted(kind, params)
     sw = np.random.RandomState(1).uniform(0.1, 3.0, X.shape[0]) if weighted else None
-    loss, cg, ig = loss_and_gradients(est, X, y, sample_weight=sw)
-    rloss, rcg, rig = _reference(est, X, y, sw)
-    assert loss == pytest.approx(rloss, rel=1e-12)
-    for a, b in zip(cg + ig, rcg + rig):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    assert_matches_reference(est, X, y, sw)
 
 
 @pytest.mark.parametrize("kind,params", OBJECTIVES)
 def test_objective_matches_reference_float32(kind, params):
     est, X, y = _fitted(kind, params, np.float32)
     assert est.coefs_[0].dtype == np.float32
-    loss, cg, ig = loss_and_gradients(est, X, y)
-    rloss, rcg, rig = _reference(est, X, y)
-    assert loss == pytest.approx(rloss, rel=1e-5)
-    scale = max(np.max(np.abs(g)) for g in rcg + rig)
-    for a, b in zip(cg + ig, rcg + rig):
-        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5 * scale)
+    assert_matches_reference(est, X, y, grad_rtol=2e-3)
 
 
 @pytest.mark.parametrize("kind,params", OBJECTIVES)
@@ -143,11 +112,7 @@ def test_finite_differences(kind, params):
 def test_dropout_objective_matches_reference_and_finite_differences(activation, step):
     est, X, y = _fitted("multiclass", dict(dropout=0.4, activation=activation,
                                            hidden_layer_sizes=(8, 6)))
-    loss, cg, ig = loss_and_gradients(est, X, y, dropout_step=step)
-    rloss, rcg, rig = _reference(est, X, y, dropout_step=step)
-    assert loss == pytest.approx(rloss, rel=1e-12)
-    for a, b in zip(cg + ig, rcg + rig):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    loss = assert_matches_reference(est, X, y, dropout_step=step)
     # A smaller step than the default keeps the differences off maxout's
     # kinks (two pieces within 2 eps of each other for some sample).
     assert check_gradients(est, X, y, dropout_step=step, eps=1e-5) < 1e-7
@@ -169,14 +134,14 @@ def _plain_sgd_epoch(est, start, X, y, batch_size, lr, clip=None, lr_mult=None,
     """Plain SGD from ``start``'s weights with the reference gradient."""
     coefs = [c.astype(float) for c in start.coefs_]
     icpts = [b.astype(float) for b in start.intercepts_]
-    Y = _targets(start, y, X.shape[0])
+    Y = targets(start, y, X.shape[0])
     L = len(coefs)
     mult = np.ones(L) if lr_mult is None else lr_mult
     for s in range(0, X.shape[0], batch_size):
         drop = None if dropout is None else (dropout[0], dropout[1], s)
         _, cg, ig = ref.loss_and_gradients(
             coefs, icpts, X[s:s + batch_size], Y[s:s + batch_size], est.activation,
-            start.out_activation_, _ref_loss_name(start), est.alpha, l1=est.l1,
+            start.out_activation_, ref_loss_name(start), est.alpha, l1=est.l1,
             huber_delta=getattr(est, "huber_delta", 1.0), dropout=drop)
         c = 1.0
         if clip is not None:
