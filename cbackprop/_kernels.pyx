@@ -118,16 +118,20 @@ cdef extern from "cbp_loops.h" nogil:
     Py_ssize_t cbp_compact_f(Py_ssize_t n, const float* x, Py_ssize_t* idx, float* val)
     void cbp_sprows_d(Py_ssize_t nr, const Py_ssize_t* rs, const Py_ssize_t* re,
                       const Py_ssize_t* idx, const double* val, const double* W,
-                      Py_ssize_t m, const double* b, double* z, Py_ssize_t ldz)
+                      Py_ssize_t m, Py_ssize_t wlen, const double* b, double* z,
+                      Py_ssize_t ldz)
     void cbp_sprows_f(Py_ssize_t nr, const Py_ssize_t* rs, const Py_ssize_t* re,
                       const Py_ssize_t* idx, const float* val, const float* W,
-                      Py_ssize_t m, const float* b, float* z, Py_ssize_t ldz)
+                      Py_ssize_t m, Py_ssize_t wlen, const float* b, float* z,
+                      Py_ssize_t ldz)
     void cbp_spgrad_d(Py_ssize_t i0, Py_ssize_t i1, const Py_ssize_t* fptr,
                       const Py_ssize_t* frow, const double* fval, const double* D,
-                      Py_ssize_t m, Py_ssize_t ldd, double* G, int accumulate)
+                      Py_ssize_t m, Py_ssize_t ldd, Py_ssize_t dlen, double* G,
+                      int accumulate)
     void cbp_spgrad_f(Py_ssize_t i0, Py_ssize_t i1, const Py_ssize_t* fptr,
                       const Py_ssize_t* frow, const float* fval, const float* D,
-                      Py_ssize_t m, Py_ssize_t ldd, float* G, int accumulate)
+                      Py_ssize_t m, Py_ssize_t ldd, Py_ssize_t dlen, float* G,
+                      int accumulate)
     void cbp_gemv_skip_d(Py_ssize_t n, const double* a, const double* W, Py_ssize_t m,
                          const double* b, double* z)
     void cbp_gemv_skip_f(Py_ssize_t n, const float* a, const float* W, Py_ssize_t m,
@@ -527,10 +531,10 @@ cdef void _layer0_forward(const Net* net, const floating* params, const Source* 
     if src.csr:
         if floating is float:
             cbp_sprows_f(nr, sb.rs + r0, sb.re + r0, sb.idx, <const float*>sb.val,
-                         params, m, b, z, ldz)
+                         params, m, net.n_params, b, z, ldz)
         else:
             cbp_sprows_d(nr, sb.rs + r0, sb.re + r0, sb.idx, <const double*>sb.val,
-                         params, m, b, z, ldz)
+                         params, m, net.n_params, b, z, ldz)
         return
     mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>u_in, <floating>1,
                 xin + r0 * u_in, <int>u_in, params, <int>m, <floating>0, z, <int>ldz)
@@ -540,17 +544,18 @@ cdef void _layer0_forward(const Net* net, const floating* params, const Source* 
 
 cdef void _layer0_grad_block(const Net* net, const Source* src, const SpBatch* sb,
                              Py_ssize_t nb, const floating* xin, const floating* d,
-                             Py_ssize_t ldd, floating* G, Py_ssize_t i0, Py_ssize_t i1,
-                             bint accumulate) noexcept nogil:
-    """Rows ``i0:i1`` of ``dW0 (+)= X^T delta`` over the ``nb`` batch rows."""
+                             Py_ssize_t ldd, Py_ssize_t dlen, floating* G, Py_ssize_t i0,
+                             Py_ssize_t i1, bint accumulate) noexcept nogil:
+    """Rows ``i0:i1`` of ``dW0 (+)= X^T delta`` over the ``nb`` batch rows;
+    ``dlen`` elements are readable from ``d``."""
     cdef Py_ssize_t u_in = net.units[0], m = net.zw[1]
     if src.csr:
         if floating is float:
-            cbp_spgrad_f(i0, i1, sb.fptr, sb.frow, <const float*>sb.fval, d, m, ldd, G,
-                         accumulate)
+            cbp_spgrad_f(i0, i1, sb.fptr, sb.frow, <const float*>sb.fval, d, m, ldd,
+                         dlen, G, accumulate)
         else:
-            cbp_spgrad_d(i0, i1, sb.fptr, sb.frow, <const double*>sb.fval, d, m, ldd, G,
-                         accumulate)
+            cbp_spgrad_d(i0, i1, sb.fptr, sb.frow, <const double*>sb.fval, d, m, ldd,
+                         dlen, G, accumulate)
         return
     mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>m, <int>nb, <floating>1,
                 xin + i0, <int>u_in, d, <int>ldd,
@@ -742,7 +747,8 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         s_next = net.stride[li + 1]
         d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
         if li == 0:
-            _layer0_grad_block(net, src, sb, nb, xin, d, s_next, grad, i0, i1,
+            _layer0_grad_block(net, src, sb, nb, xin, d, s_next,
+                               cap * net.total_units - (d - deltas), grad, i0, i1,
                                accumulate)
         else:
             a_in = acts + _layer_base(net, cap, li)
@@ -929,10 +935,10 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
         elif li == 0:
             p = nnz
             if floating is float:
-                cbp_sprows_f(1, &zero, &p, nzi, nzv, params, m,
+                cbp_sprows_f(1, &zero, &p, nzi, nzv, params, m, net.n_params,
                              params + net.icpt_off[0], z, m)
             else:
-                cbp_sprows_d(1, &zero, &p, nzi, nzv, params, m,
+                cbp_sprows_d(1, &zero, &p, nzi, nzv, params, m, net.n_params,
                              params + net.icpt_off[0], z, m)
         else:
             a_in = acts + _layer_base(net, 1, li)

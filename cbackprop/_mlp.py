@@ -58,46 +58,59 @@ def _cbackprop_version():
 _PREDICT_ROWS = 256
 
 # Below this share of non-zeros, the first layer reads only the non-zero
-# inputs instead of calling BLAS on the dense block (measured crossover on
-# MNIST-like data with float32 and float64; see benches/).
-_SKIP_ZEROS_DENSITY = 0.4
+# inputs instead of calling BLAS on the dense rows: per sample in online
+# mode, and in mini-batch / full-batch mode from a CSR copy (whose products
+# are bound by cache bandwidth rather than arithmetic, so they need a lower
+# density to win).  Crossovers measured with float32 on MNIST made denser
+# with random non-zeros, 784-100-10, one thread (benches/density.py).
+_SKIP_ZEROS_DENSITY = {"online": 0.4, "batch": 0.25}
 
 
 # A zero-heavy dense X is converted once per fit to CSR (its non-zeros never
-# change between epochs) when the copy is this small; otherwise each batch
-# finds its non-zeros again, and memory stays at one batch-sized buffer.
+# change between epochs) when the copy is this small.  Otherwise online mode
+# finds each row's non-zeros again, and batch mode stays on BLAS, so memory
+# stays at one batch-sized buffer.
 _CSR_CACHE_BYTES = 64 * 2**20
 _CSR_CACHE_SHARE = 0.1
 
 
-def _kernel_input(X, dtype, online=False):
+def _kernel_input(X, dtype, mode=None):
     """``(data, indices, indptr, skip_zeros, row_nnz)``: X as the kernels read it.
 
     Dense X stays as it is when already C-contiguous in ``dtype`` (no copy);
     sparse X becomes CSR with ``intp`` indices.  ``row_nnz`` counts the
     non-zeros of each row when the first layer works on non-zeros only.
 
-    Skipping zeros of a dense X pays only in online mode: from a batch of 8
-    rows on, BLAS on the dense block is faster even at MNIST's 19% density
-    (benches/compare.py, measured on the development machine).
+    ``mode`` is ``"online"`` or ``"batch"`` when training (``None``:
+    prediction, where dense X always goes to BLAS).  A dense X whose share of
+    non-zeros is below ``_SKIP_ZEROS_DENSITY[mode]`` becomes CSR when the copy
+    fits the cache budget; a larger one is compacted row by row in online
+    mode and left to BLAS in batch mode.
     """
     if not sp.issparse(X):
         X = np.ascontiguousarray(X, dtype=dtype)
-        if not online:
+        if mode is None or X.size == 0:
+            return X, None, None, False, None
+        threshold = _SKIP_ZEROS_DENSITY[mode]
+        # A cheap look at a few rows first: dense data (the common case)
+        # is not scanned in full.
+        probe = X[::max(1, X.shape[0] // 256)]
+        if np.count_nonzero(probe) >= 1.5 * threshold * probe.size:
             return X, None, None, False, None
         # In slices: count_nonzero(axis=1) builds a boolean copy of its input.
         row_nnz = np.zeros(X.shape[0], dtype=np.intp)
         for start in range(0, X.shape[0], 8192):
             row_nnz[start:start + 8192] = np.count_nonzero(X[start:start + 8192],
                                                            axis=1)
-        density = row_nnz.sum() / X.size if X.size else 1.0
-        if density >= _SKIP_ZEROS_DENSITY:
+        if row_nnz.sum() >= threshold * X.size:
             return X, None, None, False, None
         csr_bytes = row_nnz.sum() * (X.itemsize + np.dtype(np.intp).itemsize)
         if csr_bytes > max(_CSR_CACHE_BYTES, _CSR_CACHE_SHARE * X.nbytes):
+            if mode == "batch":
+                return X, None, None, False, None
             return X, None, None, True, row_nnz
     X = sp.csr_matrix(X, dtype=dtype)
-    if online and not X.has_canonical_format:
+    if mode == "online" and not X.has_canonical_format:
         # Online mode walks each row once in column order.
         X = X.copy()
         X.sum_duplicates()
@@ -116,7 +129,7 @@ class _Workspace:
 
     def __init__(self, X, dtype, spec, cap, n_threads, online=False):
         self.data, self.ind, self.ptr, self.skip_zeros, row_nnz = _kernel_input(
-            X, dtype, online)
+            X, dtype, "online" if online else "batch")
         self.n_features = X.shape[1]
         units = spec["units"]
         n_params = spec["n_params"]

@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <math.h>
+#include <string.h>
 
 #include "cbp_rng.h"
 
@@ -242,61 +243,6 @@ CBP_CLONES static ptrdiff_t cbp_compact_##S(ptrdiff_t n, const T *CBP_RESTRICT x
         c += (x[i] != (T)0);                                                   \
     }                                                                          \
     return c;                                                                  \
-}                                                                              \
-                                                                               \
-/* z[r, :] = b + sum_{p in rs[r]..re[r]} val[p] * W[idx[p], :], r < nr,   */  \
-/* rows of z ldz apart.                                                     */ \
-/* Output columns go 32 at a time through a local accumulator the compiler */  \
-/* keeps in registers, so z is written once instead of once per non-zero. */  \
-CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
-                                      const ptrdiff_t *re, const ptrdiff_t *idx,\
-                                      const T *val, const T *W, ptrdiff_t m,   \
-                                      const T *b, T *CBP_RESTRICT z,           \
-                                      ptrdiff_t ldz)                           \
-{                                                                              \
-    for (ptrdiff_t r = 0; r < nr; r++) {                                       \
-        T *CBP_RESTRICT zr = z + r * ldz;                                      \
-        ptrdiff_t j0 = 0;                                                      \
-        for (; j0 + 32 <= m; j0 += 32) {                                       \
-            T acc[32];                                                         \
-            for (int j = 0; j < 32; j++) acc[j] = b[j0 + j];                   \
-            for (ptrdiff_t p = rs[r]; p < re[r]; p++) {                        \
-                const T a = val[p];                                            \
-                const T *CBP_RESTRICT w = W + idx[p] * m + j0;                 \
-                for (int j = 0; j < 32; j++) acc[j] += a * w[j];               \
-            }                                                                  \
-            for (int j = 0; j < 32; j++) zr[j0 + j] = acc[j];                  \
-        }                                                                      \
-        if (j0 < m) {                                                          \
-            for (ptrdiff_t j = j0; j < m; j++) zr[j] = b[j];                   \
-            for (ptrdiff_t p = rs[r]; p < re[r]; p++) {                        \
-                const T a = val[p];                                            \
-                const T *CBP_RESTRICT w = W + idx[p] * m;                      \
-                for (ptrdiff_t j = j0; j < m; j++) zr[j] += a * w[j];          \
-            }                                                                  \
-        }                                                                      \
-    }                                                                          \
-}                                                                              \
-                                                                               \
-/* G[i, :] (+)= sum_{e in fptr[i]..fptr[i+1]} fval[e] * D[frow[e], :] for  */  \
-/* i0 <= i < i1: the rows of X^T D (rows of D ldd apart), entries of each */  \
-/* feature in row order.                                                    */ \
-CBP_CLONES static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1,              \
-                                      const ptrdiff_t *fptr,                   \
-                                      const ptrdiff_t *frow, const T *fval,    \
-                                      const T *D, ptrdiff_t m, ptrdiff_t ldd,  \
-                                      T *CBP_RESTRICT G, int accumulate)       \
-{                                                                              \
-    for (ptrdiff_t i = i0; i < i1; i++) {                                      \
-        T *CBP_RESTRICT g = G + i * m;                                         \
-        if (!accumulate)                                                       \
-            for (ptrdiff_t j = 0; j < m; j++) g[j] = (T)0;                     \
-        for (ptrdiff_t e = fptr[i]; e < fptr[i + 1]; e++) {                    \
-            const T a = fval[e];                                               \
-            const T *CBP_RESTRICT d = D + frow[e] * ldd;                       \
-            for (ptrdiff_t j = 0; j < m; j++) g[j] += a * d[j];                \
-        }                                                                      \
-    }                                                                          \
 }                                                                              \
                                                                                \
 /* z = b + sum_{i : a_i != 0} a_i W[i, :]  (one sample, zeros skipped).    */  \
@@ -553,5 +499,203 @@ CBP_DEFINE_LOOPS(double, d, sqrt)
 CBP_DEFINE_LOOPS(float, f, sqrtf)
 
 #undef CBP_DEFINE_LOOPS
+
+/* ------------------------------------------------------------------------
+ * Sparse products of layer 0: only the non-zero inputs are read.
+ *
+ *   sprows:  z[r, :] = b + sum_p val[p] * W[idx[p], :]       (forward)
+ *   spgrad:  G[i, :] (+)= sum_e fval[e] * D[frow[e], :]       (X^T delta)
+ *
+ * Both accumulate a row of up to 4 vectors of 64 bytes in registers across
+ * the whole list of non-zeros, so the output row is written once and the
+ * independent vector accumulators hide the FMA latency.  The last vector of
+ * a row may be partial: it is loaded whole when that stays inside the
+ * source buffer (``len`` readable elements; the extra lanes are never
+ * stored), otherwise through a zero-padded copy.  Every output element is
+ * summed over the list in list order, exactly as the scalar fallback does.
+ * ------------------------------------------------------------------------ */
+#define CBP_VBYTES 64
+
+#if defined(__GNUC__) || defined(__clang__)
+/* a0..a3 += a * (nv vectors at src); then out = a0..a3. */
+#define CBP_VACC(S, nv, a, src)                                                \
+    do {                                                                       \
+        const cbp_v##S av_ = (cbp_v##S){0} + (a);                              \
+        a0 += av_ * cbp_vld_##S(src);                                          \
+        if ((nv) > 1) a1 += av_ * cbp_vld_##S((src) + CBP_VL_##S);             \
+        if ((nv) > 2) a2 += av_ * cbp_vld_##S((src) + 2 * CBP_VL_##S);         \
+        if ((nv) > 3) a3 += av_ * cbp_vld_##S((src) + 3 * CBP_VL_##S);         \
+    } while (0)
+#define CBP_VOUT(S, nv, out)                                                   \
+    do {                                                                       \
+        memcpy((out), &a0, sizeof a0);                                         \
+        if ((nv) > 1) memcpy((out) + CBP_VL_##S, &a1, sizeof a1);              \
+        if ((nv) > 2) memcpy((out) + 2 * CBP_VL_##S, &a2, sizeof a2);          \
+        if ((nv) > 3) memcpy((out) + 3 * CBP_VL_##S, &a3, sizeof a3);          \
+    } while (0)
+
+#define CBP_DEFINE_SPARSE(T, S)                                                \
+typedef T cbp_v##S __attribute__((vector_size(CBP_VBYTES)));                   \
+enum { CBP_VL_##S = CBP_VBYTES / sizeof(T) };                                  \
+                                                                               \
+CBP_INLINE cbp_v##S cbp_vld_##S(const T *p)                                    \
+{                                                                              \
+    cbp_v##S v;                                                                \
+    memcpy(&v, p, sizeof v);                                                   \
+    return v;                                                                  \
+}                                                                              \
+                                                                               \
+/* Pointer to nv whole vectors at src: src itself when ``ok``, otherwise   */  \
+/* a zero-padded copy of its first w elements.                              */ \
+CBP_INLINE const T *cbp_vsrc_##S(const T *src, int ok, ptrdiff_t w, T *pad)    \
+{                                                                              \
+    if (ok)                                                                    \
+        return src;                                                            \
+    memset(pad, 0, 4 * CBP_VL_##S * sizeof(T));                                \
+    memcpy(pad, src, (size_t)w * sizeof(T));                                   \
+    return pad;                                                                \
+}                                                                              \
+                                                                               \
+CBP_INLINE void cbp_sprows_pass_##S(int nv, ptrdiff_t nr, const ptrdiff_t *rs, \
+                                    const ptrdiff_t *re, const ptrdiff_t *idx, \
+                                    const T *val, const T *W, ptrdiff_t m,     \
+                                    ptrdiff_t j0, ptrdiff_t w, ptrdiff_t safe, \
+                                    const T *b, T *CBP_RESTRICT z,             \
+                                    ptrdiff_t ldz)                             \
+{                                                                              \
+    for (ptrdiff_t r = 0; r < nr; r++) {                                       \
+        cbp_v##S a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                       \
+        T pad[4 * CBP_VL_##S], out[4 * CBP_VL_##S];                            \
+        for (ptrdiff_t p = rs[r]; p < re[r]; p++) {                            \
+            const T *src = cbp_vsrc_##S(W + idx[p] * m + j0, idx[p] <= safe,   \
+                                        w, pad);                               \
+            CBP_VACC(S, nv, val[p], src);                                      \
+        }                                                                      \
+        CBP_VOUT(S, nv, out);                                                  \
+        T *CBP_RESTRICT zr = z + r * ldz + j0;                                 \
+        for (ptrdiff_t j = 0; j < w; j++) zr[j] = b[j0 + j] + out[j];          \
+    }                                                                          \
+}                                                                              \
+                                                                               \
+/* W has m columns and wlen readable elements from W[0].                   */  \
+CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
+                                      const ptrdiff_t *re, const ptrdiff_t *idx,\
+                                      const T *val, const T *W, ptrdiff_t m,   \
+                                      ptrdiff_t wlen, const T *b,              \
+                                      T *CBP_RESTRICT z, ptrdiff_t ldz)        \
+{                                                                              \
+    for (ptrdiff_t j0 = 0; j0 < m; j0 += 4 * CBP_VL_##S) {                     \
+        ptrdiff_t w = m - j0 < 4 * CBP_VL_##S ? m - j0 : 4 * CBP_VL_##S;       \
+        int nv = (int)((w + CBP_VL_##S - 1) / CBP_VL_##S);                     \
+        ptrdiff_t lim = wlen - j0 - nv * CBP_VL_##S;                           \
+        ptrdiff_t safe = lim < 0 ? -1 : lim / m;                               \
+        switch (nv) {                                                          \
+        case 4: cbp_sprows_pass_##S(4, nr, rs, re, idx, val, W, m, j0, w,      \
+                                    safe, b, z, ldz); break;                   \
+        case 3: cbp_sprows_pass_##S(3, nr, rs, re, idx, val, W, m, j0, w,      \
+                                    safe, b, z, ldz); break;                   \
+        case 2: cbp_sprows_pass_##S(2, nr, rs, re, idx, val, W, m, j0, w,      \
+                                    safe, b, z, ldz); break;                   \
+        default: cbp_sprows_pass_##S(1, nr, rs, re, idx, val, W, m, j0, w,     \
+                                     safe, b, z, ldz); break;                  \
+        }                                                                      \
+    }                                                                          \
+}                                                                              \
+                                                                               \
+CBP_INLINE void cbp_spgrad_pass_##S(int nv, ptrdiff_t i0, ptrdiff_t i1,        \
+                                    const ptrdiff_t *fptr,                     \
+                                    const ptrdiff_t *frow, const T *fval,      \
+                                    const T *D, ptrdiff_t ldd, ptrdiff_t j0,   \
+                                    ptrdiff_t w, ptrdiff_t safe, ptrdiff_t m,  \
+                                    T *CBP_RESTRICT G, int accumulate)         \
+{                                                                              \
+    for (ptrdiff_t i = i0; i < i1; i++) {                                      \
+        cbp_v##S a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                       \
+        T pad[4 * CBP_VL_##S], out[4 * CBP_VL_##S];                            \
+        T *CBP_RESTRICT g = G + i * m + j0;                                    \
+        if (accumulate) {                                                      \
+            const T *src = cbp_vsrc_##S(g, 0, w, pad);                         \
+            CBP_VACC(S, nv, (T)1, src);                                        \
+        }                                                                      \
+        for (ptrdiff_t e = fptr[i]; e < fptr[i + 1]; e++) {                    \
+            const T *src = cbp_vsrc_##S(D + frow[e] * ldd + j0, frow[e] <= safe,\
+                                        w, pad);                               \
+            CBP_VACC(S, nv, fval[e], src);                                     \
+        }                                                                      \
+        CBP_VOUT(S, nv, out);                                                  \
+        memcpy(g, out, (size_t)w * sizeof(T));                                 \
+    }                                                                          \
+}                                                                              \
+                                                                               \
+/* D has rows ldd apart, m used columns and dlen readable elements.        */  \
+CBP_CLONES static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1,              \
+                                      const ptrdiff_t *fptr,                   \
+                                      const ptrdiff_t *frow, const T *fval,    \
+                                      const T *D, ptrdiff_t m, ptrdiff_t ldd,  \
+                                      ptrdiff_t dlen, T *CBP_RESTRICT G,       \
+                                      int accumulate)                          \
+{                                                                              \
+    for (ptrdiff_t j0 = 0; j0 < m; j0 += 4 * CBP_VL_##S) {                     \
+        ptrdiff_t w = m - j0 < 4 * CBP_VL_##S ? m - j0 : 4 * CBP_VL_##S;       \
+        int nv = (int)((w + CBP_VL_##S - 1) / CBP_VL_##S);                     \
+        ptrdiff_t lim = dlen - j0 - nv * CBP_VL_##S;                           \
+        ptrdiff_t safe = lim < 0 ? -1 : lim / ldd;                             \
+        switch (nv) {                                                          \
+        case 4: cbp_spgrad_pass_##S(4, i0, i1, fptr, frow, fval, D, ldd, j0,   \
+                                    w, safe, m, G, accumulate); break;         \
+        case 3: cbp_spgrad_pass_##S(3, i0, i1, fptr, frow, fval, D, ldd, j0,   \
+                                    w, safe, m, G, accumulate); break;         \
+        case 2: cbp_spgrad_pass_##S(2, i0, i1, fptr, frow, fval, D, ldd, j0,   \
+                                    w, safe, m, G, accumulate); break;         \
+        default: cbp_spgrad_pass_##S(1, i0, i1, fptr, frow, fval, D, ldd, j0,  \
+                                     w, safe, m, G, accumulate); break;        \
+        }                                                                      \
+    }                                                                          \
+}
+#else
+/* Portable fallback (MSVC): the same sums in the same order. */
+#define CBP_DEFINE_SPARSE(T, S)                                                \
+static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,                  \
+                           const ptrdiff_t *re, const ptrdiff_t *idx,          \
+                           const T *val, const T *W, ptrdiff_t m,              \
+                           ptrdiff_t wlen, const T *b, T *CBP_RESTRICT z,      \
+                           ptrdiff_t ldz)                                      \
+{                                                                              \
+    (void)wlen;                                                                \
+    for (ptrdiff_t r = 0; r < nr; r++) {                                       \
+        T *CBP_RESTRICT zr = z + r * ldz;                                      \
+        for (ptrdiff_t j = 0; j < m; j++) zr[j] = (T)0;                        \
+        for (ptrdiff_t p = rs[r]; p < re[r]; p++) {                            \
+            const T a = val[p];                                                \
+            const T *w = W + idx[p] * m;                                       \
+            for (ptrdiff_t j = 0; j < m; j++) zr[j] += a * w[j];               \
+        }                                                                      \
+        for (ptrdiff_t j = 0; j < m; j++) zr[j] = b[j] + zr[j];                \
+    }                                                                          \
+}                                                                              \
+                                                                               \
+static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1, const ptrdiff_t *fptr,  \
+                           const ptrdiff_t *frow, const T *fval, const T *D,   \
+                           ptrdiff_t m, ptrdiff_t ldd, ptrdiff_t dlen,         \
+                           T *CBP_RESTRICT G, int accumulate)                  \
+{                                                                              \
+    (void)dlen;                                                                \
+    for (ptrdiff_t i = i0; i < i1; i++) {                                      \
+        T *CBP_RESTRICT g = G + i * m;                                         \
+        if (!accumulate)                                                       \
+            for (ptrdiff_t j = 0; j < m; j++) g[j] = (T)0;                     \
+        for (ptrdiff_t e = fptr[i]; e < fptr[i + 1]; e++) {                    \
+            const T a = fval[e];                                               \
+            const T *d = D + frow[e] * ldd;                                    \
+            for (ptrdiff_t j = 0; j < m; j++) g[j] += a * d[j];                \
+        }                                                                      \
+    }                                                                          \
+}
+#endif
+
+CBP_DEFINE_SPARSE(double, d)
+CBP_DEFINE_SPARSE(float, f)
+
+#undef CBP_DEFINE_SPARSE
 
 #endif /* CBP_LOOPS_H */

@@ -34,19 +34,46 @@ def _same(a, b, rtol):
 
 def test_zero_heavy_dense_input_takes_a_sparse_path(monkeypatch):
     X, _ = _sparse_dense_data()
-    # Small enough: converted once to CSR.
-    data, ind, ptr, skip, row_nnz = _mlp._kernel_input(X, np.float64, online=True)
-    assert ind is not None and not skip and row_nnz.sum() == np.count_nonzero(X)
-    # Mini-batches use BLAS on the dense rows.
+    assert np.count_nonzero(X) < 0.25 * X.size
+    # Small enough: converted once to CSR, for online and batch training.
+    for mode in ("online", "batch"):
+        data, ind, ptr, skip, row_nnz = _mlp._kernel_input(X, np.float64, mode)
+        assert ind is not None and not skip
+        assert row_nnz.sum() == np.count_nonzero(X)
+        np.testing.assert_array_equal(
+            sp.csr_matrix((data, ind, ptr), shape=X.shape).toarray(), X)
+    # Prediction uses BLAS on the dense rows.
     assert _mlp._kernel_input(X, np.float64)[1:4] == (None, None, False)
-    # Too large to copy: rows are scanned batch by batch instead.
+    # Too large to copy: online rows are scanned one by one instead, and
+    # mini-batches go to BLAS.
     monkeypatch.setattr(_mlp, "_CSR_CACHE_BYTES", 0)
-    data, ind, ptr, skip, row_nnz = _mlp._kernel_input(X, np.float64, online=True)
+    data, ind, ptr, skip, row_nnz = _mlp._kernel_input(X, np.float64, "online")
     assert ind is None and skip and data is X
     assert row_nnz.sum() == np.count_nonzero(X)
+    assert _mlp._kernel_input(X, np.float64, "batch")[1:4] == (None, None, False)
     # Dense data goes to BLAS.
-    assert _mlp._kernel_input(np.ones((4, 3)), np.float64, online=True)[1:4] == (
-        None, None, False)
+    for mode in ("online", "batch"):
+        assert _mlp._kernel_input(np.ones((4, 3)), np.float64, mode)[1:4] == (
+            None, None, False)
+
+
+def test_batch_mode_density_threshold_is_stricter_than_online():
+    # 30% non-zeros: online skips the zeros, mini-batches stay on BLAS.
+    rng = np.random.default_rng(0)
+    X = rng.random((400, 60)) * (rng.random((400, 60)) < 0.3)
+    assert _mlp._kernel_input(X, np.float64, "online")[1] is not None
+    assert _mlp._kernel_input(X, np.float64, "batch")[1] is None
+
+
+@pytest.mark.parametrize("batch_size", [16, 200])
+def test_cached_csr_and_blas_batches_agree(monkeypatch, batch_size):
+    X, y = _sparse_dense_data(n=200, n_features=50)
+    common = dict(hidden_layer_sizes=(20,), solver="adam", batch_size=batch_size,
+                  max_iter=3, learning_rate_init=0.01, random_state=0)
+    cached = _fit(MLPClassifier, X, y, **common)
+    monkeypatch.setattr(_mlp, "_SKIP_ZEROS_DENSITY", {"online": 0.4, "batch": 0.0})
+    blas = _fit(MLPClassifier, X, y, **common)
+    _same(cached, blas, 1e-10)
 
 
 @pytest.mark.parametrize("solver,batch_size", [("sgd", 1), ("adam", 1)])
@@ -167,3 +194,27 @@ def test_bad_n_threads(bad):
     X, y = _sparse_dense_data()
     with pytest.raises((ValueError, TypeError), match="n_threads"):
         MLPClassifier(n_threads=bad).fit(X, y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", [1, 3, 16, 17, 33, 64, 65, 100])
+@pytest.mark.parametrize("batch_size", [1, 3, 50])
+def test_sparse_first_layer_equals_blas(monkeypatch, dtype, width, batch_size):
+    # The sparse layer-0 products read whole vectors past the last used
+    # column where the buffer allows it and pad otherwise: every width, with
+    # a one-unit output layer (little follows W0 and the layer-1 deltas in
+    # memory), must give what BLAS on the dense rows gives.
+    X, _ = _sparse_dense_data(n=50, n_features=30)
+    X = X.astype(dtype)
+    y = X @ np.linspace(-1, 1, X.shape[1])
+    common = dict(hidden_layer_sizes=(width,), solver="sgd", batch_size=batch_size,
+                  max_iter=2, learning_rate_init=0.01, random_state=0, tol=0.0)
+    from_csr = _fit(MLPRegressor, sp.csr_matrix(X), y, **common)
+    from_dense = _fit(MLPRegressor, X, y, **common)   # converted to CSR
+    monkeypatch.setattr(_mlp, "_SKIP_ZEROS_DENSITY", {"online": 0.0, "batch": 0.0})
+    blas = _fit(MLPRegressor, X, y, **common)
+    rtol = 1e-4 if dtype == np.float32 else 1e-11
+    _same(from_csr, blas, rtol)
+    _same(from_dense, blas, rtol)
+    np.testing.assert_allclose(from_csr.predict(sp.csr_matrix(X)), blas.predict(X),
+                               rtol=rtol, atol=rtol)
