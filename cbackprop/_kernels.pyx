@@ -1135,6 +1135,44 @@ cdef void _make_spbatch(SpBatch* sb, Py_ssize_t[::1] spi, floating[::1] spv,
     sb.fval = &spv[0]
 
 
+def dense_to_csr(const floating[:, ::1] X, const Py_ssize_t[::1] row_nnz,
+                 int n_threads):
+    """CSR arrays ``(data, indices, indptr)`` of the non-zeros of ``X``, whose
+    rows hold ``row_nnz`` non-zeros each; rows are filled in parallel.
+
+    One pass over X without the temporaries of scipy's conversion, which
+    would cost more than a few epochs of training on the result.
+    """
+    cdef Py_ssize_t n = X.shape[0], nf = X.shape[1], r
+    indptr_arr = np.zeros(n + 1, dtype=np.intp)
+    cdef Py_ssize_t[::1] indptr = indptr_arr
+    np.cumsum(row_nnz, out=indptr_arr[1:])
+    cdef Py_ssize_t total = indptr[n]
+    data_arr = np.empty(max(total, 1), dtype=np.asarray(X).dtype)
+    ind_arr = np.empty(max(total, 1), dtype=np.intp)
+    cdef floating[::1] data = data_arr
+    cdef Py_ssize_t[::1] ind = ind_arr
+    if n > 0 and nf > 0:
+        for r in prange(n, nogil=True, num_threads=n_threads, schedule="static"):
+            if indptr[r + 1] > indptr[r]:
+                _compact_into(nf, &X[r, 0], &ind[indptr[r]], &data[indptr[r]],
+                              indptr[r + 1] - indptr[r])
+    return data_arr[:total], ind_arr[:total], indptr_arr
+
+
+cdef void _compact_into(Py_ssize_t nf, const floating* x, Py_ssize_t* ind,
+                        floating* val, Py_ssize_t cnt) noexcept nogil:
+    """The ``cnt`` non-zeros of ``x`` in column order (cnt counted before)."""
+    cdef Py_ssize_t i, c = 0
+    for i in range(nf):
+        if x[i] != 0:
+            ind[c] = i
+            val[c] = x[i]
+            c += 1
+            if c == cnt:
+                return
+
+
 def sparse_buffer_sizes(Py_ssize_t cap, Py_ssize_t nnz_cap, Py_ssize_t n_features):
     """Lengths of the int and float CSR-block buffers (see _make_spbatch)."""
     return 2 * cap + n_features + 1 + nnz_cap, nnz_cap

@@ -74,7 +74,7 @@ _CSR_CACHE_BYTES = 64 * 2**20
 _CSR_CACHE_SHARE = 0.1
 
 
-def _kernel_input(X, dtype, mode=None):
+def _kernel_input(X, dtype, mode=None, n_threads=1):
     """``(data, indices, indptr, skip_zeros, row_nnz)``: X as the kernels read it.
 
     Dense X stays as it is when already C-contiguous in ``dtype`` (no copy);
@@ -85,7 +85,7 @@ def _kernel_input(X, dtype, mode=None):
     prediction, where dense X always goes to BLAS).  A dense X whose share of
     non-zeros is below ``_SKIP_ZEROS_DENSITY[mode]`` becomes CSR when the copy
     fits the cache budget; a larger one is compacted row by row in online
-    mode and left to BLAS in batch mode.
+    mode and left to BLAS in batch mode.  ``n_threads`` fill the copy.
     """
     if not sp.issparse(X):
         X = np.ascontiguousarray(X, dtype=dtype)
@@ -109,6 +109,8 @@ def _kernel_input(X, dtype, mode=None):
             if mode == "batch":
                 return X, None, None, False, None
             return X, None, None, True, row_nnz
+        data, ind, ptr = _kernels.dense_to_csr(X, row_nnz, n_threads)
+        return data, ind, ptr, False, row_nnz
     X = sp.csr_matrix(X, dtype=dtype)
     if mode == "online" and not X.has_canonical_format:
         # Online mode walks each row once in column order.
@@ -129,7 +131,7 @@ class _Workspace:
 
     def __init__(self, X, dtype, spec, cap, n_threads, online=False):
         self.data, self.ind, self.ptr, self.skip_zeros, row_nnz = _kernel_input(
-            X, dtype, "online" if online else "batch")
+            X, dtype, "online" if online else "batch", n_threads)
         self.n_features = X.shape[1]
         units = spec["units"]
         n_params = spec["n_params"]

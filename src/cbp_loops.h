@@ -54,6 +54,39 @@
 /* sign(x) as -1, 0 or 1 of type T, branch-free. */
 #define CBP_SIGN(T, x) ((T)(((x) > (T)0) - ((x) < (T)0)))
 
+#if defined(__GNUC__) || defined(__clang__)
+typedef double cbp_vd8 __attribute__((vector_size(64)));
+typedef double cbp_vd8u __attribute__((vector_size(64), aligned(8)));
+typedef float cbp_vf8u __attribute__((vector_size(32), aligned(4)));
+/* x[0..8) as 8 doubles. */
+#define CBP_LOAD8D(T, p)                                                       \
+    (sizeof(T) == 8 ? (cbp_vd8) * (const cbp_vd8u *)(const void *)(p)          \
+                    : __builtin_convertvector(                                 \
+                          *(const cbp_vf8u *)(const void *)(p), cbp_vd8))
+#define CBP_SUMSQ_BODY(T, n, x)                                                \
+    cbp_vd8 q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};                            \
+    ptrdiff_t j = 0;                                                           \
+    for (; j + 32 <= (n); j += 32) {                                           \
+        cbp_vd8 v0 = CBP_LOAD8D(T, (x) + j), v1 = CBP_LOAD8D(T, (x) + j + 8);  \
+        cbp_vd8 v2 = CBP_LOAD8D(T, (x) + j + 16);                              \
+        cbp_vd8 v3 = CBP_LOAD8D(T, (x) + j + 24);                              \
+        q0 += v0 * v0;                                                         \
+        q1 += v1 * v1;                                                         \
+        q2 += v2 * v2;                                                         \
+        q3 += v3 * v3;                                                         \
+    }                                                                          \
+    q0 = (q0 + q1) + (q2 + q3);                                                \
+    double s = 0.0;                                                            \
+    for (int k = 0; k < 8; k++) s += q0[k];                                    \
+    for (; j < (n); j++) s += (double)(x)[j] * (double)(x)[j];                 \
+    return s;
+#else
+#define CBP_SUMSQ_BODY(T, n, x)                                                \
+    double s = 0.0;                                                            \
+    for (ptrdiff_t j = 0; j < (n); j++) s += (double)(x)[j] * (double)(x)[j];  \
+    return s;
+#endif
+
 /* The update loops below come in two copies: without the L1 term (the
  * common case, kept as lean as before L1 existed: the tiny online networks
  * are bound by these loops) and with it. */
@@ -100,13 +133,12 @@ CBP_CLONES static T cbp_dot_##S(ptrdiff_t n, const T *CBP_RESTRICT x,          \
     return cbp_dot_inl_##S(n, x, y);                                           \
 }                                                                              \
                                                                                \
-/* sum of x^2, accumulated in double. */                                       \
+/* sum of x^2, accumulated in double (CBP_SUMSQ_BODY: four independent   */  \
+/* vector partial sums where the compiler has vector types, so the         */  \
+/* reduction is not bound by the latency of one add chain).                */  \
 CBP_INLINE double cbp_sumsq_inl_##S(ptrdiff_t n, const T *CBP_RESTRICT x)   \
 {                                                                              \
-    double s = 0.0;                                                            \
-    CBP_SIMD_SUM(s)                                                            \
-    for (ptrdiff_t j = 0; j < n; j++) s += (double)x[j] * (double)x[j];        \
-    return s;                                                                  \
+    CBP_SUMSQ_BODY(T, n, x)                                                    \
 }                                                                              \
                                                                                \
 CBP_CLONES static double cbp_sumsq_##S(ptrdiff_t n, const T *CBP_RESTRICT x)   \
@@ -515,6 +547,8 @@ CBP_DEFINE_LOOPS(float, f, sqrtf)
  * summed over the list in list order, exactly as the scalar fallback does.
  * ------------------------------------------------------------------------ */
 #define CBP_VBYTES 64
+/* Rows with fewer non-zeros than this stream z instead (see sprows). */
+#define CBP_SP_SHORT 8
 
 #if defined(__GNUC__) || defined(__clang__)
 /* a0..a3 += a * (nv vectors at src); then out = a0..a3. */
@@ -556,25 +590,21 @@ CBP_INLINE const T *cbp_vsrc_##S(const T *src, int ok, ptrdiff_t w, T *pad)    \
     return pad;                                                                \
 }                                                                              \
                                                                                \
-CBP_INLINE void cbp_sprows_pass_##S(int nv, ptrdiff_t nr, const ptrdiff_t *rs, \
-                                    const ptrdiff_t *re, const ptrdiff_t *idx, \
-                                    const T *val, const T *W, ptrdiff_t m,     \
-                                    ptrdiff_t j0, ptrdiff_t w, ptrdiff_t safe, \
-                                    const T *b, T *CBP_RESTRICT z,             \
-                                    ptrdiff_t ldz)                             \
+CBP_INLINE void cbp_sprows_pass_##S(int nv, ptrdiff_t p0, ptrdiff_t p1,         \
+                                    const ptrdiff_t *idx, const T *val,        \
+                                    const T *W, ptrdiff_t m, ptrdiff_t j0,     \
+                                    ptrdiff_t w, ptrdiff_t safe, const T *b,   \
+                                    T *CBP_RESTRICT zr)                        \
 {                                                                              \
-    for (ptrdiff_t r = 0; r < nr; r++) {                                       \
-        cbp_v##S a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                       \
-        T pad[4 * CBP_VL_##S], out[4 * CBP_VL_##S];                            \
-        for (ptrdiff_t p = rs[r]; p < re[r]; p++) {                            \
-            const T *src = cbp_vsrc_##S(W + idx[p] * m + j0, idx[p] <= safe,   \
-                                        w, pad);                               \
-            CBP_VACC(S, nv, val[p], src);                                      \
-        }                                                                      \
-        CBP_VOUT(S, nv, out);                                                  \
-        T *CBP_RESTRICT zr = z + r * ldz + j0;                                 \
-        for (ptrdiff_t j = 0; j < w; j++) zr[j] = b[j0 + j] + out[j];          \
+    cbp_v##S a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                           \
+    T pad[4 * CBP_VL_##S], out[4 * CBP_VL_##S];                                \
+    for (ptrdiff_t p = p0; p < p1; p++) {                                      \
+        const T *src = cbp_vsrc_##S(W + idx[p] * m + j0, idx[p] <= safe, w,    \
+                                    pad);                                      \
+        CBP_VACC(S, nv, val[p], src);                                          \
     }                                                                          \
+    CBP_VOUT(S, nv, out);                                                      \
+    for (ptrdiff_t j = 0; j < w; j++) zr[j0 + j] = b[j0 + j] + out[j];         \
 }                                                                              \
                                                                                \
 /* W has m columns and wlen readable elements from W[0].                   */  \
@@ -584,20 +614,35 @@ CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
                                       ptrdiff_t wlen, const T *b,              \
                                       T *CBP_RESTRICT z, ptrdiff_t ldz)        \
 {                                                                              \
-    for (ptrdiff_t j0 = 0; j0 < m; j0 += 4 * CBP_VL_##S) {                     \
-        ptrdiff_t w = m - j0 < 4 * CBP_VL_##S ? m - j0 : 4 * CBP_VL_##S;       \
-        int nv = (int)((w + CBP_VL_##S - 1) / CBP_VL_##S);                     \
-        ptrdiff_t lim = wlen - j0 - nv * CBP_VL_##S;                           \
-        ptrdiff_t safe = lim < 0 ? -1 : lim / m;                               \
-        switch (nv) {                                                          \
-        case 4: cbp_sprows_pass_##S(4, nr, rs, re, idx, val, W, m, j0, w,      \
-                                    safe, b, z, ldz); break;                   \
-        case 3: cbp_sprows_pass_##S(3, nr, rs, re, idx, val, W, m, j0, w,      \
-                                    safe, b, z, ldz); break;                   \
-        case 2: cbp_sprows_pass_##S(2, nr, rs, re, idx, val, W, m, j0, w,      \
-                                    safe, b, z, ldz); break;                   \
-        default: cbp_sprows_pass_##S(1, nr, rs, re, idx, val, W, m, j0, w,     \
-                                     safe, b, z, ldz); break;                  \
+    for (ptrdiff_t r = 0; r < nr; r++) {                                       \
+        T *CBP_RESTRICT zr = z + r * ldz;                                      \
+        if (re[r] - rs[r] < CBP_SP_SHORT && m > 4 * CBP_VL_##S) {              \
+            /* A few non-zeros and a wide layer: register passes would be */   \
+            /* short chains, so stream the row of z instead.               */  \
+            for (ptrdiff_t j = 0; j < m; j++) zr[j] = (T)0;                    \
+            for (ptrdiff_t p = rs[r]; p < re[r]; p++) {                        \
+                const T a = val[p];                                            \
+                const T *CBP_RESTRICT wr = W + idx[p] * m;                     \
+                for (ptrdiff_t j = 0; j < m; j++) zr[j] += a * wr[j];          \
+            }                                                                  \
+            for (ptrdiff_t j = 0; j < m; j++) zr[j] = b[j] + zr[j];            \
+            continue;                                                          \
+        }                                                                      \
+        for (ptrdiff_t j0 = 0; j0 < m; j0 += 4 * CBP_VL_##S) {                 \
+            ptrdiff_t w = m - j0 < 4 * CBP_VL_##S ? m - j0 : 4 * CBP_VL_##S;   \
+            int nv = (int)((w + CBP_VL_##S - 1) / CBP_VL_##S);                 \
+            ptrdiff_t lim = wlen - j0 - nv * CBP_VL_##S;                       \
+            ptrdiff_t safe = lim < 0 ? -1 : lim / m;                           \
+            switch (nv) {                                                      \
+            case 4: cbp_sprows_pass_##S(4, rs[r], re[r], idx, val, W, m, j0,   \
+                                        w, safe, b, zr); break;                \
+            case 3: cbp_sprows_pass_##S(3, rs[r], re[r], idx, val, W, m, j0,   \
+                                        w, safe, b, zr); break;                \
+            case 2: cbp_sprows_pass_##S(2, rs[r], re[r], idx, val, W, m, j0,   \
+                                        w, safe, b, zr); break;                \
+            default: cbp_sprows_pass_##S(1, rs[r], re[r], idx, val, W, m, j0,  \
+                                         w, safe, b, zr); break;               \
+            }                                                                  \
         }                                                                      \
     }                                                                          \
 }                                                                              \
