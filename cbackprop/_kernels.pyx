@@ -25,14 +25,19 @@ are bitwise the same for any thread count.
 
 Layer 0 and zeros
 -----------------
-The first layer reads only the non-zero inputs of CSR matrices (every mode)
-and, in online mode, of dense rows too (images, one-hot columns):
+The first layer reads only the non-zero inputs of CSR matrices (every mode;
+zero-heavy dense X is converted to CSR once per fit by the estimators) and,
+in online mode, of dense rows too (images, one-hot columns):
 ``z = b + sum_{x_i != 0} x_i W[i, :]``, and ``dW[i, :] += x_i delta`` only for
-non-zero ``x_i``.  For dense mini-batches BLAS on the whole block was measured
-faster from 8 rows on, even at MNIST's 19% density.  In online SGD the rows of
-``W0`` whose input is zero only feel weight decay and momentum, a linear map
-``M`` per step; they are brought up to date lazily with ``M^k`` when next
-needed, together with their share of the L2 term of the reported loss.
+non-zero ``x_i``.  Both products keep a whole output row in vector registers
+across the list of non-zeros (``cbp_sprows`` / ``cbp_spgrad``); they are
+then bound by the cache bandwidth of reading one row of ``W`` (or of the
+deltas) per non-zero, which is why BLAS on the dense block wins again above
+about 25% non-zeros in batch mode (``benches/density.py``).  In online SGD
+the rows of ``W0`` whose input is zero only feel weight decay and momentum,
+a linear map ``M`` per step; they are brought up to date lazily with ``M^k``
+when next needed, together with their share of the L2 term of the reported
+loss.
 
 Every entry point returns an integer status; Python turns it into an exception.
 """

@@ -62,7 +62,7 @@ _PREDICT_ROWS = 256
 # mode, and in mini-batch / full-batch mode from a CSR copy (whose products
 # are bound by cache bandwidth rather than arithmetic, so they need a lower
 # density to win).  Crossovers measured with float32 on MNIST made denser
-# with random non-zeros, 784-100-10, one thread (benches/density.py).
+# with random non-zeros, 784-100-10, one thread: python benches/density.py.
 _SKIP_ZEROS_DENSITY = {"online": 0.4, "batch": 0.25}
 
 
