@@ -69,9 +69,10 @@ _SKIP_ZEROS_DENSITY = {"online": 0.4, "batch": 0.25}
 # A zero-heavy dense X is converted once per fit to CSR (its non-zeros never
 # change between epochs) when the copy is this small.  Otherwise online mode
 # finds each row's non-zeros again, and batch mode stays on BLAS, so memory
-# stays at one batch-sized buffer.
+# stays at one batch-sized buffer.  Beyond 64 MiB the copy may take at most
+# 5% of X's size: a fit's extra memory stays under 10% of X.
 _CSR_CACHE_BYTES = 64 * 2**20
-_CSR_CACHE_SHARE = 0.1
+_CSR_CACHE_SHARE = 0.05
 
 
 def _kernel_input(X, dtype, mode=None, n_threads=1):
