@@ -550,6 +550,25 @@ CBP_DEFINE_LOOPS(float, f, sqrtf)
 /* Rows with fewer non-zeros than this stream z instead (see sprows). */
 #define CBP_SP_SHORT 8
 
+/* One row of sprows streamed through memory: zr = b + sum_p val[p] W[idx[p]]. */
+#define CBP_DEFINE_SPROW_STREAM(T, S)                                          \
+CBP_INLINE void cbp_sprow_stream_##S(ptrdiff_t p0, ptrdiff_t p1,               \
+                                     const ptrdiff_t *idx, const T *val,       \
+                                     const T *W, ptrdiff_t m, const T *b,      \
+                                     T *CBP_RESTRICT zr)                       \
+{                                                                              \
+    for (ptrdiff_t j = 0; j < m; j++) zr[j] = (T)0;                            \
+    for (ptrdiff_t p = p0; p < p1; p++) {                                      \
+        const T a = val[p];                                                    \
+        const T *CBP_RESTRICT wr = W + idx[p] * m;                             \
+        for (ptrdiff_t j = 0; j < m; j++) zr[j] += a * wr[j];                  \
+    }                                                                          \
+    for (ptrdiff_t j = 0; j < m; j++) zr[j] = b[j] + zr[j];                    \
+}
+CBP_DEFINE_SPROW_STREAM(double, d)
+CBP_DEFINE_SPROW_STREAM(float, f)
+#undef CBP_DEFINE_SPROW_STREAM
+
 #if defined(__GNUC__) || defined(__clang__)
 /* a0..a3 += a * (nv vectors at src); then out = a0..a3. */
 #define CBP_VACC(S, nv, a, src)                                                \
@@ -619,13 +638,7 @@ CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
         if (re[r] - rs[r] < CBP_SP_SHORT && m > 4 * CBP_VL_##S) {              \
             /* A few non-zeros and a wide layer: register passes would be */   \
             /* short chains, so stream the row of z instead.               */  \
-            for (ptrdiff_t j = 0; j < m; j++) zr[j] = (T)0;                    \
-            for (ptrdiff_t p = rs[r]; p < re[r]; p++) {                        \
-                const T a = val[p];                                            \
-                const T *CBP_RESTRICT wr = W + idx[p] * m;                     \
-                for (ptrdiff_t j = 0; j < m; j++) zr[j] += a * wr[j];          \
-            }                                                                  \
-            for (ptrdiff_t j = 0; j < m; j++) zr[j] = b[j] + zr[j];            \
+            cbp_sprow_stream_##S(rs[r], re[r], idx, val, W, m, b, zr);         \
             continue;                                                          \
         }                                                                      \
         for (ptrdiff_t j0 = 0; j0 < m; j0 += 4 * CBP_VL_##S) {                 \
@@ -707,16 +720,8 @@ static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,                  \
                            ptrdiff_t ldz)                                      \
 {                                                                              \
     (void)wlen;                                                                \
-    for (ptrdiff_t r = 0; r < nr; r++) {                                       \
-        T *CBP_RESTRICT zr = z + r * ldz;                                      \
-        for (ptrdiff_t j = 0; j < m; j++) zr[j] = (T)0;                        \
-        for (ptrdiff_t p = rs[r]; p < re[r]; p++) {                            \
-            const T a = val[p];                                                \
-            const T *w = W + idx[p] * m;                                       \
-            for (ptrdiff_t j = 0; j < m; j++) zr[j] += a * w[j];               \
-        }                                                                      \
-        for (ptrdiff_t j = 0; j < m; j++) zr[j] = b[j] + zr[j];                \
-    }                                                                          \
+    for (ptrdiff_t r = 0; r < nr; r++)                                         \
+        cbp_sprow_stream_##S(rs[r], re[r], idx, val, W, m, b, z + r * ldz);    \
 }                                                                              \
                                                                                \
 static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1, const ptrdiff_t *fptr,  \
