@@ -120,6 +120,7 @@ cdef extern from "cbp_loops.h" nogil:
     void cbp_rowstats_d(Py_ssize_t n, const double* w, const double* v, double* out)
     void cbp_rowstats_f(Py_ssize_t n, const float* w, const float* v, double* out)
     Py_ssize_t cbp_compact_d(Py_ssize_t n, const double* x, Py_ssize_t* idx, double* val)
+    void cbp_prefetch(const void* p, Py_ssize_t nbytes)
     Py_ssize_t cbp_compact_f(Py_ssize_t n, const float* x, Py_ssize_t* idx, float* val)
     void cbp_sprows_d(Py_ssize_t nr, const Py_ssize_t* rs, const Py_ssize_t* re,
                       const Py_ssize_t* idx, const double* val, const double* W,
@@ -883,6 +884,22 @@ cdef double _outer_step(const Optim* o, Py_ssize_t n, Py_ssize_t m, const floati
                                 o.beta2, o.eps)
 
 
+cdef inline void _prefetch_row(const Source* src, Py_ssize_t row, Py_ssize_t after,
+                               const floating* y, Py_ssize_t n_out) noexcept nogil:
+    """Start loading the input row and target of the next sample (and the CSR
+    row pointers of the one after), so they arrive while this one trains."""
+    cdef Py_ssize_t fsz = sizeof(floating), isz = sizeof(Py_ssize_t)
+    cdef const floating* X = <const floating*>src.x
+    if src.csr:
+        cbp_prefetch(X + src.ptr[row], (src.ptr[row + 1] - src.ptr[row]) * fsz)
+        cbp_prefetch(src.ind + src.ptr[row], (src.ptr[row + 1] - src.ptr[row]) * isz)
+        if after >= 0:
+            cbp_prefetch(src.ptr + after, 2 * isz)
+    else:
+        cbp_prefetch(X + row * src.n_features, src.n_features * fsz)
+    cbp_prefetch(y, n_out * fsz)
+
+
 cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1,
                         floating* s2, const Source* src, Py_ssize_t row,
                         Py_ssize_t t, const floating* y, floating w, floating* acts,
@@ -1288,6 +1305,10 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                         cbp_rowstats_d(net.zw[1], &params[i * net.zw[1]],
                                        &state1[i * net.zw[1]], lz.stats + 3 * i)
             for k in range(n):
+                if k + 4 < n:
+                    _prefetch_row(&src, order[k + 4], order[k + 5] if k + 5 < n else -1,
+                                  Yp + order[k + 4] * net.units[net.n_layers],
+                                  net.units[net.n_layers])
                 if swp != NULL and swp[order[k]] == 0:
                     continue
                 status = _online_sample(&net, &o, &params[0], &state1[0], &state2[0],
