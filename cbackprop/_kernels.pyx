@@ -113,12 +113,6 @@ cdef extern from "cbp_loops.h" nogil:
     void cbp_maxout_backward_f(Py_ssize_t nr, Py_ssize_t u, Py_ssize_t k,
                                const float* z, Py_ssize_t ldz, const float* g,
                                Py_ssize_t ldg, float* dz)
-    void cbp_lazy_d(Py_ssize_t n, double* w, double* v, double ma, double mb,
-                    double mc, double md)
-    void cbp_lazy_f(Py_ssize_t n, float* w, float* v, double ma, double mb,
-                    double mc, double md)
-    void cbp_rowstats_d(Py_ssize_t n, const double* w, const double* v, double* out)
-    void cbp_rowstats_f(Py_ssize_t n, const float* w, const float* v, double* out)
     Py_ssize_t cbp_compact_d(Py_ssize_t n, const double* x, Py_ssize_t* idx, double* val)
     void cbp_prefetch(const void* p, Py_ssize_t nbytes)
     Py_ssize_t cbp_compact_f(Py_ssize_t n, const float* x, Py_ssize_t* idx, float* val)
@@ -161,26 +155,26 @@ cdef extern from "cbp_loops.h" nogil:
                             float sw, float lr_t, float b1, float b2, float eps)
     double cbp_lazy_forward_d(Py_ssize_t n, const Py_ssize_t* rows, const double* vals,
                               Py_ssize_t* last, Py_ssize_t t, const double* powers,
-                              const double* prefix, const double* stats, double* W,
-                              double* V, Py_ssize_t m, const double* b, double* z)
+                              const double* prefix, double* W, double* V, Py_ssize_t m,
+                              const double* b, double* z, double* ssq)
     double cbp_lazy_forward_f(Py_ssize_t n, const Py_ssize_t* rows, const float* vals,
                               Py_ssize_t* last, Py_ssize_t t, const double* powers,
-                              const double* prefix, const double* stats, float* W,
-                              float* V, Py_ssize_t m, const float* b, float* z)
-    double cbp_lazy_step_d(Py_ssize_t n, const Py_ssize_t* rows, const double* vals,
-                           Py_ssize_t* last, Py_ssize_t t, double* stats, double* W,
-                           double* V, Py_ssize_t m, const double* d, double alpha,
-                           double lr, double mom, int nesterov)
-    double cbp_lazy_step_f(Py_ssize_t n, const Py_ssize_t* rows, const float* vals,
-                           Py_ssize_t* last, Py_ssize_t t, double* stats, float* W,
-                           float* V, Py_ssize_t m, const float* d, float alpha,
-                           float lr, float mom, int nesterov)
+                              const double* prefix, float* W, float* V, Py_ssize_t m,
+                              const float* b, float* z, double* ssq)
+    void cbp_lazy_step_d(Py_ssize_t n, const Py_ssize_t* rows, const double* vals,
+                         Py_ssize_t* last, Py_ssize_t t, double* W, double* V,
+                         Py_ssize_t m, const double* d, double alpha, double lr,
+                         double mom, int nesterov)
+    void cbp_lazy_step_f(Py_ssize_t n, const Py_ssize_t* rows, const float* vals,
+                         Py_ssize_t* last, Py_ssize_t t, float* W, float* V,
+                         Py_ssize_t m, const float* d, float alpha, float lr,
+                         float mom, int nesterov)
     double cbp_lazy_flush_d(Py_ssize_t n_rows, Py_ssize_t* last, Py_ssize_t t,
-                            const double* powers, const double* prefix,
-                            const double* stats, double* W, double* V, Py_ssize_t m)
+                            const double* powers, const double* prefix, double* W,
+                            double* V, Py_ssize_t m)
     double cbp_lazy_flush_f(Py_ssize_t n_rows, Py_ssize_t* last, Py_ssize_t t,
-                            const double* powers, const double* prefix,
-                            const double* stats, float* W, float* V, Py_ssize_t m)
+                            const double* powers, const double* prefix, float* W,
+                            float* V, Py_ssize_t m)
 
 cdef extern from "Python.h":
     # Declared here without Cython's ``except -1`` so that a pending
@@ -855,7 +849,6 @@ cdef struct Lazy:
     # Deferred data-free SGD steps of the rows of W0 (see module docstring).
     bint on
     Py_ssize_t* last        # per input unit: time its row is valid at
-    double* stats           # per input unit: sum w^2, sum w v, sum v^2 at ``last``
     const double* powers    # M^k as (a, b, c, d), k = 0..n
     const double* prefix    # sum_{k<m} (a_k^2, a_k b_k, b_k^2), m = 0..n
     double l2               # sum over samples of ||W0||^2 for lazy rows
@@ -923,6 +916,7 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
     cdef floating* d
     cdef floating* g
     cdef double pen = 0.0, lr_t = 0.0, sw = <double>w, loss, c = 1.0, nsq = 0.0
+    cdef double ssq0 = 0.0
     cdef Py_ssize_t zero = 0
     cdef bint fused = o.clip <= 0
 
@@ -948,12 +942,13 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
             # Rows are brought up to date as the forward pass reads them.
             if floating is float:
                 lz.l2 += cbp_lazy_forward_f(nnz, nzi, nzv, lz.last, t, lz.powers,
-                                            lz.prefix, lz.stats, params, s1, m,
-                                            params + net.icpt_off[0], z)
+                                            lz.prefix, params, s1, m,
+                                            params + net.icpt_off[0], z, &ssq0)
             else:
                 lz.l2 += cbp_lazy_forward_d(nnz, nzi, nzv, lz.last, t, lz.powers,
-                                            lz.prefix, lz.stats, params, s1, m,
-                                            params + net.icpt_off[0], z)
+                                            lz.prefix, params, s1, m,
+                                            params + net.icpt_off[0], z, &ssq0)
+            lz.l2 += ssq0
         elif li == 0:
             p = nnz
             if floating is float:
@@ -1014,14 +1009,12 @@ cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1
         elif li == 0 and lz.on:
             # Only the rows with a non-zero input get a data step now.
             if floating is float:
-                lz.l2 += cbp_lazy_step_f(nnz, nzi, nzv, lz.last, t, lz.stats, params,
-                                         s1, m, d, <float>o.alpha,
-                                         <float>(o.lr * net.lr_mult[0]),
-                                         <float>o.momentum, o.nesterov)
+                cbp_lazy_step_f(nnz, nzi, nzv, lz.last, t, params, s1, m, d,
+                                <float>o.alpha, <float>(o.lr * net.lr_mult[0]),
+                                <float>o.momentum, o.nesterov)
             else:
-                lz.l2 += cbp_lazy_step_d(nnz, nzi, nzv, lz.last, t, lz.stats, params,
-                                         s1, m, d, o.alpha, o.lr * net.lr_mult[0],
-                                         o.momentum, o.nesterov)
+                cbp_lazy_step_d(nnz, nzi, nzv, lz.last, t, params, s1, m, d, o.alpha,
+                                o.lr * net.lr_mult[0], o.momentum, o.nesterov)
             _step(o, m, params + net.icpt_off[0], s1 + net.icpt_off[0],
                   s2 + net.icpt_off[0], <floating>1, d, 0.0, 0.0, sw,
                   _rate(o, lr_t, net.lr_mult[0]))
@@ -1293,17 +1286,10 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             lz.powers = &powers[0, 0]
             lz.prefix = &prefix[0, 0]
             lz.last = &iwork[n_features]
-            lz.stats = &dwork[0]
         with nogil:
             if lz.on:
                 for i in range(n_features):
                     lz.last[i] = 0
-                    if floating is float:
-                        cbp_rowstats_f(net.zw[1], &params[i * net.zw[1]],
-                                       &state1[i * net.zw[1]], lz.stats + 3 * i)
-                    else:
-                        cbp_rowstats_d(net.zw[1], &params[i * net.zw[1]],
-                                       &state1[i * net.zw[1]], lz.stats + 3 * i)
             for k in range(n):
                 if k + 4 < n:
                     _prefetch_row(&src, order[k + 4], order[k + 5] if k + 5 < n else -1,
@@ -1328,11 +1314,11 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             if lz.on:
                 if floating is float:
                     lz.l2 += cbp_lazy_flush_f(n_features, lz.last, n, lz.powers,
-                                              lz.prefix, lz.stats, &params[0],
+                                              lz.prefix, &params[0],
                                               &state1[0], net.zw[1])
                 else:
                     lz.l2 += cbp_lazy_flush_d(n_features, lz.last, n, lz.powers,
-                                              lz.prefix, lz.stats, &params[0],
+                                              lz.prefix, &params[0],
                                               &state1[0], net.zw[1])
                 pen_sum += 0.5 * o.alpha * lz.l2
                 if not isfinite(pen_sum):

@@ -147,7 +147,7 @@ class _Workspace:
         self.grad = np.empty(n_params, dtype=dtype)
         self.ublocks = self._update_blocks(spec)
         n_ublocks = self.ublocks.shape[0] // 4
-        self.dwork = np.empty(max(2 * cap + 2 * n_ublocks, 3 * self.n_features, 1))
+        self.dwork = np.empty(max(2 * cap + 2 * n_ublocks, 1))
         self.iwork = np.empty(max(2 * self.n_features, 1), dtype=np.intp)
         self.gblocks = self._grad_blocks(units)
         self.n_threads = n_threads

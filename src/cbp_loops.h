@@ -270,23 +270,6 @@ CBP_CLONES static void cbp_adam_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
     cbp_adam_inl_##S(n, w, m, v, a, x, alpha, l1, sw, lr_t, b1, b2, eps);      \
 }                                                                              \
                                                                                \
-/* out = (sum w^2, sum w v, sum v^2) in double. */                             \
-CBP_CLONES static void cbp_rowstats_##S(ptrdiff_t n, const T *CBP_RESTRICT w,  \
-                                        const T *CBP_RESTRICT v, double *out)  \
-{                                                                              \
-    double a = 0.0, b = 0.0, c = 0.0;                                          \
-    CBP_SIMD_SUM(a, b, c)                                                      \
-    for (ptrdiff_t j = 0; j < n; j++) {                                        \
-        double wj = (double)w[j], vj = (double)v[j];                           \
-        a += wj * wj;                                                          \
-        b += wj * vj;                                                          \
-        c += vj * vj;                                                          \
-    }                                                                          \
-    out[0] = a;                                                                \
-    out[1] = b;                                                                \
-    out[2] = c;                                                                \
-}                                                                              \
-                                                                               \
 /* Branch-free compaction of the non-zeros of x: indices and values;       */  \
 /* returns their number.                                                    */ \
 CBP_CLONES static ptrdiff_t cbp_compact_##S(ptrdiff_t n, const T *CBP_RESTRICT x,\
@@ -460,58 +443,19 @@ CBP_CLONES static void cbp_maxout_backward_##S(ptrdiff_t nr, ptrdiff_t u,       
                                                                                \
 /* Lazy online SGD (no sample weights, so sw = 1).  A row of W0 whose     */  \
 /* input is zero only decays: k such steps map its (w, v) to M^k (w, v).   */  \
-/* Row i is valid at time last[i]; stats[i] holds (sum w^2, sum w v,       */  \
-/* sum v^2) of that state, so the L2 mass sum_s ||w(s)||^2 of the skipped  */  \
-/* times follows from prefix sums of M^k's first row without a pass.       */  \
+/* Row i is valid at time last[i].  The L2 mass sum_s ||w(s)||^2 of its    */  \
+/* skipped times is Q0 ||w||^2 + 2 Q1 w.v + Q2 ||v||^2 of the state at     */  \
+/* last[i], with Q the prefix sums of M^k's first row (cbp_lazy_forward   */  \
+/* and cbp_lazy_flush fold it into the pass that decays the row).          */  \
 /*                                                                          */ \
-/* Forward pass of sample t: bring the rows with a non-zero input to t and */  \
-/* accumulate z = b + sum_p vals[p] W[rows[p]] in the same pass.  Returns  */  \
-/* the L2 mass of the skipped times last[i] .. t - 1.                       */ \
-CBP_CLONES static double cbp_lazy_forward_##S(ptrdiff_t n, const ptrdiff_t *rows,\
-                                              const T *vals, ptrdiff_t *last,  \
-                                              ptrdiff_t t, const double *powers,\
-                                              const double *prefix,            \
-                                              const double *stats, T *W, T *V, \
-                                              ptrdiff_t m, const T *b,         \
-                                              T *CBP_RESTRICT z)               \
-{                                                                              \
-    double l2 = 0.0;                                                           \
-    for (ptrdiff_t j = 0; j < m; j++) z[j] = b[j];                             \
-    for (ptrdiff_t p = 0; p < n; p++) {                                        \
-        const ptrdiff_t i = rows[p], k = t - last[i];                          \
-        const T x = vals[p];                                                   \
-        T *CBP_RESTRICT w = W + i * m;                                         \
-        T *CBP_RESTRICT v = V + i * m;                                         \
-        if (k <= 0) {                                                          \
-            for (ptrdiff_t j = 0; j < m; j++) z[j] += x * w[j];                \
-            continue;                                                          \
-        }                                                                      \
-        const double *Q = prefix + 3 * k, *St = stats + 3 * i;                 \
-        l2 += St[0] * Q[0] + 2.0 * St[1] * Q[1] + St[2] * Q[2];                \
-        const double *P = powers + 4 * k;                                      \
-        const T a = (T)P[0], bb = (T)P[1], c = (T)P[2], e = (T)P[3];           \
-        for (ptrdiff_t j = 0; j < m; j++) {                                    \
-            T wj = w[j], vj = v[j];                                            \
-            T wn = a * wj + bb * vj;                                           \
-            w[j] = wn;                                                         \
-            v[j] = c * wj + e * vj;                                            \
-            z[j] += x * wn;                                                    \
-        }                                                                      \
-        last[i] = t;                                                           \
-    }                                                                          \
-    return l2;                                                                 \
-}                                                                              \
-                                                                               \
 /* After the backward pass of sample t: the data step of the rows with a   */  \
-/* non-zero input, their new statistics, last = t + 1.  Returns            */  \
-/* sum ||W_i(t)||^2 over those rows, before the step.                       */ \
-CBP_CLONES static double cbp_lazy_step_##S(ptrdiff_t n, const ptrdiff_t *rows,  \
-                                           const T *vals, ptrdiff_t *last,     \
-                                           ptrdiff_t t, double *stats, T *W,   \
-                                           T *V, ptrdiff_t m, const T *d,      \
-                                           T alpha, T lr, T mom, int nesterov) \
+/* non-zero input; last = t + 1.                                            */ \
+CBP_CLONES static void cbp_lazy_step_##S(ptrdiff_t n, const ptrdiff_t *rows,    \
+                                         const T *vals, ptrdiff_t *last,       \
+                                         ptrdiff_t t, T *W, T *V, ptrdiff_t m, \
+                                         const T *d, T alpha, T lr, T mom,     \
+                                         int nesterov)                         \
 {                                                                              \
-    double ssq = 0.0;                                                          \
     const T mn = nesterov ? mom : (T)0, cg = nesterov ? lr : (T)0;             \
     const T cu = nesterov ? (T)0 : (T)1;                                       \
     for (ptrdiff_t p = 0; p < n; p++) {                                        \
@@ -519,52 +463,41 @@ CBP_CLONES static double cbp_lazy_step_##S(ptrdiff_t n, const ptrdiff_t *rows,  
         const T x = vals[p];                                                   \
         T *CBP_RESTRICT w = W + i * m;                                         \
         T *CBP_RESTRICT v = V + i * m;                                         \
-        T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                      \
-        CBP_SIMD_SUM(s0, s1, s2, s3)                                           \
         for (ptrdiff_t j = 0; j < m; j++) {                                    \
-            T wj = w[j];                                                       \
-            T g = x * d[j] + alpha * wj;                                       \
+            T g = x * d[j] + alpha * w[j];                                     \
             T u = mom * v[j] - lr * g;                                         \
-            T wn = wj + (cu * u + (mn * u - cg * g));                          \
             v[j] = u;                                                          \
-            w[j] = wn;                                                         \
-            s0 += wj * wj;                                                     \
-            s1 += wn * wn;                                                     \
-            s2 += wn * u;                                                      \
-            s3 += u * u;                                                       \
+            w[j] += cu * u + (mn * u - cg * g);                                \
         }                                                                      \
-        ssq += (double)s0;                                                     \
-        stats[3 * i] = (double)s1;                                             \
-        stats[3 * i + 1] = (double)s2;                                         \
-        stats[3 * i + 2] = (double)s3;                                         \
         last[i] = t + 1;                                                       \
     }                                                                          \
-    return ssq;                                                                \
 }                                                                              \
                                                                                \
 /* End of an epoch of n_rows rows: bring every row to time t (no forward); */  \
 /* returns the L2 mass of the skipped times.                                */ \
 CBP_CLONES static double cbp_lazy_flush_##S(ptrdiff_t n_rows, ptrdiff_t *last, \
                                             ptrdiff_t t, const double *powers, \
-                                            const double *prefix,              \
-                                            const double *stats, T *W, T *V,   \
+                                            const double *prefix, T *W, T *V,  \
                                             ptrdiff_t m)                       \
 {                                                                              \
     double l2 = 0.0;                                                           \
     for (ptrdiff_t i = 0; i < n_rows; i++) {                                   \
         const ptrdiff_t k = t - last[i];                                       \
         if (k <= 0) continue;                                                  \
-        const double *Q = prefix + 3 * k, *St = stats + 3 * i;                 \
-        l2 += St[0] * Q[0] + 2.0 * St[1] * Q[1] + St[2] * Q[2];                \
-        const double *P = powers + 4 * k;                                      \
+        const double *Q = prefix + 3 * k, *P = powers + 4 * k;                 \
+        const double q0 = Q[0], q1 = 2.0 * Q[1], q2 = Q[2];                    \
         const T a = (T)P[0], b = (T)P[1], c = (T)P[2], e = (T)P[3];            \
         T *CBP_RESTRICT w = W + i * m;                                         \
         T *CBP_RESTRICT v = V + i * m;                                         \
+        double s = 0.0;                                                        \
+        CBP_SIMD_SUM(s)                                                        \
         for (ptrdiff_t j = 0; j < m; j++) {                                    \
-            T wj = w[j], vj = v[j];                                            \
-            w[j] = a * wj + b * vj;                                            \
-            v[j] = c * wj + e * vj;                                            \
+            const double wj = (double)w[j], vj = (double)v[j];                 \
+            s += (q0 * wj + q1 * vj) * wj + q2 * vj * vj;                      \
+            w[j] = a * w[j] + b * v[j];                                        \
+            v[j] = c * (T)wj + e * v[j];                                       \
         }                                                                      \
+        l2 += s;                                                               \
         last[i] = t;                                                           \
     }                                                                          \
     return l2;                                                                 \
@@ -790,5 +723,123 @@ CBP_DEFINE_SPARSE(double, d)
 CBP_DEFINE_SPARSE(float, f)
 
 #undef CBP_DEFINE_SPARSE
+
+/* ------------------------------------------------------------------------
+ * Lazy online forward of layer 0 (see cbp_lazy_step): bring the rows with a
+ * non-zero input up to time t and accumulate z = b + sum_p vals[p] W[rows[p]]
+ * in the same pass.  Returns the L2 mass of the skipped times last[i] .. t-1
+ * and sets *ssq = sum ||W_i(t)||^2 over those rows (their part of sample
+ * t's penalty).  Both sums are kept in vector lanes across all the rows and
+ * reduced once per call: a horizontal sum per row cost as much as the
+ * row's arithmetic.
+ * ------------------------------------------------------------------------ */
+
+/* One element (scalar T or vector) of a deferred row: decay, z, sums. */
+#define CBP_LAZY_DECAY(wj, vj, zj, L2, SS, wout, vout)                         \
+    do {                                                                       \
+        wout = a * (wj) + bb * (vj);                                           \
+        vout = c * (wj) + e * (vj);                                            \
+        zj += x * wout;                                                        \
+        L2 += (q0 * (wj) + q1 * (vj)) * (wj) + q2 * (vj) * (vj);               \
+        SS += wout * wout;                                                     \
+    } while (0)
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CBP_DEFINE_LAZY_FORWARD(T, S)                                          \
+CBP_CLONES static double cbp_lazy_forward_##S(ptrdiff_t n, const ptrdiff_t *rows,\
+                                              const T *vals, ptrdiff_t *last,  \
+                                              ptrdiff_t t, const double *powers,\
+                                              const double *prefix, T *W, T *V,\
+                                              ptrdiff_t m, const T *b,         \
+                                              T *CBP_RESTRICT z, double *ssq)  \
+{                                                                              \
+    const ptrdiff_t L = CBP_VL_##S, mv = m - m % CBP_VL_##S;                   \
+    cbp_v##S l2v = {0}, ssv = {0}, wv, vv, zv, wo, vo;                         \
+    T l2 = 0, ss = 0, wt, vt;                                                  \
+    for (ptrdiff_t j = 0; j < m; j++) z[j] = b[j];                             \
+    for (ptrdiff_t p = 0; p < n; p++) {                                        \
+        const ptrdiff_t i = rows[p], k = t - last[i];                          \
+        const T x = vals[p];                                                   \
+        T *CBP_RESTRICT w = W + i * m;                                         \
+        T *CBP_RESTRICT v = V + i * m;                                         \
+        ptrdiff_t j = 0;                                                       \
+        if (k <= 0) {                                                          \
+            for (; j < mv; j += L) {                                           \
+                wv = cbp_vld_##S(w + j);                                       \
+                zv = cbp_vld_##S(z + j) + x * wv;                              \
+                ssv += wv * wv;                                                \
+                memcpy(z + j, &zv, sizeof zv);                                 \
+            }                                                                  \
+            for (; j < m; j++) {                                               \
+                z[j] += x * w[j];                                              \
+                ss += w[j] * w[j];                                             \
+            }                                                                  \
+            continue;                                                          \
+        }                                                                      \
+        const double *Q = prefix + 3 * k, *P = powers + 4 * k;                 \
+        const T q0 = (T)Q[0], q1 = (T)(2.0 * Q[1]), q2 = (T)Q[2];              \
+        const T a = (T)P[0], bb = (T)P[1], c = (T)P[2], e = (T)P[3];           \
+        for (; j < mv; j += L) {                                               \
+            wv = cbp_vld_##S(w + j);                                           \
+            vv = cbp_vld_##S(v + j);                                           \
+            zv = cbp_vld_##S(z + j);                                           \
+            CBP_LAZY_DECAY(wv, vv, zv, l2v, ssv, wo, vo);                      \
+            memcpy(w + j, &wo, sizeof wo);                                     \
+            memcpy(v + j, &vo, sizeof vo);                                     \
+            memcpy(z + j, &zv, sizeof zv);                                     \
+        }                                                                      \
+        for (; j < m; j++) {                                                   \
+            CBP_LAZY_DECAY(w[j], v[j], z[j], l2, ss, wt, vt);                  \
+            w[j] = wt;                                                         \
+            v[j] = vt;                                                         \
+        }                                                                      \
+        last[i] = t;                                                           \
+    }                                                                          \
+    for (ptrdiff_t l = 0; l < L; l++) {                                        \
+        l2 += l2v[l];                                                          \
+        ss += ssv[l];                                                          \
+    }                                                                          \
+    *ssq = (double)ss;                                                         \
+    return (double)l2;                                                         \
+}
+#else
+#define CBP_DEFINE_LAZY_FORWARD(T, S)                                          \
+static double cbp_lazy_forward_##S(ptrdiff_t n, const ptrdiff_t *rows,         \
+                                   const T *vals, ptrdiff_t *last, ptrdiff_t t,\
+                                   const double *powers, const double *prefix, \
+                                   T *W, T *V, ptrdiff_t m, const T *b,        \
+                                   T *CBP_RESTRICT z, double *ssq)             \
+{                                                                              \
+    T l2 = 0, ss = 0, wt, vt;                                                  \
+    for (ptrdiff_t j = 0; j < m; j++) z[j] = b[j];                             \
+    for (ptrdiff_t p = 0; p < n; p++) {                                        \
+        const ptrdiff_t i = rows[p], k = t - last[i];                          \
+        const T x = vals[p];                                                   \
+        T *w = W + i * m;                                                      \
+        T *v = V + i * m;                                                      \
+        if (k <= 0) {                                                          \
+            for (ptrdiff_t j = 0; j < m; j++) {                                \
+                z[j] += x * w[j];                                              \
+                ss += w[j] * w[j];                                             \
+            }                                                                  \
+            continue;                                                          \
+        }                                                                      \
+        const double *Q = prefix + 3 * k, *P = powers + 4 * k;                 \
+        const T q0 = (T)Q[0], q1 = (T)(2.0 * Q[1]), q2 = (T)Q[2];              \
+        const T a = (T)P[0], bb = (T)P[1], c = (T)P[2], e = (T)P[3];           \
+        for (ptrdiff_t j = 0; j < m; j++) {                                    \
+            CBP_LAZY_DECAY(w[j], v[j], z[j], l2, ss, wt, vt);                  \
+            w[j] = wt;                                                         \
+            v[j] = vt;                                                         \
+        }                                                                      \
+        last[i] = t;                                                           \
+    }                                                                          \
+    *ssq = (double)ss;                                                         \
+    return (double)l2;                                                         \
+}
+#endif
+CBP_DEFINE_LAZY_FORWARD(double, d)
+CBP_DEFINE_LAZY_FORWARD(float, f)
+#undef CBP_DEFINE_LAZY_FORWARD
 
 #endif /* CBP_LOOPS_H */

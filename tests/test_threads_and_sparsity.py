@@ -104,6 +104,29 @@ def test_lazy_online_sgd_matches_sklearn(params, fmt):
     _same(ours, theirs, 1e-6)
 
 
+@pytest.mark.parametrize("width", [1, 7, 8, 16, 17, 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_lazy_online_rows_equal_plain_steps(width, dtype, nesterov):
+    # The lazy forward pass works in whole vectors (8 doubles / 16 floats)
+    # plus a scalar tail and sums the penalty in vector lanes; unit sample
+    # weights take the plain per-sample path.  Every width from all-tail to
+    # several vectors plus a tail must give the same fit and loss curve.
+    X, y = _sparse_dense_data(n=150, n_features=30, density=0.2)
+    X = X.astype(dtype)
+    common = dict(hidden_layer_sizes=(width,), solver="sgd", batch_size=1, max_iter=3,
+                  learning_rate_init=0.05, alpha=1e-2, momentum=0.9,
+                  nesterovs_momentum=nesterov, random_state=0)
+    lazy = _fit(MLPClassifier, X, y, **common)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        plain = MLPClassifier(**common).fit(X, y, sample_weight=np.ones(len(y)))
+    rtol = 1e-10 if dtype == np.float64 else 2e-4
+    for a, b in zip(lazy.coefs_ + lazy.intercepts_, plain.coefs_ + plain.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max())
+    np.testing.assert_allclose(lazy.loss_curve_, plain.loss_curve_, rtol=rtol)
+
+
 def test_lazy_online_sgd_float32_follows_float64():
     X, y = _sparse_dense_data()
     common = dict(hidden_layer_sizes=(15,), solver="sgd", batch_size=1, max_iter=3,
