@@ -98,14 +98,11 @@ def _kernel_input(X, dtype, mode=None, n_threads=1):
         probe = X[::max(1, X.shape[0] // 256)]
         if np.count_nonzero(probe) >= 1.5 * threshold * probe.size:
             return X, None, None, False, None
-        # In slices: count_nonzero(axis=1) builds a boolean copy of its input.
-        row_nnz = np.zeros(X.shape[0], dtype=np.intp)
-        for start in range(0, X.shape[0], 8192):
-            row_nnz[start:start + 8192] = np.count_nonzero(X[start:start + 8192],
-                                                           axis=1)
-        if row_nnz.sum() >= threshold * X.size:
+        row_nnz = _kernels.row_nonzeros(X, n_threads)
+        total_nnz = int(row_nnz.sum())
+        if total_nnz >= threshold * X.size:
             return X, None, None, False, None
-        csr_bytes = row_nnz.sum() * (X.itemsize + np.dtype(np.intp).itemsize)
+        csr_bytes = total_nnz * (X.itemsize + np.dtype(np.intp).itemsize)
         if csr_bytes > max(_CSR_CACHE_BYTES, _CSR_CACHE_SHARE * X.nbytes):
             if mode == "batch":
                 return X, None, None, False, None
