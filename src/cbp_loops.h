@@ -21,14 +21,7 @@
 #include <string.h>
 
 #include "cbp_rng.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && (__GNUC__ >= 11) && !defined(CBP_NO_CLONES)
-#define CBP_CLONES \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CBP_CLONES
-#endif
+#include "cbp_target.h"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define CBP_PRAGMA(...) _Pragma(#__VA_ARGS__)

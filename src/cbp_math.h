@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <float.h>
 
+#include "cbp_target.h"
+
 /* Hidden-layer activation codes (mirrored in cbackprop/_codes.py). */
 enum {
     CBP_ACT_IDENTITY = 0,
@@ -77,8 +79,8 @@ static inline float cbp_sigmoid_f(float x)
                                                                               \
 /* In-place hidden activation of n contiguous values; ``param`` is the    */ \
 /* leaky-relu slope (unused by the others).                               */ \
-static inline void cbp_hidden_forward_##S(int code, double param, T *z,       \
-                                          ptrdiff_t n)                        \
+CBP_CLONES static void cbp_hidden_forward_##S(int code, double param, T *z,   \
+                                              ptrdiff_t n)                    \
 {                                                                             \
     ptrdiff_t i;                                                              \
     const T slope = (T)param;                                                 \
@@ -118,8 +120,9 @@ static inline void cbp_hidden_forward_##S(int code, double param, T *z,       \
                                                                               \
 /* delta *= f'(z), with f' written in terms of the activation a = f(z), */    \
 /* which is what the forward pass keeps. */                                   \
-static inline void cbp_hidden_backward_##S(int code, double param,            \
-                                           const T *a, T *delta, ptrdiff_t n) \
+CBP_CLONES static void cbp_hidden_backward_##S(int code, double param,        \
+                                               const T *a, T *delta,          \
+                                               ptrdiff_t n)                   \
 {                                                                             \
     ptrdiff_t i;                                                              \
     const T slope = (T)param;                                                 \
