@@ -75,7 +75,7 @@ _CSR_CACHE_BYTES = 64 * 2**20
 _CSR_CACHE_SHARE = 0.05
 
 
-def _kernel_input(X, dtype, mode=None, n_threads=1):
+def _kernel_input(X, dtype, mode=None, n_threads=1, defer=False):
     """``(data, indices, indptr, skip_zeros, row_nnz)``: X as the kernels read it.
 
     Dense X stays as it is when already C-contiguous in ``dtype`` (no copy);
@@ -87,6 +87,10 @@ def _kernel_input(X, dtype, mode=None, n_threads=1):
     non-zeros is below ``_SKIP_ZEROS_DENSITY[mode]`` becomes CSR when the copy
     fits the cache budget; a larger one is compacted row by row in online
     mode and left to BLAS in batch mode.  ``n_threads`` fill the copy.
+
+    ``defer`` (online mode): when a sample of rows is clearly sparse, scan
+    rows for now and leave the full count and the copy to a later call; a
+    single pass over the data is cheaper than making the copy.
     """
     if not sp.issparse(X):
         X = np.ascontiguousarray(X, dtype=dtype)
@@ -96,8 +100,11 @@ def _kernel_input(X, dtype, mode=None, n_threads=1):
         # A cheap look at a few rows first: dense data (the common case)
         # is not scanned in full.
         probe = X[::max(1, X.shape[0] // 256)]
-        if np.count_nonzero(probe) >= 1.5 * threshold * probe.size:
+        probe_nnz = np.count_nonzero(probe)
+        if probe_nnz >= 1.5 * threshold * probe.size:
             return X, None, None, False, None
+        if defer and mode == "online" and probe_nnz < threshold * probe.size:
+            return X, None, None, True, None
         row_nnz = _kernels.row_nonzeros(X, n_threads)
         total_nnz = int(row_nnz.sum())
         if total_nnz >= threshold * X.size:
@@ -129,7 +136,10 @@ class _Workspace:
 
     def __init__(self, X, dtype, spec, cap, n_threads, online=False):
         self.data, self.ind, self.ptr, self.skip_zeros, row_nnz = _kernel_input(
-            X, dtype, "online" if online else "batch", n_threads)
+            X, dtype, "online" if online else "batch", n_threads, defer=online)
+        # Online mode on zero-heavy dense X scans rows in the first epoch;
+        # the CSR copy is made only if a second one follows (settle_input).
+        self._deferred = (X, dtype) if online and self.skip_zeros else None
         self.n_features = X.shape[1]
         units = spec["units"]
         n_params = spec["n_params"]
@@ -157,6 +167,18 @@ class _Workspace:
                                                       self.n_features)
         self.spi = np.empty(n_int, dtype=np.intp)
         self.spv = np.empty(max(n_float, 1), dtype=dtype)
+
+    def settle_input(self):
+        """Before a second pass over X: take the CSR copy that
+        :func:`_kernel_input` makes when it fits the budget (the per-row
+        scan stays otherwise)."""
+        if self._deferred is None:
+            return
+        X, dtype = self._deferred
+        self._deferred = None
+        data, ind, ptr, _, _ = _kernel_input(X, dtype, "online", self.n_threads)
+        if ind is not None:
+            self.data, self.ind, self.ptr, self.skip_zeros = data, ind, ptr, False
 
     @staticmethod
     def _grad_blocks(units):
@@ -1182,7 +1204,9 @@ class _BaseMLP(BaseEstimator):
                                      desc=type(self).__name__)
         try:
             self.n_iter_ = 0
-            for _ in range(self.max_iter):
+            for epoch in range(self.max_iter):
+                if epoch == 1:
+                    ws.settle_input()
                 if self.shuffle:
                     # scikit-learn's shuffle() draws exactly this permutation
                     # (RandomState.shuffle of arange(n)), without its

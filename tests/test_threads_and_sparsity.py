@@ -87,6 +87,30 @@ def test_scanned_and_cached_zero_paths_agree(monkeypatch, solver, batch_size):
     _same(cached, scanned, 1e-12)
 
 
+def test_online_csr_copy_waits_for_a_second_epoch(monkeypatch):
+    # One pass scans rows (cheaper than copying X); the copy is made before
+    # the second epoch, and the fit equals one that never copies.
+    X, y = _sparse_dense_data(n=200, n_features=50)
+    calls = []
+    real = _mlp._kernels.dense_to_csr
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(_mlp._kernels, "dense_to_csr", spy)
+    common = dict(hidden_layer_sizes=(20,), solver="sgd", batch_size=1,
+                  learning_rate_init=0.01, random_state=0, tol=0, n_iter_no_change=99)
+    _fit(MLPClassifier, X, y, max_iter=1, **common)
+    assert calls == []
+    settled = _fit(MLPClassifier, X, y, max_iter=3, **common)
+    assert calls == [X.shape]
+    monkeypatch.setattr(_mlp, "_CSR_CACHE_BYTES", 0)
+    scanned = _fit(MLPClassifier, X, y, max_iter=3, **common)
+    assert calls == [X.shape]
+    _same(settled, scanned, 1e-12)
+
+
 @pytest.mark.parametrize("params", [
     dict(momentum=0.9, nesterovs_momentum=True, alpha=1e-2),
     dict(momentum=0.9, nesterovs_momentum=False, alpha=1e-3),
