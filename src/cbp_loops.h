@@ -732,7 +732,41 @@ CBP_DEFINE_SPARSE(float, f)
         SS += wout * wout;                                                     \
     } while (0)
 
+/* The whole-vector part of the loops below (GCC/Clang vector types);     */
+/* without them mv is 0 and the scalar loops do every element.            */
 #if defined(__GNUC__) || defined(__clang__)
+#define CBP_LAZY_VECTORS(S)                                                    \
+    const ptrdiff_t mv = m - m % CBP_VL_##S;                                   \
+    cbp_v##S l2v = {0}, ssv = {0}, wv, vv, zv, wo, vo;
+#define CBP_LAZY_VEC_READ(S)                                                   \
+    for (; j < mv; j += CBP_VL_##S) {                                          \
+        wv = cbp_vld_##S(w + j);                                               \
+        zv = cbp_vld_##S(z + j) + x * wv;                                      \
+        ssv += wv * wv;                                                        \
+        memcpy(z + j, &zv, sizeof zv);                                         \
+    }
+#define CBP_LAZY_VEC_DECAY(S)                                                  \
+    for (; j < mv; j += CBP_VL_##S) {                                          \
+        wv = cbp_vld_##S(w + j);                                               \
+        vv = cbp_vld_##S(v + j);                                               \
+        zv = cbp_vld_##S(z + j);                                               \
+        CBP_LAZY_DECAY(wv, vv, zv, l2v, ssv, wo, vo);                          \
+        memcpy(w + j, &wo, sizeof wo);                                         \
+        memcpy(v + j, &vo, sizeof vo);                                         \
+        memcpy(z + j, &zv, sizeof zv);                                         \
+    }
+#define CBP_LAZY_VEC_SUM(S)                                                    \
+    for (ptrdiff_t l = 0; l < CBP_VL_##S; l++) {                               \
+        l2 += l2v[l];                                                          \
+        ss += ssv[l];                                                          \
+    }
+#else
+#define CBP_LAZY_VECTORS(S) const ptrdiff_t mv = 0;
+#define CBP_LAZY_VEC_READ(S)
+#define CBP_LAZY_VEC_DECAY(S)
+#define CBP_LAZY_VEC_SUM(S)
+#endif
+
 #define CBP_DEFINE_LAZY_FORWARD(T, S)                                          \
 CBP_CLONES static double cbp_lazy_forward_##S(ptrdiff_t n, const ptrdiff_t *rows,\
                                               const T *vals, ptrdiff_t *last,  \
@@ -741,9 +775,9 @@ CBP_CLONES static double cbp_lazy_forward_##S(ptrdiff_t n, const ptrdiff_t *rows
                                               ptrdiff_t m, const T *b,         \
                                               T *CBP_RESTRICT z, double *ssq)  \
 {                                                                              \
-    const ptrdiff_t L = CBP_VL_##S, mv = m - m % CBP_VL_##S;                   \
-    cbp_v##S l2v = {0}, ssv = {0}, wv, vv, zv, wo, vo;                         \
+    CBP_LAZY_VECTORS(S)                                                        \
     T l2 = 0, ss = 0, wt, vt;                                                  \
+    (void)mv;                                                                  \
     for (ptrdiff_t j = 0; j < m; j++) z[j] = b[j];                             \
     for (ptrdiff_t p = 0; p < n; p++) {                                        \
         const ptrdiff_t i = rows[p], k = t - last[i];                          \
@@ -752,12 +786,7 @@ CBP_CLONES static double cbp_lazy_forward_##S(ptrdiff_t n, const ptrdiff_t *rows
         T *CBP_RESTRICT v = V + i * m;                                         \
         ptrdiff_t j = 0;                                                       \
         if (k <= 0) {                                                          \
-            for (; j < mv; j += L) {                                           \
-                wv = cbp_vld_##S(w + j);                                       \
-                zv = cbp_vld_##S(z + j) + x * wv;                              \
-                ssv += wv * wv;                                                \
-                memcpy(z + j, &zv, sizeof zv);                                 \
-            }                                                                  \
+            CBP_LAZY_VEC_READ(S)                                               \
             for (; j < m; j++) {                                               \
                 z[j] += x * w[j];                                              \
                 ss += w[j] * w[j];                                             \
@@ -767,15 +796,7 @@ CBP_CLONES static double cbp_lazy_forward_##S(ptrdiff_t n, const ptrdiff_t *rows
         const double *Q = prefix + 3 * k, *P = powers + 4 * k;                 \
         const T q0 = (T)Q[0], q1 = (T)(2.0 * Q[1]), q2 = (T)Q[2];              \
         const T a = (T)P[0], bb = (T)P[1], c = (T)P[2], e = (T)P[3];           \
-        for (; j < mv; j += L) {                                               \
-            wv = cbp_vld_##S(w + j);                                           \
-            vv = cbp_vld_##S(v + j);                                           \
-            zv = cbp_vld_##S(z + j);                                           \
-            CBP_LAZY_DECAY(wv, vv, zv, l2v, ssv, wo, vo);                      \
-            memcpy(w + j, &wo, sizeof wo);                                     \
-            memcpy(v + j, &vo, sizeof vo);                                     \
-            memcpy(z + j, &zv, sizeof zv);                                     \
-        }                                                                      \
+        CBP_LAZY_VEC_DECAY(S)                                                  \
         for (; j < m; j++) {                                                   \
             CBP_LAZY_DECAY(w[j], v[j], z[j], l2, ss, wt, vt);                  \
             w[j] = wt;                                                         \
@@ -783,51 +804,16 @@ CBP_CLONES static double cbp_lazy_forward_##S(ptrdiff_t n, const ptrdiff_t *rows
         }                                                                      \
         last[i] = t;                                                           \
     }                                                                          \
-    for (ptrdiff_t l = 0; l < L; l++) {                                        \
-        l2 += l2v[l];                                                          \
-        ss += ssv[l];                                                          \
-    }                                                                          \
+    CBP_LAZY_VEC_SUM(S)                                                        \
     *ssq = (double)ss;                                                         \
     return (double)l2;                                                         \
 }
-#else
-#define CBP_DEFINE_LAZY_FORWARD(T, S)                                          \
-static double cbp_lazy_forward_##S(ptrdiff_t n, const ptrdiff_t *rows,         \
-                                   const T *vals, ptrdiff_t *last, ptrdiff_t t,\
-                                   const double *powers, const double *prefix, \
-                                   T *W, T *V, ptrdiff_t m, const T *b,        \
-                                   T *CBP_RESTRICT z, double *ssq)             \
-{                                                                              \
-    T l2 = 0, ss = 0, wt, vt;                                                  \
-    for (ptrdiff_t j = 0; j < m; j++) z[j] = b[j];                             \
-    for (ptrdiff_t p = 0; p < n; p++) {                                        \
-        const ptrdiff_t i = rows[p], k = t - last[i];                          \
-        const T x = vals[p];                                                   \
-        T *w = W + i * m;                                                      \
-        T *v = V + i * m;                                                      \
-        if (k <= 0) {                                                          \
-            for (ptrdiff_t j = 0; j < m; j++) {                                \
-                z[j] += x * w[j];                                              \
-                ss += w[j] * w[j];                                             \
-            }                                                                  \
-            continue;                                                          \
-        }                                                                      \
-        const double *Q = prefix + 3 * k, *P = powers + 4 * k;                 \
-        const T q0 = (T)Q[0], q1 = (T)(2.0 * Q[1]), q2 = (T)Q[2];              \
-        const T a = (T)P[0], bb = (T)P[1], c = (T)P[2], e = (T)P[3];           \
-        for (ptrdiff_t j = 0; j < m; j++) {                                    \
-            CBP_LAZY_DECAY(w[j], v[j], z[j], l2, ss, wt, vt);                  \
-            w[j] = wt;                                                         \
-            v[j] = vt;                                                         \
-        }                                                                      \
-        last[i] = t;                                                           \
-    }                                                                          \
-    *ssq = (double)ss;                                                         \
-    return (double)l2;                                                         \
-}
-#endif
 CBP_DEFINE_LAZY_FORWARD(double, d)
 CBP_DEFINE_LAZY_FORWARD(float, f)
 #undef CBP_DEFINE_LAZY_FORWARD
+#undef CBP_LAZY_VECTORS
+#undef CBP_LAZY_VEC_READ
+#undef CBP_LAZY_VEC_DECAY
+#undef CBP_LAZY_VEC_SUM
 
 #endif /* CBP_LOOPS_H */
