@@ -579,6 +579,20 @@ CBP_INLINE const T *cbp_vsrc_##S(const T *src, int ok, ptrdiff_t w, T *pad)    \
     return pad;                                                                \
 }                                                                              \
                                                                                \
+/* Columns j0.. of an m-wide row processed as one chunk of up to 4       */  \
+/* vectors: sets its width *w and the last row *safe (rows ld apart, len   */  \
+/* readable elements) whose whole vectors may be loaded in place; returns  */  \
+/* the number of vectors.                                                   */ \
+CBP_INLINE int cbp_chunk_##S(ptrdiff_t m, ptrdiff_t j0, ptrdiff_t len,         \
+                             ptrdiff_t ld, ptrdiff_t *w, ptrdiff_t *safe)      \
+{                                                                              \
+    *w = m - j0 < 4 * CBP_VL_##S ? m - j0 : 4 * CBP_VL_##S;                    \
+    const int nv = (int)((*w + CBP_VL_##S - 1) / CBP_VL_##S);                  \
+    const ptrdiff_t lim = len - j0 - nv * CBP_VL_##S;                          \
+    *safe = lim < 0 ? -1 : lim / ld;                                           \
+    return nv;                                                                 \
+}                                                                              \
+                                                                               \
 CBP_INLINE void cbp_sprows_pass_##S(int nv, ptrdiff_t p0, ptrdiff_t p1,         \
                                     const ptrdiff_t *idx, const T *val,        \
                                     const T *W, ptrdiff_t m, ptrdiff_t j0,     \
@@ -606,10 +620,8 @@ CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
     for (ptrdiff_t r = 0; r < nr; r++) {                                       \
         T *CBP_RESTRICT zr = z + r * ldz;                                      \
         for (ptrdiff_t j0 = 0; j0 < m; j0 += 4 * CBP_VL_##S) {                 \
-            ptrdiff_t w = m - j0 < 4 * CBP_VL_##S ? m - j0 : 4 * CBP_VL_##S;   \
-            int nv = (int)((w + CBP_VL_##S - 1) / CBP_VL_##S);                 \
-            ptrdiff_t lim = wlen - j0 - nv * CBP_VL_##S;                       \
-            ptrdiff_t safe = lim < 0 ? -1 : lim / m;                           \
+            ptrdiff_t w, safe;                                                 \
+            int nv = cbp_chunk_##S(m, j0, wlen, m, &w, &safe);                 \
             switch (nv) {                                                      \
             case 4: cbp_sprows_pass_##S(4, rs[r], re[r], idx, val, W, m, j0,   \
                                         w, safe, b, zr); break;                \
@@ -658,10 +670,8 @@ CBP_CLONES static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1,              \
                                       int accumulate)                          \
 {                                                                              \
     for (ptrdiff_t j0 = 0; j0 < m; j0 += 4 * CBP_VL_##S) {                     \
-        ptrdiff_t w = m - j0 < 4 * CBP_VL_##S ? m - j0 : 4 * CBP_VL_##S;       \
-        int nv = (int)((w + CBP_VL_##S - 1) / CBP_VL_##S);                     \
-        ptrdiff_t lim = dlen - j0 - nv * CBP_VL_##S;                           \
-        ptrdiff_t safe = lim < 0 ? -1 : lim / ldd;                             \
+        ptrdiff_t w, safe;                                                     \
+        int nv = cbp_chunk_##S(m, j0, dlen, ldd, &w, &safe);                   \
         switch (nv) {                                                          \
         case 4: cbp_spgrad_pass_##S(4, i0, i1, fptr, frow, fval, D, ldd, j0,   \
                                     w, safe, m, G, accumulate); break;         \
