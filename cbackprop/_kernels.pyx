@@ -706,6 +706,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     cdef floating* d
     cdef floating* gb
     cdef bint consecutive = True
+    cdef Py_ssize_t sort_task = 0
     n_chunks = (nb + ch - 1) // ch
 
     # Dense BLAS input: rows are used in place when they are consecutive in
@@ -724,48 +725,60 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                 memcpy(xbuf + r * nf, X + rows[r] * nf, nf * sizeof(floating))
             xin = xbuf
 
-    for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
-        r0 = c * ch
-        nr = min(ch, nb - r0)
-        _chunk_backward(net, params, src, sb, rows, nr, xin, Y, sw, acts, deltas,
-                        gates, cap, r0, pos, &closs[c], &csw[c], need_grad)
+    # The by-feature copy of a sparse block (for the first layer's gradient)
+    # depends only on the rows, so one thread makes it while others start on
+    # the forward chunks: task 0 of a dynamic schedule.  Every chunk writes
+    # its own outputs, so which thread runs it never changes a result.
+    if src.csr and need_grad:
+        sort_task = 1
+    for c in prange(n_chunks + sort_task, num_threads=n_threads, schedule="dynamic"):
+        if c < sort_task:
+            _sparse_by_feature(src, sb, nb, xbuf)
+        else:
+            r0 = (c - sort_task) * ch
+            nr = min(ch, nb - r0)
+            _chunk_backward(net, params, src, sb, rows, nr, xin, Y, sw, acts, deltas,
+                            gates, cap, r0, pos, &closs[c - sort_task],
+                            &csw[c - sort_task], need_grad)
     for c in range(n_chunks):
         loss_sum[0] += closs[c]
         sw_sum[0] += csw[c]
     if not need_grad:
         return
-    if src.csr:
-        _sparse_by_feature(src, sb, nb, xbuf)
 
-    # Weight gradients, one block of input units at a time: each element of
-    # dW is summed over the rows in row order by exactly one thread.
-    for k in prange(n_gblocks, num_threads=n_threads, schedule="dynamic"):
-        li = gblocks[3 * k]
-        i0 = gblocks[3 * k + 1]
-        i1 = gblocks[3 * k + 2]
-        m = net.zw[li + 1]
-        s_next = net.stride[li + 1]
-        d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
-        if li == 0:
-            _layer0_grad_block(net, src, sb, nb, xin, d, s_next,
-                               cap * net.total_units - (d - deltas), grad, i0, i1,
-                               accumulate)
+    # Weight gradients, one block of input units at a time, then each
+    # layer's bias gradient (short tasks last, to even out the threads'
+    # finish): each element is summed over the rows in row order by exactly
+    # one thread.
+    for k in prange(n_gblocks + net.n_layers, num_threads=n_threads,
+                    schedule="dynamic"):
+        if k >= n_gblocks:
+            li = k - n_gblocks
+            m = net.zw[li + 1]
+            s_next = net.stride[li + 1]
+            d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
+            gb = grad + net.icpt_off[li]
+            if not accumulate:
+                memset(gb, 0, m * sizeof(floating))
+            for r in range(nb):
+                _axpy(m, <floating>1, d + r * s_next, gb)
         else:
-            a_in = acts + _layer_base(net, cap, li)
-            mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>m, <int>nb,
-                        <floating>1, a_in + i0, <int>net.stride[li], d, <int>s_next,
-                        <floating>1 if accumulate else <floating>0,
-                        grad + net.coef_off[li] + i0 * m, <int>m)
-    for li in range(net.n_layers):
-        m = net.zw[li + 1]
-        s_next = net.stride[li + 1]
-        d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
-        gb = grad + net.icpt_off[li]
-        if not accumulate:
-            memset(gb, 0, m * sizeof(floating))
-        for r in range(nb):
-            for j in range(m):
-                gb[j] += d[r * s_next + j]
+            li = gblocks[3 * k]
+            i0 = gblocks[3 * k + 1]
+            i1 = gblocks[3 * k + 2]
+            m = net.zw[li + 1]
+            s_next = net.stride[li + 1]
+            d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
+            if li == 0:
+                _layer0_grad_block(net, src, sb, nb, xin, d, s_next,
+                                   cap * net.total_units - (d - deltas), grad, i0, i1,
+                                   accumulate)
+            else:
+                a_in = acts + _layer_base(net, cap, li)
+                mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>m, <int>nb,
+                            <floating>1, a_in + i0, <int>net.stride[li], d, <int>s_next,
+                            <floating>1 if accumulate else <floating>0,
+                            grad + net.coef_off[li] + i0 * m, <int>m)
 
 
 cdef int _accumulate(const Net* net, const floating* params, const Source* src,
