@@ -78,6 +78,10 @@ cdef extern from "cbp_loops.h" nogil:
     double cbp_sumsq_f(Py_ssize_t n, const float* x)
     double cbp_penalty_d(Py_ssize_t n, const double* w, double alpha, double l1)
     double cbp_penalty_f(Py_ssize_t n, const float* w, double alpha, double l1)
+    double cbp_sgd_ssq_d(Py_ssize_t n, double* w, double* v, double a, const double* x,
+                         double alpha, double lr, double mom, int nesterov)
+    double cbp_sgd_ssq_f(Py_ssize_t n, float* w, float* v, float a, const float* x,
+                         float alpha, float lr, float mom, int nesterov)
     double cbp_gradsq_d(Py_ssize_t n, double c, const double* x, const double* w,
                         double alpha, double l1)
     double cbp_gradsq_f(Py_ssize_t n, float c, const float* x, const float* w,
@@ -409,6 +413,18 @@ cdef inline void _step(const Optim* o, Py_ssize_t n, floating* w, floating* s1,
         else:
             cbp_adam_d(n, w, s1, s2, a, x, alpha, l1, sw, rate, o.beta1, o.beta2,
                        o.eps)
+
+
+cdef inline double _sgd_ssq(const Optim* o, Py_ssize_t n, floating* w, floating* v,
+                            double a, const floating* x, double alpha,
+                            double rate) noexcept nogil:
+    """SGD step with gradient ``a x + alpha w`` (no L1); returns the sum of
+    ``w^2`` before it."""
+    if floating is float:
+        return cbp_sgd_ssq_f(n, w, v, <float>a, x, <float>alpha, <float>rate,
+                             <float>o.momentum, o.nesterov)
+    else:
+        return cbp_sgd_ssq_d(n, w, v, a, x, alpha, rate, o.momentum, o.nesterov)
 
 
 cdef inline double _adam_rate(Optim* o) noexcept nogil:
@@ -842,6 +858,14 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
         k1 = ublocks[4 * k + 1]
         li = ublocks[4 * k + 2]
         coef = ublocks[4 * k + 3]
+        if o.kind == OPT_SGD and o.l1 == 0:
+            # The penalty is read in the same pass as the step.
+            bpen[k] = 0.5 * o.alpha * _sgd_ssq(
+                o, k1 - k0, params + k0, s1 + k0, c / sw_sum, grad + k0,
+                o.alpha * c / sw_sum if coef else 0.0, _rate(o, lr_t, net.lr_mult[li]))
+            if not coef:
+                bpen[k] = 0.0
+            continue
         if coef:
             bpen[k] = _penalty(k1 - k0, params + k0, o.alpha, o.l1)
         else:

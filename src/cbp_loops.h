@@ -271,6 +271,14 @@ CBP_INLINE double cbp_sgd_ssq_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,          \
     return q;                                                                  \
 }                                                                              \
                                                                                \
+CBP_CLONES static double cbp_sgd_ssq_##S(ptrdiff_t n, T *CBP_RESTRICT w,       \
+                                         T *CBP_RESTRICT v, T a,               \
+                                         const T *CBP_RESTRICT x, T alpha,     \
+                                         T lr, T mom, int nesterov)            \
+{                                                                              \
+    return cbp_sgd_ssq_inl_##S(n, w, v, a, x, alpha, lr, mom, nesterov);       \
+}                                                                              \
+                                                                               \
 CBP_CLONES static void cbp_sgd_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
                                    T *CBP_RESTRICT v, T a,                     \
                                    const T *CBP_RESTRICT x, T alpha, T l1,     \
