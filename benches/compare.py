@@ -7,7 +7,8 @@ Usage::
 Runs the scenarios of the Speed issue and prints a markdown table of medians
 and ratios.  PyTorch is optional (a benchmark-only dependency): without it
 its column reads "n/a".  Every timing is the median of ``--repeats`` runs of
-the whole fit; per-sample figures divide by the samples processed.
+the whole fit, the libraries taking turns within each round; per-sample
+figures divide by the samples processed.
 
 The "GFLOP/s" figures count the dense multiply-adds of the network (2 flops
 each): forward ``n * sum(fan_in * fan_out)``, weight gradients the same again,
@@ -43,16 +44,31 @@ except ImportError:  # benchmark-only dependency
 
 
 def median_time(fn, repeats):
-    # Worker threads of the previous library (OpenBLAS, PyTorch's OpenMP pool)
-    # spin for a while after their work; on a small machine they would steal a
-    # core from whatever runs next.  Let them go idle first.
-    time.sleep(0.5)
-    times = []
+    return median_times([fn], repeats)[0]
+
+
+def median_times(fns, repeats):
+    """Median wall time of each of ``fns`` over ``repeats`` rounds.
+
+    The functions take turns within every round (A B C, A B C, ...), so a
+    burst of load on a shared machine slows all of them alike instead of
+    whichever happened to run during it: the ratios stay comparable.
+    ``None`` entries are skipped (their median is ``None``).
+    """
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for fn, ts in zip(fns, times):
+            if fn is None:
+                continue
+            # Worker threads of the previous library (OpenBLAS, PyTorch's
+            # OpenMP pool) spin for a while after their work; on a small
+            # machine they would steal a core from whatever runs next.
+            # Let them go idle first.
+            time.sleep(0.3)
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [float(np.median(ts)) if ts else None for ts in times]
 
 
 def fit_quiet(est, X, y):
@@ -156,17 +172,22 @@ def scenario_mnist(table, args, X, y, *, batch_size, dtype, epochs, hidden=(100,
         return 1e6 * t / (n * epochs)
 
     n_sk = n_sk or X.shape[0]
-    t_sk = median_time(lambda: fit_quiet(SkClassifier(**params), Xd[:n_sk], y[:n_sk]),
-                       args.repeats) if n_sk > 0 else None
-    t_cb = median_time(lambda: fit_quiet(MLPClassifier(n_threads=cb_threads, **params),
-                                         Xd, y), args.repeats)
-    t_pt = None
-    if torch is not None:
-        n_pt = n_pt or X.shape[0]
-        Xp = X.astype(torch_dtype or dtype)[:n_pt]
-        t_pt = median_time(lambda: torch_fit(Xp, y[:n_pt], hidden, solver=solver,
-                                             batch_size=batch_size, epochs=epochs, lr=lr,
-                                             threads=threads), args.repeats)
+    n_pt = n_pt or X.shape[0]
+    Xp = X.astype(torch_dtype or dtype)[:n_pt]
+
+    def fit_sk():
+        fit_quiet(SkClassifier(**params), Xd[:n_sk], y[:n_sk])
+
+    def fit_cb():
+        fit_quiet(MLPClassifier(n_threads=cb_threads, **params), Xd, y)
+
+    def fit_pt():
+        torch_fit(Xp, y[:n_pt], hidden, solver=solver, batch_size=batch_size,
+                  epochs=epochs, lr=lr, threads=threads)
+
+    t_sk, t_cb, t_pt = median_times(
+        [fit_sk if n_sk > 0 else None, fit_cb, fit_pt if torch is not None else None],
+        args.repeats)
     unit = "GFLOP/s" if measure == "gflops" else "us/sample"
     vals = [per(t_sk, n_sk) if t_sk else None,
             per(t_pt, n_pt) if t_pt else None,
@@ -217,15 +238,14 @@ def main(argv=None):
     rp = dict(hidden_layer_sizes=(500,), solver="sgd", batch_size=1,
               learning_rate_init=1e-3, max_iter=1, tol=0.0, random_state=0)
     n_sub = 2000
-    t_sk = median_time(lambda: fit_quiet(SkRegressor(**rp), Xr[:n_sub], yr[:n_sub]),
-                       args.repeats)
-    t_cb = median_time(lambda: fit_quiet(MLPRegressor(**rp), Xr, yr), args.repeats)
-    t_pt = None
-    if torch is not None:
-        t_pt = median_time(lambda: torch_fit(Xr[:n_sub].astype(np.float32),
-                                             yr[:n_sub], (500,), solver="sgd",
-                                             batch_size=1, epochs=1, lr=1e-3,
-                                             classify=False), args.repeats)
+    def fit_pt_reg():
+        torch_fit(Xr[:n_sub].astype(np.float32), yr[:n_sub], (500,), solver="sgd",
+                  batch_size=1, epochs=1, lr=1e-3, classify=False)
+
+    t_sk, t_cb, t_pt = median_times(
+        [lambda: fit_quiet(SkRegressor(**rp), Xr[:n_sub], yr[:n_sub]),
+         lambda: fit_quiet(MLPRegressor(**rp), Xr, yr),
+         fit_pt_reg if torch is not None else None], args.repeats)
     table.add(f"online, regression 4-500-1 ({n_reg} samples)", "us/sample",
               1e6 * t_sk / n_sub, 1e6 * t_pt / n_sub if t_pt else None,
               1e6 * t_cb / n_reg, ">= 100x both")
@@ -271,10 +291,9 @@ def main(argv=None):
 
     # 7. scikit-learn defaults on load_digits
     Xg, yg = load_digits(return_X_y=True)
-    t_sk = median_time(lambda: fit_quiet(SkClassifier(random_state=0), Xg, yg),
-                       args.repeats)
-    t_cb = median_time(lambda: fit_quiet(MLPClassifier(random_state=0), Xg, yg),
-                       args.repeats)
+    t_sk, t_cb = median_times(
+        [lambda: fit_quiet(SkClassifier(random_state=0), Xg, yg),
+         lambda: fit_quiet(MLPClassifier(random_state=0), Xg, yg)], args.repeats)
     table.add("scikit-learn defaults on load_digits (same result)", "s", t_sk, None,
               t_cb, ">= 8x")
 
