@@ -116,24 +116,6 @@ typedef float cbp_vf8u __attribute__((vector_size(32), aligned(4)));
         w[j] += cu * u + (mn * u - cg * g);                                    \
     }
 
-/* The unit-weight, L1-free case (every online step) with the gradient
- * a x + alpha w: the step t = -lr g is formed as (-lr a) x + (-lr alpha) w,
- * and the two momentum rules share one body, w += k u + c t with
- * (k, c) = (mom, 1) for Nesterov and (1, 0) otherwise (0 * t is exact).  Six
- * vector operations per weight instead of nine: these loops are bound by
- * the floating-point pipes in the tiny online networks. */
-#define CBP_SGD_AXPY_LOOP(T, N, SC, XEXPR)                                     \
-    {                                                                          \
-        const T s_ = -lr * (SC), b_ = -lr * alpha;                             \
-        const T k_ = nesterov ? mom : (T)1, c_ = nesterov ? (T)1 : (T)0;       \
-        for (ptrdiff_t j = 0; j < (N); j++) {                                  \
-            T t = s_ * (XEXPR) + b_ * w[j];                                    \
-            T u = mom * v[j] + t;                                              \
-            v[j] = u;                                                          \
-            w[j] = k_ * u + (c_ * t + w[j]);                                   \
-        }                                                                      \
-    }
-
 #define CBP_ADAM_LOOP(T, N, SQRT, GEXPR)                                       \
     for (ptrdiff_t j = 0; j < (N); j++) {                                      \
         T g = GEXPR;                                                           \
@@ -229,28 +211,13 @@ CBP_CLONES static double cbp_outer_gradsq_##S(ptrdiff_t n, ptrdiff_t m,        \
     return s;                                                                  \
 }                                                                              \
                                                                                \
-/* SGD with (Nesterov) momentum on n parameters whose gradient is          */  \
-/* g = (a x + alpha w + l1 sign(w)) / sw, in scikit-learn's order of       */  \
-/* operations.                                                              */ \
-CBP_INLINE void cbp_sgd_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
-                                   T *CBP_RESTRICT v, T a,                     \
-                                   const T *CBP_RESTRICT x, T alpha, T l1,     \
-                                   T sw, T lr, T mom, int nesterov)            \
-{                                                                              \
-    /* nesterov: w += mom u - lr g; plain: w += u (branch-free, exact). */     \
-    const T mn = nesterov ? mom : (T)0, cg = nesterov ? lr : (T)0;             \
-    const T cu = nesterov ? (T)0 : (T)1;                                       \
-    if (l1 != (T)0) {                                                          \
-        CBP_SGD_LOOP(T, n, (a * x[j] + alpha * w[j] + l1 * CBP_SIGN(T, w[j])) / sw)\
-    } else if (sw == (T)1) {                                                   \
-        CBP_SGD_AXPY_LOOP(T, n, a, x[j])                                       \
-    } else {                                                                   \
-        CBP_SGD_LOOP(T, n, (a * x[j] + alpha * w[j]) / sw)                     \
-    }                                                                          \
-}                                                                              \
-                                                                               \
-/* The unit-weight, L1-free step of cbp_sgd_inl that also returns the sum  */ \
-/* of w^2 before the step (the penalty), read in the same pass.           */  \
+/* The unit-weight, L1-free SGD step (every online step) with gradient   */  \
+/* a x + alpha w; returns the sum of w^2 before it (the penalty), read in */  \
+/* the same pass.  The step t = -lr g is formed as (-lr a) x + (-lr alpha) */ \
+/* w, and both momentum rules share one body, w += k u + c t with (k, c) */   \
+/* = (mom, 1) for Nesterov and (1, 0) otherwise (0 t is exact): six vector */ \
+/* operations per weight instead of nine, in loops that bound the tiny     */ \
+/* online networks by the floating-point pipes.                            */ \
 CBP_INLINE double cbp_sgd_ssq_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,          \
                                       T *CBP_RESTRICT v, T a,                  \
                                       const T *CBP_RESTRICT x, T alpha,        \
@@ -269,6 +236,26 @@ CBP_INLINE double cbp_sgd_ssq_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,          \
         w[j] = k_ * u + (c_ * t + wj);                                         \
     }                                                                          \
     return q;                                                                  \
+}                                                                              \
+                                                                               \
+/* SGD with (Nesterov) momentum on n parameters whose gradient is          */  \
+/* g = (a x + alpha w + l1 sign(w)) / sw, in scikit-learn's order of       */  \
+/* operations.                                                              */ \
+CBP_INLINE void cbp_sgd_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
+                                   T *CBP_RESTRICT v, T a,                     \
+                                   const T *CBP_RESTRICT x, T alpha, T l1,     \
+                                   T sw, T lr, T mom, int nesterov)            \
+{                                                                              \
+    /* nesterov: w += mom u - lr g; plain: w += u (branch-free, exact). */     \
+    const T mn = nesterov ? mom : (T)0, cg = nesterov ? lr : (T)0;             \
+    const T cu = nesterov ? (T)0 : (T)1;                                       \
+    if (l1 != (T)0) {                                                          \
+        CBP_SGD_LOOP(T, n, (a * x[j] + alpha * w[j] + l1 * CBP_SIGN(T, w[j])) / sw)\
+    } else if (sw == (T)1) {                                                   \
+        (void)cbp_sgd_ssq_inl_##S(n, w, v, a, x, alpha, lr, mom, nesterov);    \
+    } else {                                                                   \
+        CBP_SGD_LOOP(T, n, (a * x[j] + alpha * w[j]) / sw)                     \
+    }                                                                          \
 }                                                                              \
                                                                                \
 CBP_CLONES static double cbp_sgd_ssq_##S(ptrdiff_t n, T *CBP_RESTRICT w,       \
