@@ -715,7 +715,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     gradient written to (``accumulate``: added to) ``grad``: ``A^T delta``
     and column sums of ``delta``."""
     cdef Py_ssize_t ch = _chunk_rows(nb), n_chunks, c, r0, nr, k, li, i0, i1
-    cdef Py_ssize_t nf = src.n_features, m, s_next, r, j
+    cdef Py_ssize_t nf = src.n_features, m, s_next, r
     cdef const floating* xin = NULL
     cdef const floating* X = <const floating*>src.x
     cdef const floating* a_in
@@ -860,19 +860,17 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
         coef = ublocks[4 * k + 3]
         if o.kind == OPT_SGD and o.l1 == 0:
             # The penalty is read in the same pass as the step.
-            bpen[k] = 0.5 * o.alpha * _sgd_ssq(
+            bpen[k] = (0.5 * o.alpha if coef else 0.0) * _sgd_ssq(
                 o, k1 - k0, params + k0, s1 + k0, c / sw_sum, grad + k0,
                 o.alpha * c / sw_sum if coef else 0.0, _rate(o, lr_t, net.lr_mult[li]))
-            if not coef:
-                bpen[k] = 0.0
-            continue
-        if coef:
-            bpen[k] = _penalty(k1 - k0, params + k0, o.alpha, o.l1)
         else:
-            bpen[k] = 0.0
-        _step(o, k1 - k0, params + k0, s1 + k0, s2 + k0, <floating>c, grad + k0,
-              o.alpha * c if coef else 0.0, o.l1 * c if coef else 0.0, sw_sum,
-              _rate(o, lr_t, net.lr_mult[li]))
+            if coef:
+                bpen[k] = _penalty(k1 - k0, params + k0, o.alpha, o.l1)
+            else:
+                bpen[k] = 0.0
+            _step(o, k1 - k0, params + k0, s1 + k0, s2 + k0, <floating>c, grad + k0,
+                  o.alpha * c if coef else 0.0, o.l1 * c if coef else 0.0, sw_sum,
+                  _rate(o, lr_t, net.lr_mult[li]))
     for k in range(n_ublocks):
         pen += bpen[k]
     return pen
