@@ -305,6 +305,17 @@ cdef struct SpBatch:
     Py_ssize_t* fptr
     Py_ssize_t* frow
     void* fval
+    # Full passes over a fixed CSR X (full batch, lbfgs, rprop) keep the
+    # by-feature copy of each of their ``n_keep`` blocks of ``cap``
+    # consecutive rows: the copies are the same in every pass, and making
+    # one costs about as much as the block's forward pass.  ``kept[b]`` is
+    # the row count of block b's stored copy (0: none yet); the regions
+    # start at the ``*0`` pointers.
+    Py_ssize_t n_keep
+    Py_ssize_t* kept
+    Py_ssize_t* fptr0
+    Py_ssize_t* frow0
+    void* fval0
 
 
 # ---------------------------------------------------------------------------
@@ -722,18 +733,18 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     cdef floating* d
     cdef floating* gb
     cdef bint consecutive = True
-    cdef Py_ssize_t sort_task = 0
+    cdef Py_ssize_t sort_task = 0, keep = -1, off
     n_chunks = (nb + ch - 1) // ch
 
     # Dense BLAS input: rows are used in place when they are consecutive in
     # X, otherwise gathered once into the batch-sized buffer.
+    for r in range(1, nb):
+        if rows[r] != rows[0] + r:
+            consecutive = False
+            break
     if src.csr:
         _sparse_rows(src, sb, rows, nb)
     else:
-        for r in range(1, nb):
-            if rows[r] != rows[0] + r:
-                consecutive = False
-                break
         if consecutive:
             xin = X + rows[0] * nf
         else:
@@ -747,6 +758,18 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     # its own outputs, so which thread runs it never changes a result.
     if src.csr and need_grad:
         sort_task = 1
+        sb.fptr = sb.fptr0
+        sb.frow = sb.frow0
+        sb.fval = sb.fval0
+        if sb.n_keep > 0 and consecutive and rows[0] % cap == 0 \
+                and rows[0] // cap < sb.n_keep:
+            keep = rows[0] // cap
+            off = src.ptr[rows[0]] - src.ptr[0]
+            sb.fptr = sb.fptr0 + keep * (nf + 1)
+            sb.frow = sb.frow0 + off
+            sb.fval = (<floating*>sb.fval0) + off
+            if sb.kept[keep] == nb:
+                sort_task = 0
     for c in prange(n_chunks + sort_task, num_threads=n_threads, schedule="dynamic"):
         if c < sort_task:
             _sparse_by_feature(src, sb, nb, xbuf)
@@ -756,6 +779,8 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
             _chunk_backward(net, params, src, sb, rows, nr, xin, Y, sw, acts, deltas,
                             gates, cap, r0, pos, &closs[c - sort_task],
                             &csw[c - sort_task], need_grad)
+    if keep >= 0:
+        sb.kept[keep] = nb
     for c in range(n_chunks):
         loss_sum[0] += closs[c]
         sw_sum[0] += csw[c]
@@ -1170,19 +1195,32 @@ cdef void _make_optim(Optim* o, dict opt) except *:
 
 
 cdef void _make_spbatch(SpBatch* sb, Py_ssize_t[::1] spi, floating[::1] spv,
-                        Py_ssize_t cap, Py_ssize_t nnz_cap,
-                        Py_ssize_t n_features) noexcept:
+                        Py_ssize_t cap, Py_ssize_t nnz_cap, Py_ssize_t n_features,
+                        Py_ssize_t n_keep, const Source* src,
+                        Py_ssize_t n_rows) except *:
     """Carve the CSR-block buffers out of one int and one float array:
-    spi = [rs: cap | re: cap | fptr: nf + 1 | frow: nnz_cap],
-    spv = [fval: nnz_cap]."""
+    spi = [rs: cap | re: cap | kept: n_keep | fptr: max(n_keep, 1) * (nf + 1)
+    | frow: nnz_cap], spv = [fval: nnz_cap].  With ``n_keep`` > 0,
+    ``nnz_cap`` holds every non-zero of X and ``kept`` starts zeroed."""
+    n_int, n_float = sparse_buffer_sizes(cap, nnz_cap, n_features, n_keep)
+    if n_keep < 0 or (n_keep > 0 and not (
+            src.csr and nnz_cap >= src.ptr[n_rows] - src.ptr[0])):
+        raise ValueError("n_keep needs CSR input and room for all its non-zeros")
+    if src.csr and (spi.shape[0] < n_int or spv.shape[0] < n_float):
+        raise ValueError("the sparse work buffers are too small")
     # Pointer arithmetic from the base, not indexing: an empty region starts
     # one past the end of the buffer.
     cdef Py_ssize_t* ibase = &spi[0]
     sb.rs = ibase
     sb.re = ibase + cap
-    sb.fptr = ibase + 2 * cap
-    sb.frow = ibase + 2 * cap + n_features + 1
-    sb.fval = &spv[0]
+    sb.n_keep = n_keep
+    sb.kept = ibase + 2 * cap
+    sb.fptr0 = sb.kept + n_keep
+    sb.frow0 = sb.fptr0 + max(n_keep, 1) * (n_features + 1)
+    sb.fval0 = &spv[0]
+    sb.fptr = sb.fptr0
+    sb.frow = sb.frow0
+    sb.fval = sb.fval0
 
 
 def row_nonzeros(const floating[:, ::1] X, int n_threads):
@@ -1240,9 +1278,11 @@ def dense_to_csr(const floating[:, ::1] X, const Py_ssize_t[::1] row_nnz,
     return data_arr[:total], ind_arr[:total], indptr_arr
 
 
-def sparse_buffer_sizes(Py_ssize_t cap, Py_ssize_t nnz_cap, Py_ssize_t n_features):
+def sparse_buffer_sizes(Py_ssize_t cap, Py_ssize_t nnz_cap, Py_ssize_t n_features,
+                        Py_ssize_t n_keep=0):
     """Lengths of the int and float CSR-block buffers (see _make_spbatch)."""
-    return 2 * cap + n_features + 1 + nnz_cap, nnz_cap
+    return (2 * cap + n_keep + max(n_keep, 1) * (n_features + 1) + nnz_cap,
+            nnz_cap)
 
 
 def lazy_tables(Py_ssize_t n, double lr, double momentum, bint nesterov,
@@ -1294,7 +1334,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               floating[::1] gates, floating[::1] xbuf, Py_ssize_t[::1] iwork,
               double[::1] dwork, Py_ssize_t[::1] spi, floating[::1] spv,
               Py_ssize_t nnz_cap, Py_ssize_t batch_size, int n_threads, dict opt,
-              object lazy=None, long long step0=0):
+              object lazy=None, long long step0=0, Py_ssize_t n_keep=0):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
     Returns ``(status, data_loss_sum, penalty_sum, n_done)``: the batch losses
@@ -1303,6 +1343,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     is advanced in place.  ``lazy`` is ``(powers, prefix)`` from
     :func:`lazy_tables` to defer the data-free steps of online SGD.
     ``step0`` numbers the first sample of the epoch for the dropout masks.
+    ``n_keep`` > 0 (full batch over CSR X, ``order`` sorted): the by-feature
+    copies of the passes' blocks are kept in ``spi`` / ``spv`` between calls.
     """
     cdef Net net
     cdef Source src
@@ -1325,7 +1367,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     _make_source(&src, X, n_features, indices, indptr, params)
     _make_optim(&o, opt)
     cap = acts.shape[0] // net.total_units
-    _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features)
+    _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features, n_keep, &src, Y.shape[0])
 
     if batch_size == 1:
         lz.on = lazy is not None
@@ -1422,7 +1464,7 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
               floating[::1] deltas, floating[::1] gates, floating[::1] xbuf,
               double[::1] dwork, Py_ssize_t[::1] spi, floating[::1] spv,
               Py_ssize_t nnz_cap, double alpha, double l1, int n_threads,
-              bint need_grad=True, object dropout_step=None):
+              bint need_grad=True, object dropout_step=None, Py_ssize_t n_keep=0):
     """Full-batch objective and gradient at ``params`` (lbfgs, rprop, gradient
     checks, validation losses).
 
@@ -1430,6 +1472,7 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
     sum in the packed layout.  With ``dropout_step`` (an int) the hidden
     units are dropped with the masks the training epoch starting at that
     sample counter would draw; otherwise the network is used as in predict.
+    ``n_keep``: see :func:`run_epoch`.
     """
     cdef Net net
     cdef Source src
@@ -1446,7 +1489,7 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
               dropout_step if dropout_step is not None else 0)
     _make_source(&src, X, n_features, indices, indptr, params)
     cap = acts.shape[0] // net.total_units
-    _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features)
+    _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features, n_keep, &src, n)
     threads = _threads_for(&net, min(cap, n), n_threads)
     with nogil:
         status = _accumulate(&net, &params[0], &src, &sb, &rows[0], n, 0, &Y[0, 0],

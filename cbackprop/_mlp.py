@@ -134,7 +134,7 @@ class _Workspace:
     ``spec`` is the network description of :meth:`_BaseMLP._net_spec`.
     """
 
-    def __init__(self, X, dtype, spec, cap, n_threads, online=False):
+    def __init__(self, X, dtype, spec, cap, n_threads, online=False, full_pass=False):
         self.data, self.ind, self.ptr, self.skip_zeros, row_nnz = _kernel_input(
             X, dtype, "online" if online else "batch", n_threads, defer=online)
         # Online mode on zero-heavy dense X scans rows in the first epoch;
@@ -163,10 +163,33 @@ class _Workspace:
             self.nnz_cap = 0
         else:
             self.nnz_cap = int(np.sum(np.sort(row_nnz)[-cap:]))
-        n_int, n_float = _kernels.sparse_buffer_sizes(cap, self.nnz_cap,
-                                                      self.n_features)
-        self.spi = np.empty(n_int, dtype=np.intp)
+        self.n_keep = 0
+        if full_pass and self.ind is not None:
+            self._keep_sorted_blocks(X, cap, dtype)
+        n_int, n_float = _kernels.sparse_buffer_sizes(
+            cap, self.nnz_cap, self.n_features, self.n_keep)
+        # n_keep > 0: the kernels read the zeroed "kept" flags.
+        self.spi = (np.zeros if self.n_keep else np.empty)(n_int, dtype=np.intp)
         self.spv = np.empty(max(n_float, 1), dtype=dtype)
+
+    def _keep_sorted_blocks(self, X, cap, dtype):
+        """Full passes (full batch, lbfgs, rprop) over CSR data: keep every
+        block's by-feature copy (see run_epoch's ``n_keep``) when it fits the
+        same budget as the CSR copy of a dense X, that copy included."""
+        nnz = int(self.ptr[-1] - self.ptr[0])
+        n_keep = -(-(len(self.ptr) - 1) // cap)
+        itemsize = np.dtype(dtype).itemsize
+        idx_size = np.dtype(np.intp).itemsize
+        need = nnz * (itemsize + idx_size) + n_keep * (self.n_features + 1) * idx_size
+        if not sp.issparse(X):
+            # The CSR copy of a dense X counts against the budget too.
+            need += nnz * (itemsize + idx_size)
+            budget = max(_CSR_CACHE_BYTES, _CSR_CACHE_SHARE * X.nbytes)
+        else:
+            budget = _CSR_CACHE_BYTES
+        if need <= budget:
+            self.n_keep = n_keep
+            self.nnz_cap = nnz
 
     def settle_input(self):
         """Before a second pass over X: take the CSR copy that
@@ -949,7 +972,7 @@ class _BaseMLP(BaseEstimator):
         the whole network is used."""
         spec = self._net_spec(layer_units, self._layer_zw())
         ws = _Workspace(X, dtype, spec, min(X.shape[0], _kernels.SUPER_BLOCK_ROWS),
-                        self._n_threads())
+                        self._n_threads(), full_pass=True)
         if dropout_step is None:
             ws.gates = np.empty(1, dtype=dtype)
         Y = np.ascontiguousarray(y, dtype=dtype)
@@ -963,7 +986,7 @@ class _BaseMLP(BaseEstimator):
                 ws.data, ws.ind, ws.ptr, ws.n_features, Y, sw, has_sw, spec,
                 ws.gblocks, params, ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf,
                 ws.dwork, ws.spi, ws.spv, ws.nnz_cap, alpha, l1, ws.n_threads,
-                need_grad, dropout_step,
+                need_grad, dropout_step, ws.n_keep,
             )
             return data_loss, penalty, ws.grad
 
@@ -1175,8 +1198,12 @@ class _BaseMLP(BaseEstimator):
                 )
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
 
+        # One batch of every sample: the gradient is the same sum in any row
+        # order, so rows go in their natural order (consecutive rows, and
+        # the first layer's by-feature copies can be kept between epochs).
+        full_pass = batch_size >= n_samples
         ws = _Workspace(X_train, dtype, spec, min(batch_size, _kernels.SUPER_BLOCK_ROWS),
-                        self._n_threads(), online=batch_size == 1)
+                        self._n_threads(), online=batch_size == 1, full_pass=full_pass)
         Y = np.ascontiguousarray(y_train, dtype=dtype)
         has_sw = sw_train is not None
         sw = np.ascontiguousarray(sw_train, dtype=dtype) if has_sw \
@@ -1214,7 +1241,8 @@ class _BaseMLP(BaseEstimator):
                     perm = np.arange(n_samples)
                     self._random_state.shuffle(perm)
                     sample_idx = sample_idx[perm]
-                order = np.ascontiguousarray(sample_idx, dtype=np.intp)
+                order = np.ascontiguousarray(
+                    np.arange(n_samples) if full_pass else sample_idx, dtype=np.intp)
                 snapshot[:] = params
                 tables = _kernels.lazy_tables(
                     n_samples, opt["lr"] * spec["lr_mult"][0], opt["momentum"],
@@ -1224,7 +1252,7 @@ class _BaseMLP(BaseEstimator):
                     ws.gblocks, ws.ublocks, params, opt["state1"], opt["state2"],
                     ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf, ws.iwork, ws.dwork,
                     ws.spi, ws.spv, ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
-                    self.t_,
+                    self.t_, ws.n_keep,
                 )
                 if status == _STATUS_INTERRUPTED:
                     # Back to the end of the last whole epoch, so that the

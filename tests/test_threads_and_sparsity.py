@@ -265,3 +265,47 @@ def test_sparse_first_layer_equals_blas(monkeypatch, dtype, width, batch_size):
     _same(from_dense, blas, rtol)
     np.testing.assert_allclose(from_csr.predict(sp.csr_matrix(X)), blas.predict(X),
                                rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs", "rprop"])
+def test_full_passes_keep_each_blocks_by_feature_copy(monkeypatch, solver):
+    # Full passes over CSR data keep the by-feature copy of every block of
+    # rows (three here, the last one partial) instead of sorting again each
+    # pass: same bits as sorting every time, and BLAS on the dense rows.
+    X, y = _sparse_dense_data(n=2 * _mlp._kernels.SUPER_BLOCK_ROWS + 300,
+                              n_features=30, seed=2)
+    kept = []
+    real_init = _mlp._Workspace.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        kept.append(self.n_keep)
+
+    monkeypatch.setattr(_mlp._Workspace, "__init__", spy)
+    common = dict(hidden_layer_sizes=(12,), solver=solver, batch_size=X.shape[0],
+                  max_iter=4, learning_rate_init=0.05, random_state=0, tol=0.0)
+    keeping = _fit(MLPClassifier, sp.csr_matrix(X), y, **common)
+    assert kept == [3]
+    monkeypatch.setattr(_mlp, "_CSR_CACHE_BYTES", 0)
+    sorting = _fit(MLPClassifier, sp.csr_matrix(X), y, **common)
+    assert kept[-1] == 0
+    for a, b in zip(keeping.coefs_ + keeping.intercepts_,
+                    sorting.coefs_ + sorting.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(_mlp, "_SKIP_ZEROS_DENSITY", {"online": 0.0, "batch": 0.0})
+    blas = _fit(MLPClassifier, X, y, **common)
+    for u, v in zip(keeping.coefs_ + keeping.intercepts_, blas.coefs_ + blas.intercepts_):
+        np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-9 * np.abs(v).max())
+
+
+def test_full_batch_sgd_does_not_depend_on_shuffling():
+    # One batch of every sample: the gradient is a sum over all rows, taken
+    # in their natural order whether or not the epoch order is shuffled.
+    X, y = _sparse_dense_data(n=300, n_features=30, seed=3)
+    common = dict(hidden_layer_sizes=(12,), solver="sgd", batch_size=300,
+                  max_iter=5, learning_rate_init=0.1, random_state=0, tol=0.0)
+    for data in (X, sp.csr_matrix(X)):
+        a = _fit(MLPClassifier, data, y, shuffle=True, **common)
+        b = _fit(MLPClassifier, data, y, shuffle=False, **common)
+        for u, v in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+            np.testing.assert_array_equal(u, v)
