@@ -120,6 +120,11 @@ cdef extern from "cbp_loops.h" nogil:
     Py_ssize_t cbp_compact_d(Py_ssize_t n, const double* x, Py_ssize_t* idx, double* val)
     void cbp_prefetch(const void* p, Py_ssize_t nbytes)
     Py_ssize_t cbp_compact_f(Py_ssize_t n, const float* x, Py_ssize_t* idx, float* val)
+    Py_ssize_t cbp_compact_plain_d(Py_ssize_t n, const double* x, Py_ssize_t* idx,
+                                   double* val)
+    Py_ssize_t cbp_compact_plain_f(Py_ssize_t n, const float* x, Py_ssize_t* idx,
+                                   float* val)
+    int cbp_has_avx512()
     void cbp_sprows_d(Py_ssize_t nr, const Py_ssize_t* rs, const Py_ssize_t* re,
                       const Py_ssize_t* idx, const double* val, const double* W,
                       Py_ssize_t m, Py_ssize_t wlen, const double* b, double* z,
@@ -1244,13 +1249,13 @@ def dense_to_csr(const floating[:, ::1] X, const Py_ssize_t[::1] row_nnz,
     rows hold ``row_nnz`` non-zeros each; rows are filled in parallel.
 
     One pass over X without the temporaries of scipy's conversion, which
-    would cost more than a few epochs of training on the result.  Each row
-    is compacted branch-free into a per-thread scratch row (a branch per
-    element mispredicts on every few non-zeros), then copied into place:
-    the branch-free loop writes one slot past the count, which in the
-    shared arrays would be the next row's first entry.
+    would cost more than a few epochs of training on the result.  The
+    compaction (``cbp_compact_*``) may write up to 15 slots past a row's
+    count.  Each thread fills one run of consecutive rows in order, so such
+    writes land on rows it fills later -- except near the end of its run,
+    where rows go through a scratch row and are copied into place.
     """
-    cdef Py_ssize_t n = X.shape[0], nf = X.shape[1], r, cnt, tid
+    cdef Py_ssize_t n = X.shape[0], nf = X.shape[1], r, cnt, t, r0, r1, end
     indptr_arr = np.zeros(n + 1, dtype=np.intp)
     cdef Py_ssize_t[::1] indptr = indptr_arr
     np.cumsum(row_nnz, out=indptr_arr[1:])
@@ -1265,17 +1270,49 @@ def dense_to_csr(const floating[:, ::1] X, const Py_ssize_t[::1] row_nnz,
     cdef Py_ssize_t[:, ::1] si = scratch_i
     cdef floating[:, ::1] sv = scratch_v
     if n > 0 and nf > 0:
-        for r in prange(n, nogil=True, num_threads=n_threads, schedule="static"):
-            cnt = indptr[r + 1] - indptr[r]
-            if cnt > 0:
-                tid = _thread_id()
-                if floating is float:
-                    cbp_compact_f(nf, &X[r, 0], &si[tid, 0], &sv[tid, 0])
+        for t in prange(n_threads, nogil=True, num_threads=n_threads,
+                        schedule="static"):
+            r0 = t * n // n_threads
+            r1 = (t + 1) * n // n_threads
+            end = indptr[r1]
+            for r in range(r0, r1):
+                cnt = indptr[r + 1] - indptr[r]
+                if cnt == 0:
+                    continue
+                if indptr[r + 1] + 16 <= end:
+                    if floating is float:
+                        cbp_compact_f(nf, &X[r, 0], &ind[indptr[r]], &data[indptr[r]])
+                    else:
+                        cbp_compact_d(nf, &X[r, 0], &ind[indptr[r]], &data[indptr[r]])
                 else:
-                    cbp_compact_d(nf, &X[r, 0], &si[tid, 0], &sv[tid, 0])
-                memcpy(&ind[indptr[r]], &si[tid, 0], cnt * sizeof(Py_ssize_t))
-                memcpy(&data[indptr[r]], &sv[tid, 0], cnt * sizeof(floating))
+                    if floating is float:
+                        cbp_compact_f(nf, &X[r, 0], &si[t, 0], &sv[t, 0])
+                    else:
+                        cbp_compact_d(nf, &X[r, 0], &si[t, 0], &sv[t, 0])
+                    memcpy(&ind[indptr[r]], &si[t, 0], cnt * sizeof(Py_ssize_t))
+                    memcpy(&data[indptr[r]], &sv[t, 0], cnt * sizeof(floating))
     return data_arr[:total], ind_arr[:total], indptr_arr
+
+
+# The CPU check caches its answer; ask once here, before any thread can.
+HAS_AVX512 = bool(cbp_has_avx512())
+
+
+def _compact(const floating[::1] x, bint plain):
+    """``(indices, values)`` of the non-zeros of ``x`` by the kernels'
+    compaction (``plain``: the portable loop instead of AVX-512)."""
+    cdef Py_ssize_t n = x.shape[0], c
+    idx_arr = np.empty(max(n, 1), dtype=np.intp)
+    val_arr = np.empty(max(n, 1), dtype=np.asarray(x).dtype)
+    cdef Py_ssize_t[::1] idx = idx_arr
+    cdef floating[::1] val = val_arr
+    if n == 0:
+        return idx_arr[:0], val_arr[:0]
+    if floating is float:
+        c = (cbp_compact_plain_f if plain else cbp_compact_f)(n, &x[0], &idx[0], &val[0])
+    else:
+        c = (cbp_compact_plain_d if plain else cbp_compact_d)(n, &x[0], &idx[0], &val[0])
+    return idx_arr[:c], val_arr[:c]
 
 
 def sparse_buffer_sizes(Py_ssize_t cap, Py_ssize_t nnz_cap, Py_ssize_t n_features,
