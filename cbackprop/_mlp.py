@@ -1766,8 +1766,23 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                     f"`y` has classes not in `self.classes_`. `self.classes_` has "
                     f"{self.classes_}. 'y' has {classes}."
                 )
-        y = self._label_binarizer.transform(y).astype(bool)
-        return X, y
+        return X, self._one_hot(y)
+
+    def _one_hot(self, y):
+        """Indicator matrix of ``y`` over ``classes_`` (what the label
+        binarizer's ``transform`` gives, as bool).  Plain multiclass labels
+        take a direct route: the binarizer re-checks the target type on
+        every call, a millisecond of each fit."""
+        lb = self._label_binarizer
+        if lb.y_type_ == "multiclass" and y.ndim == 1 and y.dtype.kind in "iuf":
+            classes = lb.classes_
+            pos = np.searchsorted(classes, y)
+            np.minimum(pos, len(classes) - 1, out=pos)
+            if np.array_equal(classes[pos], y):
+                Y = np.zeros((y.shape[0], len(classes)), dtype=bool)
+                Y[np.arange(y.shape[0]), pos] = True
+                return Y
+        return lb.transform(y).astype(bool)
 
     def predict(self, X):
         """Predict class labels.

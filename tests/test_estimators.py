@@ -322,3 +322,26 @@ def test_divergence_is_reported_and_weights_stay_finite():
     with pytest.raises(ValueError, match="Lower learning_rate_init"):
         reg.fit(X, y)
     assert all(np.isfinite(c).all() for c in reg.coefs_)
+
+
+@pytest.mark.parametrize("labels", [
+    np.array([3, 1, 2, 3, 7, 1]),
+    np.array([0.0, 2.0, -1.0, 0.0, 2.0]),
+    np.array([2, 5, 2, 9], dtype=np.uint8),
+    np.array(["b", "a", "c", "a"]),
+    np.array([0, 1, 1, 0]),
+])
+def test_one_hot_targets_equal_the_label_binarizer(labels):
+    from sklearn.preprocessing import LabelBinarizer
+
+    est = MLPClassifier()
+    est._label_binarizer = LabelBinarizer().fit(labels)
+    expected = est._label_binarizer.transform(labels).astype(bool)
+    got = est._one_hot(labels)
+    assert got.dtype == bool
+    np.testing.assert_array_equal(got, expected)
+    # A label outside classes_ takes the binarizer's own route.
+    if labels.dtype.kind in "iuf":
+        odd = np.append(labels, labels.max() + 1)
+        np.testing.assert_array_equal(
+            est._one_hot(odd), est._label_binarizer.transform(odd).astype(bool))
