@@ -102,9 +102,23 @@ def matmul_peak(dtype, threads=None, size=1024, repeats=5):
 
 def torch_fit(X, y, hidden, *, solver, batch_size, epochs, lr, classify=True,
               threads=None, alpha=1e-4, seed=0):
+    if not threads:
+        return _torch_fit(X, y, hidden, solver=solver, batch_size=batch_size,
+                          epochs=epochs, lr=lr, classify=classify, alpha=alpha, seed=seed)
+    # torch.set_num_threads also sets the process's OpenMP thread limit, which
+    # cbackprop's n_threads=None follows: put it back, or every later
+    # scenario would run both libraries on `threads` threads.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _torch_fit(X, y, hidden, solver=solver, batch_size=batch_size,
+                          epochs=epochs, lr=lr, classify=classify, alpha=alpha, seed=seed)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _torch_fit(X, y, hidden, *, solver, batch_size, epochs, lr, classify, alpha, seed):
     torch.manual_seed(seed)
-    if threads:
-        torch.set_num_threads(threads)
     Xt = torch.from_numpy(np.ascontiguousarray(X))
     dtype = Xt.dtype
     n_out = int(y.max()) + 1 if classify else 1
