@@ -298,20 +298,29 @@ CBP_CLONES static void cbp_adam_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
     cbp_adam_inl_##S(n, w, m, v, a, x, alpha, l1, sw, lr_t, b1, b2, eps);      \
 }                                                                              \
                                                                                \
-/* Branch-free compaction of the non-zeros of x: indices and values;       */  \
-/* returns their number.  cbp_compact_##S (below) picks AVX-512 when it can.*/ \
-CBP_CLONES static ptrdiff_t cbp_compact_plain_##S(ptrdiff_t n,                  \
-                                                  const T *CBP_RESTRICT x,      \
-                                                  ptrdiff_t *CBP_RESTRICT idx,  \
-                                                  T *CBP_RESTRICT val)          \
+/* Branch-free compaction of the non-zeros of x[i0:n] after the c already */  \
+/* found: indices and values; returns the new count.                       */  \
+CBP_INLINE ptrdiff_t cbp_compact_from_##S(ptrdiff_t i0, ptrdiff_t n,           \
+                                          const T *CBP_RESTRICT x,             \
+                                          ptrdiff_t *CBP_RESTRICT idx,         \
+                                          T *CBP_RESTRICT val, ptrdiff_t c)    \
 {                                                                              \
-    ptrdiff_t c = 0;                                                           \
-    for (ptrdiff_t i = 0; i < n; i++) {                                        \
+    for (ptrdiff_t i = i0; i < n; i++) {                                       \
         idx[c] = i;                                                            \
         val[c] = x[i];                                                         \
         c += (x[i] != (T)0);                                                   \
     }                                                                          \
     return c;                                                                  \
+}                                                                              \
+                                                                               \
+/* The portable compaction; cbp_compact_##S (below) picks AVX-512 when it  */  \
+/* can.                                                                     */ \
+CBP_CLONES static ptrdiff_t cbp_compact_plain_##S(ptrdiff_t n,                  \
+                                                  const T *CBP_RESTRICT x,      \
+                                                  ptrdiff_t *CBP_RESTRICT idx,  \
+                                                  T *CBP_RESTRICT val)          \
+{                                                                              \
+    return cbp_compact_from_##S(0, n, x, idx, val, 0);                         \
 }                                                                              \
                                                                                \
 /* z = b + sum_{i : a_i != 0} a_i W[i, :]  (one sample, zeros skipped).    */  \
@@ -585,12 +594,7 @@ CBP_AVX512_TARGET static ptrdiff_t cbp_compact_avx512_f(ptrdiff_t n, const float
         }
         lo = _mm512_add_epi64(lo, sixteen);
     }
-    for (; i < n; i++) {
-        idx[c] = i;
-        val[c] = x[i];
-        c += (x[i] != 0.0f);
-    }
-    return c;
+    return cbp_compact_from_f(i, n, x, idx, val, c);
 }
 
 CBP_AVX512_TARGET static ptrdiff_t cbp_compact_avx512_d(ptrdiff_t n, const double *x,
@@ -610,12 +614,7 @@ CBP_AVX512_TARGET static ptrdiff_t cbp_compact_avx512_d(ptrdiff_t n, const doubl
         }
         lo = _mm512_add_epi64(lo, eight);
     }
-    for (; i < n; i++) {
-        idx[c] = i;
-        val[c] = x[i];
-        c += (x[i] != 0.0);
-    }
-    return c;
+    return cbp_compact_from_d(i, n, x, idx, val, c);
 }
 
 /* 1 when the CPU and the OS run AVX-512F (GCC and Clang check both). */
