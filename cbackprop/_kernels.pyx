@@ -133,11 +133,13 @@ cdef extern from "cbp_loops.h" nogil:
                       const Py_ssize_t* idx, const float* val, const float* W,
                       Py_ssize_t m, Py_ssize_t wlen, const float* b, float* z,
                       Py_ssize_t ldz)
-    void cbp_spgrad_d(Py_ssize_t i0, Py_ssize_t i1, const Py_ssize_t* fptr,
+    void cbp_spgrad_d(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t jb, Py_ssize_t je,
+                      const Py_ssize_t* fptr,
                       const Py_ssize_t* frow, const double* fval, const double* D,
                       Py_ssize_t m, Py_ssize_t ldd, Py_ssize_t dlen, double* G,
                       int accumulate)
-    void cbp_spgrad_f(Py_ssize_t i0, Py_ssize_t i1, const Py_ssize_t* fptr,
+    void cbp_spgrad_f(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t jb, Py_ssize_t je,
+                      const Py_ssize_t* fptr,
                       const Py_ssize_t* frow, const float* fval, const float* D,
                       Py_ssize_t m, Py_ssize_t ldd, Py_ssize_t dlen, float* G,
                       int accumulate)
@@ -211,6 +213,7 @@ cdef enum:
 # Fixed work partition (see "Determinism" above).
 cdef enum:
     GRAD_BLOCK = 64       # input units per weight-gradient block
+    GB_FIELDS = 5         # (layer, i0, i1, j0, j1) per weight-gradient block
     UPDATE_BLOCK = 16384  # parameters per update block
     SUPER_ROWS = 2048     # rows per pass when a batch is larger than this
 
@@ -218,26 +221,43 @@ cdef enum:
 # as often (and at least once per batch).
 cdef Py_ssize_t SIGNAL_EVERY = 64
 
-# Threads pay only when each BLAS call of a chunk is big enough: measured on
-# the development machine (2 cores), 784-100-10 lost with 2 threads up to
-# batch 128 (first-layer chunk products of 2.5M multiply-adds) and won from
-# batch 256 (5M); 784-512-256-10 won from batch 8 (3.2M).
-cdef double PARALLEL_MIN_CHUNK_WORK = 3.0e6
+# Threads pay only when a batch holds enough work to hide the three or four
+# fork-joins it costs.  Work is the forward pass's multiply-adds per batch,
+# the first layer's counted over the stored non-zeros of CSR input.  Measured
+# on the development machine (2 cores, min of 11 alternating fits, 2 threads
+# against 1): 4-500-1 lost at 160k (0.78x) and 500k (0.97x); load_digits'
+# 64-100-10 lost at 237k (batch 32, 0.96x) and won at 1.48M (batch 200,
+# 1.27x); 784-100-10 on MNIST (150 non-zeros a row) won at 1.0M (batch 64,
+# 1.18x) and 2.0M (batch 128, 1.40x).  Below that, at batch 32 (0.5M), it won
+# 1.02-1.13x in quiet spells but lost 2x while the host was busy (a sleeping
+# worker's wake-up then costs tens of microseconds a fork).
+cdef double PARALLEL_MIN_BATCH_WORK = 1.0e6
 
 
 def _set_parallel_min_work(double work):
-    """Set the threading threshold (multiply-adds per chunk product) and
+    """Set the threading threshold (forward multiply-adds per batch) and
     return the previous one; tests use 0 to run small problems threaded."""
-    global PARALLEL_MIN_CHUNK_WORK
-    old = PARALLEL_MIN_CHUNK_WORK
-    PARALLEL_MIN_CHUNK_WORK = work
+    global PARALLEL_MIN_BATCH_WORK
+    old = PARALLEL_MIN_BATCH_WORK
+    PARALLEL_MIN_BATCH_WORK = work
     return old
 
 
-cdef int _threads_for(const Net* net, Py_ssize_t nb, int n_threads) noexcept nogil:
-    """Thread count for blocks of ``nb`` rows: 1 when threads would not pay."""
-    cdef double work = (<double>_chunk_rows(nb)) * net.units[0] * net.zw[1]
-    if n_threads <= 1 or work < PARALLEL_MIN_CHUNK_WORK:
+cdef int _threads_for(const Net* net, const Source* src, Py_ssize_t n_rows,
+                      Py_ssize_t nb, int n_threads) noexcept nogil:
+    """Thread count for blocks of ``nb`` rows of an ``n_rows``-row input: 1
+    when threads would not pay."""
+    cdef double work
+    cdef Py_ssize_t li
+    if n_threads <= 1:
+        return 1
+    if src.csr and n_rows > 0:
+        work = (<double>(src.ptr[n_rows] - src.ptr[0])) / n_rows * net.zw[1]
+    else:
+        work = (<double>net.units[0]) * net.zw[1]
+    for li in range(1, net.n_layers):
+        work += (<double>net.units[li]) * net.zw[li + 1]
+    if nb * work < PARALLEL_MIN_BATCH_WORK:
         return 1
     return n_threads
 
@@ -577,22 +597,23 @@ cdef void _layer0_forward(const Net* net, const floating* params, const Source* 
 cdef void _layer0_grad_block(const Net* net, const Source* src, const SpBatch* sb,
                              Py_ssize_t nb, const floating* xin, const floating* d,
                              Py_ssize_t ldd, Py_ssize_t dlen, floating* G, Py_ssize_t i0,
-                             Py_ssize_t i1, bint accumulate) noexcept nogil:
-    """Rows ``i0:i1`` of ``dW0 (+)= X^T delta`` over the ``nb`` batch rows;
-    ``dlen`` elements are readable from ``d``."""
+                             Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
+                             bint accumulate) noexcept nogil:
+    """Rows ``i0:i1``, columns ``j0:j1`` of ``dW0 (+)= X^T delta`` over the
+    ``nb`` batch rows; ``dlen`` elements are readable from ``d``."""
     cdef Py_ssize_t u_in = net.units[0], m = net.zw[1]
     if src.csr:
         if floating is float:
-            cbp_spgrad_f(i0, i1, sb.fptr, sb.frow, <const float*>sb.fval, d, m, ldd,
-                         dlen, G, accumulate)
+            cbp_spgrad_f(i0, i1, j0, j1, sb.fptr, sb.frow, <const float*>sb.fval, d,
+                         m, ldd, dlen, G, accumulate)
         else:
-            cbp_spgrad_d(i0, i1, sb.fptr, sb.frow, <const double*>sb.fval, d, m, ldd,
-                         dlen, G, accumulate)
+            cbp_spgrad_d(i0, i1, j0, j1, sb.fptr, sb.frow, <const double*>sb.fval, d,
+                         m, ldd, dlen, G, accumulate)
         return
-    mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>m, <int>nb, <floating>1,
-                xin + i0, <int>u_in, d, <int>ldd,
+    mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>(j1 - j0), <int>nb, <floating>1,
+                xin + i0, <int>u_in, d + j0, <int>ldd,
                 <floating>1 if accumulate else <floating>0,
-                G + i0 * m, <int>m)
+                G + i0 * m + j0, <int>m)
 
 
 cdef void _sparse_rows(const Source* src, SpBatch* sb, const Py_ssize_t* rows,
@@ -730,7 +751,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     ``loss_sum``/``sw_sum`` and, with ``need_grad``, their unnormalised
     gradient written to (``accumulate``: added to) ``grad``: ``A^T delta``
     and column sums of ``delta``."""
-    cdef Py_ssize_t ch = _chunk_rows(nb), n_chunks, c, r0, nr, k, li, i0, i1
+    cdef Py_ssize_t ch = _chunk_rows(nb), n_chunks, c, r0, nr, k, li, i0, i1, j0, j1
     cdef Py_ssize_t nf = src.n_features, m, s_next, r
     cdef const floating* xin = NULL
     cdef const floating* X = <const floating*>src.x
@@ -809,22 +830,24 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
             for r in range(nb):
                 _axpy(m, <floating>1, d + r * s_next, gb)
         else:
-            li = gblocks[3 * k]
-            i0 = gblocks[3 * k + 1]
-            i1 = gblocks[3 * k + 2]
+            li = gblocks[GB_FIELDS * k]
+            i0 = gblocks[GB_FIELDS * k + 1]
+            i1 = gblocks[GB_FIELDS * k + 2]
+            j0 = gblocks[GB_FIELDS * k + 3]
+            j1 = gblocks[GB_FIELDS * k + 4]
             m = net.zw[li + 1]
             s_next = net.stride[li + 1]
             d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
             if li == 0:
                 _layer0_grad_block(net, src, sb, nb, xin, d, s_next,
                                    cap * net.total_units - (d - deltas), grad, i0, i1,
-                                   accumulate)
+                                   j0, j1, accumulate)
             else:
                 a_in = acts + _layer_base(net, cap, li)
-                mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>m, <int>nb,
-                            <floating>1, a_in + i0, <int>net.stride[li], d, <int>s_next,
-                            <floating>1 if accumulate else <floating>0,
-                            grad + net.coef_off[li] + i0 * m, <int>m)
+                mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>(j1 - j0), <int>nb,
+                            <floating>1, a_in + i0, <int>net.stride[li], d + j0,
+                            <int>s_next, <floating>1 if accumulate else <floating>0,
+                            grad + net.coef_off[li] + i0 * m + j0, <int>m)
 
 
 cdef int _accumulate(const Net* net, const floating* params, const Source* src,
@@ -1389,7 +1412,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef Lazy lz
     cdef SpBatch sb
     cdef Py_ssize_t n = order.shape[0], start, nb, k, i, cap, every, n_batches = 0
-    cdef Py_ssize_t n_gblocks = gblocks.shape[0] // 3, n_ublocks = ublocks.shape[0] // 4
+    cdef Py_ssize_t n_gblocks = gblocks.shape[0] // GB_FIELDS, n_ublocks = ublocks.shape[0] // 4
     cdef double data_sum = 0.0, pen_sum = 0.0, loss_sum, sw_sum, pen, dl, ll
     cdef int status = STATUS_OK, threads
     cdef const floating* Yp = &Y[0, 0]
@@ -1455,7 +1478,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                 if not isfinite(pen_sum):
                     status = STATUS_NONFINITE
     else:
-        threads = _threads_for(&net, min(batch_size, n), n_threads)
+        threads = _threads_for(&net, &src, Y.shape[0], min(batch_size, n), n_threads)
         every = max(1, SIGNAL_EVERY * 64 // batch_size)
         with nogil:
             start = 0
@@ -1527,12 +1550,12 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
     _make_source(&src, X, n_features, indices, indptr, params)
     cap = acts.shape[0] // net.total_units
     _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features, n_keep, &src, n)
-    threads = _threads_for(&net, min(cap, n), n_threads)
+    threads = _threads_for(&net, &src, n, min(cap, n), n_threads)
     with nogil:
         status = _accumulate(&net, &params[0], &src, &sb, &rows[0], n, 0, &Y[0, 0],
                              swp, &acts[0], &deltas[0], &gates[0], &xbuf[0], cap,
                              &grad[0], &dwork[0], &dwork[cap], &gblocks[0],
-                             gblocks.shape[0] // 3, need_grad, threads, &loss_sum,
+                             gblocks.shape[0] // GB_FIELDS, need_grad, threads, &loss_sum,
                              &sw_sum, True)
     if status == STATUS_INTERRUPTED:
         raise KeyboardInterrupt

@@ -74,6 +74,11 @@ _SKIP_ZEROS_DENSITY = {"online": 0.4, "batch": 0.25}
 _CSR_CACHE_BYTES = 64 * 2**20
 _CSR_CACHE_SHARE = 0.05
 
+# Weight-gradient blocks per layer below which output columns are cut too,
+# and the narrowest piece (see _Workspace._grad_blocks).
+_GRAD_MIN_BLOCKS = 8
+_GRAD_MIN_COLS = 8
+
 
 def _kernel_input(X, dtype, mode=None, n_threads=1, defer=False):
     """``(data, indices, indptr, skip_zeros, row_nnz)``: X as the kernels read it.
@@ -156,7 +161,7 @@ class _Workspace:
         n_ublocks = self.ublocks.shape[0] // 4
         self.dwork = np.empty(max(2 * cap + 2 * n_ublocks, 1))
         self.iwork = np.empty(max(2 * self.n_features, 1), dtype=np.intp)
-        self.gblocks = self._grad_blocks(units)
+        self.gblocks = self._grad_blocks(spec)
         self.n_threads = n_threads
         # Non-zeros a block of ``cap`` rows can hold: the ``cap`` fullest rows.
         if row_nnz is None:
@@ -204,12 +209,29 @@ class _Workspace:
             self.data, self.ind, self.ptr, self.skip_zeros = data, ind, ptr, False
 
     @staticmethod
-    def _grad_blocks(units):
-        """(layer, first unit, end unit) of every weight-gradient block."""
+    def _grad_blocks(spec):
+        """(layer, first unit, end unit, first column, end column) of every
+        weight-gradient block.
+
+        Input units go in steps of ``GRAD_BLOCK_ROWS``.  A layer with fewer
+        than ``_GRAD_MIN_BLOCKS`` such steps (load_digits' 64 inputs) also has
+        its output columns cut, in pieces of at least ``_GRAD_MIN_COLS`` that
+        start at multiples of 8, so that its gradient is still shared among
+        threads.  The cut depends on the shapes only, never on the thread
+        count, so the weights do not either.
+        """
         step = _kernels.GRAD_BLOCK_ROWS
-        blocks = [(layer, i0, min(i0 + step, units[layer]))
-                  for layer in range(len(units) - 1)
-                  for i0 in range(0, units[layer], step)]
+        units, zw = spec["units"], spec["zw"]
+        blocks = []
+        for layer in range(len(units) - 1):
+            n_in = int(units[layer])
+            m = int(zw[layer + 1])
+            n_i = -(-n_in // step)
+            n_j = max(1, min(-(-_GRAD_MIN_BLOCKS // n_i), m // _GRAD_MIN_COLS))
+            cuts = [0] + [(k * m // n_j) // 8 * 8 for k in range(1, n_j)] + [m]
+            for i0 in range(0, n_in, step):
+                for j0, j1 in zip(cuts[:-1], cuts[1:]):
+                    blocks.append((layer, i0, min(i0 + step, n_in), j0, j1))
         return np.ascontiguousarray(np.array(blocks, dtype=np.intp).ravel())
 
     @staticmethod

@@ -811,17 +811,19 @@ CBP_INLINE void cbp_spgrad_pass_##S(int nv, ptrdiff_t i0, ptrdiff_t i1,        \
     }                                                                          \
 }                                                                              \
                                                                                \
-/* D has rows ldd apart, m used columns and dlen readable elements.        */  \
+/* Rows i0:i1, columns jb:je of G (m columns); D has rows ldd apart and  */  \
+/* dlen readable elements.                                                 */  \
 CBP_CLONES static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1,              \
+                                      ptrdiff_t jb, ptrdiff_t je,              \
                                       const ptrdiff_t *fptr,                   \
                                       const ptrdiff_t *frow, const T *fval,    \
                                       const T *D, ptrdiff_t m, ptrdiff_t ldd,  \
                                       ptrdiff_t dlen, T *CBP_RESTRICT G,       \
                                       int accumulate)                          \
 {                                                                              \
-    for (ptrdiff_t j0 = 0; j0 < m; j0 += 4 * CBP_VL_##S) {                     \
+    for (ptrdiff_t j0 = jb; j0 < je; j0 += 4 * CBP_VL_##S) {                   \
         ptrdiff_t w, safe;                                                     \
-        int nv = cbp_chunk_##S(m, j0, dlen, ldd, &w, &safe);                   \
+        int nv = cbp_chunk_##S(je, j0, dlen, ldd, &w, &safe);                  \
         switch (nv) {                                                          \
         case 4: cbp_spgrad_pass_##S(4, i0, i1, fptr, frow, fval, D, ldd, j0,   \
                                     w, safe, m, G, accumulate); break;         \
@@ -848,7 +850,8 @@ static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,                  \
         cbp_sprow_stream_##S(rs[r], re[r], idx, val, W, m, b, z + r * ldz);    \
 }                                                                              \
                                                                                \
-static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1, const ptrdiff_t *fptr,  \
+static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t jb,           \
+                           ptrdiff_t je, const ptrdiff_t *fptr,                \
                            const ptrdiff_t *frow, const T *fval, const T *D,   \
                            ptrdiff_t m, ptrdiff_t ldd, ptrdiff_t dlen,         \
                            T *CBP_RESTRICT G, int accumulate)                  \
@@ -857,11 +860,11 @@ static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1, const ptrdiff_t *fptr,  \
     for (ptrdiff_t i = i0; i < i1; i++) {                                      \
         T *CBP_RESTRICT g = G + i * m;                                         \
         if (!accumulate)                                                       \
-            for (ptrdiff_t j = 0; j < m; j++) g[j] = (T)0;                     \
+            for (ptrdiff_t j = jb; j < je; j++) g[j] = (T)0;                   \
         for (ptrdiff_t e = fptr[i]; e < fptr[i + 1]; e++) {                    \
             const T a = fval[e];                                               \
             const T *d = D + frow[e] * ldd;                                    \
-            for (ptrdiff_t j = 0; j < m; j++) g[j] += a * d[j];                \
+            for (ptrdiff_t j = jb; j < je; j++) g[j] += a * d[j];              \
         }                                                                      \
     }                                                                          \
 }

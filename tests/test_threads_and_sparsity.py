@@ -5,6 +5,8 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn import neural_network as sknn
 from sklearn.exceptions import ConvergenceWarning
 
@@ -193,7 +195,10 @@ def threading_threshold(request):
     (the small test problems fall below the shipped one)."""
     from cbackprop import _kernels
 
-    old = _kernels._set_parallel_min_work(0.0 if request.param == "always" else 3.0e6)
+    if request.param == "default":
+        yield request.param
+        return
+    old = _kernels._set_parallel_min_work(0.0)
     yield request.param
     _kernels._set_parallel_min_work(old)
 
@@ -309,3 +314,60 @@ def test_full_batch_sgd_does_not_depend_on_shuffling():
         b = _fit(MLPClassifier, data, y, shuffle=False, **common)
         for u, v in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
             np.testing.assert_array_equal(u, v)
+
+
+@settings(max_examples=60, deadline=None)
+@given(units=st.lists(st.integers(1, 300), min_size=2, max_size=4),
+       pieces=st.integers(1, 3))
+def test_gradient_blocks_tile_every_weight_once(units, pieces):
+    # Narrow layers have their output columns cut too; the blocks must still
+    # cover each weight exactly once, start columns at multiples of 8 and be
+    # at least _GRAD_MIN_COLS wide unless the layer is narrower than that.
+    zw = [units[0]] + [u * pieces for u in units[1:]]
+    blocks = _mlp._Workspace._grad_blocks({"units": units, "zw": zw}).reshape(-1, 5)
+    for layer in range(len(units) - 1):
+        hits = np.zeros((units[layer], zw[layer + 1]), dtype=int)
+        mine = blocks[blocks[:, 0] == layer]
+        for _, i0, i1, j0, j1 in mine:
+            assert i1 - i0 <= _mlp._kernels.GRAD_BLOCK_ROWS
+            assert j0 % 8 == 0 and j1 > j0
+            assert j1 - j0 >= min(_mlp._GRAD_MIN_COLS, zw[layer + 1])
+            hits[i0:i1, j0:j1] += 1
+        assert (hits == 1).all()
+        n_i = -(-units[layer] // _mlp._kernels.GRAD_BLOCK_ROWS)
+        if zw[layer + 1] >= 2 * _mlp._GRAD_MIN_COLS and n_i < _mlp._GRAD_MIN_BLOCKS:
+            assert len(mine) > n_i
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_cut_gradient_blocks_change_no_sum(monkeypatch, kind, dtype):
+    # 30 inputs make one block of input units, so the 100 hidden columns are
+    # cut in pieces.  The sparse product treats each column on its own: the
+    # same bits as one uncut block.  BLAS may pick another kernel for a
+    # narrower product, so dense fits agree to rounding.
+    X, y = _sparse_dense_data(n=400, n_features=30, seed=4)
+    X = X.astype(dtype)
+    data = sp.csr_matrix(X) if kind == "csr" else X
+    if kind == "dense":
+        monkeypatch.setattr(_mlp, "_SKIP_ZEROS_DENSITY", {"online": 0.0, "batch": 0.0})
+    common = dict(hidden_layer_sizes=(100, 40), solver="adam", batch_size=64,
+                  max_iter=3, random_state=0, tol=0.0, n_threads=2)
+    blocks = []
+    real = _mlp._Workspace._grad_blocks
+
+    def spy(spec):
+        out = real(spec)
+        blocks.append(len(out) // 5)
+        return out
+
+    monkeypatch.setattr(_mlp._Workspace, "_grad_blocks", staticmethod(spy))
+    cut = _fit(MLPClassifier, data, y, **common)
+    monkeypatch.setattr(_mlp, "_GRAD_MIN_BLOCKS", 1)
+    whole = _fit(MLPClassifier, data, y, **common)
+    assert blocks[0] > blocks[1] == 4   # 30 | 64 + 36 | 40 input units
+    if kind == "csr":
+        for u, v in zip(cut.coefs_ + cut.intercepts_, whole.coefs_ + whole.intercepts_):
+            np.testing.assert_array_equal(u, v)
+    else:
+        _same(cut, whole, 1e-4 if dtype == np.float32 else 1e-10)
