@@ -1412,7 +1412,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef Lazy lz
     cdef SpBatch sb
     cdef Py_ssize_t n = order.shape[0], start, nb, k, i, cap, every, n_batches = 0
-    cdef Py_ssize_t n_gblocks = gblocks.shape[0] // GB_FIELDS, n_ublocks = ublocks.shape[0] // 4
+    cdef Py_ssize_t n_gblocks = gblocks.shape[0] // GB_FIELDS
+    cdef Py_ssize_t n_ublocks = ublocks.shape[0] // 4
     cdef double data_sum = 0.0, pen_sum = 0.0, loss_sum, sw_sum, pen, dl, ll
     cdef int status = STATUS_OK, threads
     cdef const floating* Yp = &Y[0, 0]

@@ -146,7 +146,6 @@ class _Workspace:
         # the CSR copy is made only if a second one follows (settle_input).
         self._deferred = (X, dtype) if online and self.skip_zeros else None
         self.n_features = X.shape[1]
-        units = spec["units"]
         n_params = spec["n_params"]
         total = int(np.sum(spec["stride"][1:]))
         self.cap = cap = max(1, int(cap))
