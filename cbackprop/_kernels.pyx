@@ -341,6 +341,15 @@ cdef struct SpBatch:
     Py_ssize_t* fptr0
     Py_ssize_t* frow0
     void* fval0
+    # Mini-batches (n_keep == 0) have two slots of by-feature buffers: while
+    # a batch's weight gradients are made, one task sorts the next batch's
+    # rows into the other slot, so the sort is off the forward pass (where
+    # one task among a few row chunks left a thread idle).  ``ahead`` is the
+    # row list that slot ``ahead_slot`` was made for (NULL: none).
+    Py_ssize_t nnz_cap
+    const Py_ssize_t* ahead
+    Py_ssize_t ahead_nb
+    int ahead_slot
 
 
 # ---------------------------------------------------------------------------
@@ -627,29 +636,40 @@ cdef void _sparse_rows(const Source* src, SpBatch* sb, const Py_ssize_t* rows,
     sb.val = src.x
 
 
-cdef void _sparse_by_feature(const Source* src, SpBatch* sb, Py_ssize_t nb,
-                             floating* val_witness) noexcept nogil:
-    """Counting sort of the block's non-zeros by feature, rows kept in order."""
+cdef void _sort_by_feature(const Source* src, const Py_ssize_t* rows, Py_ssize_t nb,
+                           Py_ssize_t* fptr, Py_ssize_t* frow,
+                           floating* fval) noexcept nogil:
+    """Counting sort of the non-zeros of rows ``rows[0:nb]`` by feature,
+    rows kept in order: feature i's entries are ``fptr[i]:fptr[i + 1]`` of
+    ``frow`` (0-based positions in ``rows``) and ``fval``."""
     cdef Py_ssize_t r, p, i, nf = src.n_features, pos
-    cdef const floating* val = <const floating*>sb.val
-    cdef floating* fval = <floating*>sb.fval
-    memset(sb.fptr, 0, (nf + 1) * sizeof(Py_ssize_t))
+    cdef const floating* val = <const floating*>src.x
+    cdef const Py_ssize_t* idx = src.ind
+    memset(fptr, 0, (nf + 1) * sizeof(Py_ssize_t))
     for r in range(nb):
-        for p in range(sb.rs[r], sb.re[r]):
-            sb.fptr[sb.idx[p] + 1] += 1
+        for p in range(src.ptr[rows[r]], src.ptr[rows[r] + 1]):
+            fptr[idx[p] + 1] += 1
     for i in range(nf):
-        sb.fptr[i + 1] += sb.fptr[i]
+        fptr[i + 1] += fptr[i]
     for r in range(nb):
-        for p in range(sb.rs[r], sb.re[r]):
-            i = sb.idx[p]
+        for p in range(src.ptr[rows[r]], src.ptr[rows[r] + 1]):
+            i = idx[p]
             # fptr[i] is used as the fill cursor and restored below.
-            pos = sb.fptr[i]
-            sb.frow[pos] = r
+            pos = fptr[i]
+            frow[pos] = r
             fval[pos] = val[p]
-            sb.fptr[i] = pos + 1
+            fptr[i] = pos + 1
     for i in range(nf, 0, -1):
-        sb.fptr[i] = sb.fptr[i - 1]
-    sb.fptr[0] = 0
+        fptr[i] = fptr[i - 1]
+    fptr[0] = 0
+
+
+cdef inline void _use_slot(SpBatch* sb, Py_ssize_t nf, int slot,
+                           const floating* witness) noexcept nogil:
+    """Point the by-feature buffers at mini-batch slot ``slot`` (0 or 1)."""
+    sb.fptr = sb.fptr0 + slot * (nf + 1)
+    sb.frow = sb.frow0 + slot * sb.nnz_cap
+    sb.fval = (<floating*>sb.fval0) + slot * sb.nnz_cap
 
 
 # ---------------------------------------------------------------------------
@@ -746,11 +766,14 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                       floating* gates, floating* xbuf, Py_ssize_t cap, floating* grad,
                       double* closs, double* csw, const Py_ssize_t* gblocks,
                       Py_ssize_t n_gblocks, bint accumulate, bint need_grad,
-                      int n_threads, double* loss_sum, double* sw_sum) noexcept nogil:
+                      int n_threads, double* loss_sum, double* sw_sum,
+                      const Py_ssize_t* rows_next, Py_ssize_t nb_next) noexcept nogil:
     """Loss of ``nb`` rows (the first at epoch position ``pos``) added to
     ``loss_sum``/``sw_sum`` and, with ``need_grad``, their unnormalised
     gradient written to (``accumulate``: added to) ``grad``: ``A^T delta``
-    and column sums of ``delta``."""
+    and column sums of ``delta``.  ``rows_next`` (or NULL): the ``nb_next``
+    rows of the next batch, whose by-feature copy of sparse input is made
+    beside the gradient (see SpBatch)."""
     cdef Py_ssize_t ch = _chunk_rows(nb), n_chunks, c, r0, nr, k, li, i0, i1, j0, j1
     cdef Py_ssize_t nf = src.n_features, m, s_next, r
     cdef const floating* xin = NULL
@@ -759,7 +782,8 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     cdef floating* d
     cdef floating* gb
     cdef bint consecutive = True
-    cdef Py_ssize_t sort_task = 0, keep = -1, off
+    cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0
+    cdef int slot = 0
     n_chunks = (nb + ch - 1) // ch
 
     # Dense BLAS input: rows are used in place when they are consecutive in
@@ -779,14 +803,16 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
             xin = xbuf
 
     # The by-feature copy of a sparse block (for the first layer's gradient)
-    # depends only on the rows, so one thread makes it while others start on
-    # the forward chunks: task 0 of a dynamic schedule.  Every chunk writes
-    # its own outputs, so which thread runs it never changes a result.
+    # depends only on the rows.  Unless the previous batch's gradient tasks
+    # made it already, one thread makes it while others start on the
+    # forward chunks: task 0 of a dynamic schedule.  Every chunk writes its
+    # own outputs, so which thread runs it never changes a result.
     if src.csr and need_grad:
         sort_task = 1
-        sb.fptr = sb.fptr0
-        sb.frow = sb.frow0
-        sb.fval = sb.fval0
+        if sb.n_keep == 0 and sb.ahead == rows and sb.ahead_nb == nb:
+            sort_task = 0
+            slot = sb.ahead_slot
+        _use_slot(sb, nf, slot, xbuf)
         if sb.n_keep > 0 and consecutive and rows[0] % cap == 0 \
                 and rows[0] // cap < sb.n_keep:
             keep = rows[0] // cap
@@ -798,7 +824,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                 sort_task = 0
     for c in prange(n_chunks + sort_task, num_threads=n_threads, schedule="dynamic"):
         if c < sort_task:
-            _sparse_by_feature(src, sb, nb, xbuf)
+            _sort_by_feature(src, rows, nb, sb.fptr, sb.frow, <floating*>sb.fval)
         else:
             r0 = (c - sort_task) * ch
             nr = min(ch, nb - r0)
@@ -810,16 +836,23 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     for c in range(n_chunks):
         loss_sum[0] += closs[c]
         sw_sum[0] += csw[c]
+    sb.ahead = NULL
     if not need_grad:
         return
 
     # Weight gradients, one block of input units at a time, then each
     # layer's bias gradient (short tasks last, to even out the threads'
     # finish): each element is summed over the rows in row order by exactly
-    # one thread.
-    for k in prange(n_gblocks + net.n_layers, num_threads=n_threads,
+    # one thread.  First of all, the next batch's sort into the other slot.
+    if src.csr and sb.n_keep == 0 and rows_next != NULL and nb_next > 0:
+        ahead_task = 1
+    for k in prange(-ahead_task, n_gblocks + net.n_layers, num_threads=n_threads,
                     schedule="dynamic"):
-        if k >= n_gblocks:
+        if k < 0:
+            _sort_by_feature(src, rows_next, nb_next, sb.fptr0 + (1 - slot) * (nf + 1),
+                             sb.frow0 + (1 - slot) * sb.nnz_cap,
+                             (<floating*>sb.fval0) + (1 - slot) * sb.nnz_cap)
+        elif k >= n_gblocks:
             li = k - n_gblocks
             m = net.zw[li + 1]
             s_next = net.stride[li + 1]
@@ -848,6 +881,10 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                             <floating>1, a_in + i0, <int>net.stride[li], d + j0,
                             <int>s_next, <floating>1 if accumulate else <floating>0,
                             grad + net.coef_off[li] + i0 * m + j0, <int>m)
+    if ahead_task:
+        sb.ahead = rows_next
+        sb.ahead_nb = nb_next
+        sb.ahead_slot = 1 - slot
 
 
 cdef int _accumulate(const Net* net, const floating* params, const Source* src,
@@ -857,8 +894,11 @@ cdef int _accumulate(const Net* net, const floating* params, const Source* src,
                      floating* grad, double* closs, double* csw,
                      const Py_ssize_t* gblocks, Py_ssize_t n_gblocks, bint need_grad,
                      int n_threads, double* loss_sum, double* sw_sum,
-                     bint check_signals) noexcept nogil:
+                     bint check_signals, const Py_ssize_t* rows_next=NULL,
+                     Py_ssize_t nb_next=0) noexcept nogil:
     """Loss and unnormalised gradient of ``n`` rows, ``cap`` rows per pass.
+    ``rows_next``: the next batch's rows (see :func:`_block_grad`), used when
+    ``n <= cap``.
 
     Returns STATUS_INTERRUPTED when ``check_signals`` and Ctrl-C arrives
     between passes, else STATUS_OK."""
@@ -869,7 +909,8 @@ cdef int _accumulate(const Net* net, const floating* params, const Source* src,
         nb = min(cap, n - start)
         _block_grad(net, params, src, sb, rows + start, nb, pos + start, Y, sw, acts,
                     deltas, gates, xbuf, cap, grad, closs, csw, gblocks, n_gblocks,
-                    start > 0, need_grad, n_threads, loss_sum, sw_sum)
+                    start > 0, need_grad, n_threads, loss_sum, sw_sum,
+                    rows_next if n <= cap else NULL, nb_next)
         start += nb
         if check_signals and start < n and _interrupted():
             return STATUS_INTERRUPTED
@@ -1227,8 +1268,9 @@ cdef void _make_spbatch(SpBatch* sb, Py_ssize_t[::1] spi, floating[::1] spv,
                         Py_ssize_t n_keep, const Source* src,
                         Py_ssize_t n_rows) except *:
     """Carve the CSR-block buffers out of one int and one float array:
-    spi = [rs: cap | re: cap | kept: n_keep | fptr: max(n_keep, 1) * (nf + 1)
-    | frow: nnz_cap], spv = [fval: nnz_cap].  With ``n_keep`` > 0,
+    spi = [rs: cap | re: cap | kept: n_keep | fptr: slots * (nf + 1)
+    | frow: slots' * nnz_cap], spv = [fval: slots' * nnz_cap], where slots
+    = max(n_keep, 2) and slots' = 1 if n_keep else 2.  With ``n_keep`` > 0,
     ``nnz_cap`` holds every non-zero of X and ``kept`` starts zeroed."""
     n_int, n_float = sparse_buffer_sizes(cap, nnz_cap, n_features, n_keep)
     if n_keep < 0 or (n_keep > 0 and not (
@@ -1244,8 +1286,12 @@ cdef void _make_spbatch(SpBatch* sb, Py_ssize_t[::1] spi, floating[::1] spv,
     sb.n_keep = n_keep
     sb.kept = ibase + 2 * cap
     sb.fptr0 = sb.kept + n_keep
-    sb.frow0 = sb.fptr0 + max(n_keep, 1) * (n_features + 1)
+    sb.frow0 = sb.fptr0 + max(n_keep, 2) * (n_features + 1)
     sb.fval0 = &spv[0]
+    sb.nnz_cap = nnz_cap
+    sb.ahead = NULL
+    sb.ahead_nb = 0
+    sb.ahead_slot = 0
     sb.fptr = sb.fptr0
     sb.frow = sb.frow0
     sb.fval = sb.fval0
@@ -1341,8 +1387,9 @@ def _compact(const floating[::1] x, bint plain):
 def sparse_buffer_sizes(Py_ssize_t cap, Py_ssize_t nnz_cap, Py_ssize_t n_features,
                         Py_ssize_t n_keep=0):
     """Lengths of the int and float CSR-block buffers (see _make_spbatch)."""
-    return (2 * cap + n_keep + max(n_keep, 1) * (n_features + 1) + nnz_cap,
-            nnz_cap)
+    cdef Py_ssize_t slots = 1 if n_keep > 0 else 2
+    return (2 * cap + n_keep + max(n_keep, 2) * (n_features + 1) + slots * nnz_cap,
+            slots * nnz_cap)
 
 
 def lazy_tables(Py_ssize_t n, double lr, double momentum, bint nesterov,
@@ -1489,7 +1536,9 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                                      start, Yp, swp, &acts[0], &deltas[0], &gates[0],
                                      &xbuf[0], cap, &grad[0], &dwork[0], &dwork[cap],
                                      &gblocks[0], n_gblocks, True, threads, &loss_sum,
-                                     &sw_sum, True)
+                                     &sw_sum, True,
+                                     &order[start + nb] if start + nb < n else NULL,
+                                     min(batch_size, n - start - nb))
                 if status != STATUS_OK:
                     break
                 if sw_sum > 0:

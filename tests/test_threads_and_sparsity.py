@@ -67,11 +67,16 @@ def test_batch_mode_density_threshold_is_stricter_than_online():
     assert _mlp._kernel_input(X, np.float64, "batch")[1] is None
 
 
-@pytest.mark.parametrize("batch_size", [16, 200])
-def test_cached_csr_and_blas_batches_agree(monkeypatch, batch_size):
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("batch_size", [16, 47, 200])
+def test_cached_csr_and_blas_batches_agree(monkeypatch, batch_size, n_threads,
+                                           threading_threshold):
+    # Each mini-batch's by-feature copy is made during the previous batch's
+    # gradient (in the other of two slots); 47 leaves a short last batch.
     X, y = _sparse_dense_data(n=200, n_features=50)
     common = dict(hidden_layer_sizes=(20,), solver="adam", batch_size=batch_size,
-                  max_iter=3, learning_rate_init=0.01, random_state=0)
+                  max_iter=3, learning_rate_init=0.01, random_state=0,
+                  n_threads=n_threads)
     cached = _fit(MLPClassifier, X, y, **common)
     monkeypatch.setattr(_mlp, "_SKIP_ZEROS_DENSITY", {"online": 0.4, "batch": 0.0})
     blas = _fit(MLPClassifier, X, y, **common)
