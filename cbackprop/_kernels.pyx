@@ -781,7 +781,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     cdef const floating* a_in
     cdef floating* d
     cdef floating* gb
-    cdef bint consecutive = True
+    cdef bint consecutive = True, gather = False
     cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0
     cdef int slot = 0
     n_chunks = (nb + ch - 1) // ch
@@ -798,8 +798,9 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         if consecutive:
             xin = X + rows[0] * nf
         else:
-            for r in prange(nb, num_threads=n_threads, schedule="static"):
-                memcpy(xbuf + r * nf, X + rows[r] * nf, nf * sizeof(floating))
+            # Each forward chunk gathers its own rows first (no separate
+            # parallel region for the copy).
+            gather = True
             xin = xbuf
 
     # The by-feature copy of a sparse block (for the first layer's gradient)
@@ -828,6 +829,9 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         else:
             r0 = (c - sort_task) * ch
             nr = min(ch, nb - r0)
+            if gather:
+                for r in range(r0, r0 + nr):
+                    memcpy(xbuf + r * nf, X + rows[r] * nf, nf * sizeof(floating))
             _chunk_backward(net, params, src, sb, rows, nr, xin, Y, sw, acts, deltas,
                             gates, cap, r0, pos, &closs[c - sort_task],
                             &csw[c - sort_task], need_grad)
@@ -1462,7 +1466,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef Py_ssize_t n_gblocks = gblocks.shape[0] // GB_FIELDS
     cdef Py_ssize_t n_ublocks = ublocks.shape[0] // 4
     cdef double data_sum = 0.0, pen_sum = 0.0, loss_sum, sw_sum, pen, dl, ll
-    cdef int status = STATUS_OK, threads
+    cdef int status = STATUS_OK, threads, step_threads
     cdef const floating* Yp = &Y[0, 0]
     cdef const floating* swp = &sw[0] if has_sw else NULL
     cdef floating one = 1
@@ -1527,6 +1531,10 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                     status = STATUS_NONFINITE
     else:
         threads = _threads_for(&net, &src, Y.shape[0], min(batch_size, n), n_threads)
+        # A network of at most two update blocks (load_digits' 7.5k
+        # parameters) gives a second thread little or no share of the
+        # step: waking it would cost more.
+        step_threads = threads if net.n_params > 2 * UPDATE_BLOCK else 1
         every = max(1, SIGNAL_EVERY * 64 // batch_size)
         with nogil:
             start = 0
@@ -1544,7 +1552,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                 if sw_sum > 0:
                     pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
                                       &grad[0], sw_sum, &ublocks[0], n_ublocks,
-                                      &dwork[2 * cap], threads)
+                                      &dwork[2 * cap], step_threads)
                     dl = loss_sum / sw_sum
                     ll = pen / sw_sum
                 else:
