@@ -287,19 +287,43 @@ def main(argv=None):
     cb_rate = dense_flops(1, units) / (cb * 1e-6) / 1e9
     print(f"|   ... cbackprop dense-equivalent rate | GFLOP/s | | | {cb_rate:.0f} | "
           f"{100 * cb_rate / peak32:.0f}% of float32 peak | | >= 65% of peak |")
-    _, _, (_, pt1, cb1) = scenario_mnist(
-        table, args, X, y, batch_size=200, dtype=np.float32, epochs=1 if q else 2,
-        hidden=big, solver="adam", lr=1e-3, n_sk=-1, threads=1, cb_threads=1)
-    # The machine's own ceiling right now: neighbours on a shared VM take
-    # part of a core at times, and numpy's matmul feels it like everyone.
-    mm1, mm2 = [], []
-    for _ in range(3):
-        mm1.append(matmul_peak(np.float32, threads=1, repeats=3))
-        mm2.append(matmul_peak(np.float32, repeats=3))
-    print(f"| thread scaling 1 -> {os.cpu_count()} threads, adam case | speed-up | "
-          f"| {pt1 / pt if pt else float('nan'):.2f}x | {cb1 / cb:.2f}x | | | "
-          f">= 1.8x (numpy float32 matmul just after: "
-          f"{np.median(mm2) / np.median(mm1):.2f}x) |")
+    # Thread scaling: every variant takes its turn within each round (1 and
+    # all threads of cbackprop, of PyTorch, and numpy's float32 matmul as
+    # the machine's own ceiling at that moment), so that a burst of load
+    # from the VM's neighbours falls on both sides of each ratio.
+    Xs = X.astype(np.float32)
+    sparams = dict(hidden_layer_sizes=big, solver="adam", batch_size=200,
+                   learning_rate_init=1e-3, max_iter=1 if q else 2, tol=0.0,
+                   n_iter_no_change=10**9, random_state=0)
+    rng = np.random.default_rng(0)
+    ma = rng.random((1024, 1024)).astype(np.float32)
+    mb = rng.random((1024, 1024)).astype(np.float32)
+
+    def cb_fit(threads):
+        return lambda: fit_quiet(MLPClassifier(n_threads=threads, **sparams), Xs, y)
+
+    def pt_fit(threads):
+        return lambda: torch_fit(Xs, y, big, solver="adam", batch_size=200,
+                                 epochs=sparams["max_iter"], lr=1e-3, threads=threads)
+
+    def matmul(threads):
+        from threadpoolctl import threadpool_limits
+
+        def run():
+            with threadpool_limits(limits=threads, user_api="blas"):
+                for _ in range(5):
+                    ma @ mb
+        return run
+
+    n_cpu = os.cpu_count()
+    have_pt = torch is not None
+    cb1, cbn, pt1, ptn, mm1, mmn = median_times(
+        [cb_fit(1), cb_fit(n_cpu), pt_fit(1) if have_pt else None,
+         pt_fit(n_cpu) if have_pt else None, matmul(1), matmul(n_cpu)], args.repeats)
+    pt_scaling = f"{pt1 / ptn:.2f}x" if have_pt else "n/a"
+    print(f"| thread scaling 1 -> {n_cpu} threads, adam case | speed-up | "
+          f"| {pt_scaling} | {cb1 / cbn:.2f}x | | | >= 1.8x (numpy float32 matmul "
+          f"in the same rounds: {mm1 / mmn:.2f}x) |")
 
     # 6. full batch, float32
     label, unit, (sk, pt, cb) = scenario_mnist(
