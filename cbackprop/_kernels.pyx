@@ -1436,6 +1436,80 @@ def lazy_tables(Py_ssize_t n, double lr, double momentum, bint nesterov,
     return np.asarray(pw), np.asarray(pf)
 
 
+# Thread tuner of mini-batch training (see _tuned_threads).  State, kept by
+# the caller across epochs: [mode (1: fall back to one thread), seconds per
+# row on one thread (moving average), the same on all threads, the fastest
+# all-thread batch seen, batches timed, batch of the last probe].
+TUNER_STATE_SIZE = 6
+cdef enum:
+    TUNE_FIRST_PROBE = 4       # batch timed on one thread first
+    TUNE_SLOW_FACTOR = 14      # all-thread rows 1.4x slower than their best
+    TUNE_CLOSE_FACTOR = 125    # or all threads under 1.25x faster than one
+    TUNE_PROBE_ALL = 16        # in fallback, try all threads every 16 batches
+    TUNE_PROBE_ONE = 64        # and never probe one thread more often
+
+
+cdef inline int _tuned_threads(double* tp, int threads) noexcept nogil:
+    """Threads for the next batch.
+
+    A batch's weights do not depend on its thread count, so this may change
+    between batches: on a shared machine the host at times takes the
+    second core away, and small batches then run slower on two threads
+    than on one.  Batch ``TUNE_FIRST_PROBE`` runs on one thread; later ones
+    do again (at most every ``TUNE_PROBE_ONE`` batches) only when the
+    all-thread batches slowed to 1.4x their best or gained under 1.25x.
+    While one thread is faster it is kept, and all threads are tried again
+    every ``TUNE_PROBE_ALL`` batches."""
+    cdef long long k = <long long>tp[4], last = <long long>tp[5]
+    if tp[0] != 0:
+        return threads if k - last >= TUNE_PROBE_ALL else 1
+    if last == 0:
+        return 1 if k == TUNE_FIRST_PROBE else threads
+    if k - last >= TUNE_PROBE_ONE and (tp[2] * 10 > tp[3] * TUNE_SLOW_FACTOR
+                                       or tp[1] * 100 < tp[2] * TUNE_CLOSE_FACTOR):
+        return 1
+    return threads
+
+
+cdef inline void _tuner_record(double* tp, int used, double per_row) noexcept nogil:
+    """Account one timed batch (``per_row`` seconds a row on ``used``
+    threads) and pick the mode for the next ones."""
+    cdef long long k = <long long>tp[4]
+    tp[4] += 1
+    if k < 2:
+        # The first batches also warm the caches: not a fair measure.
+        return
+    if used == 1:
+        tp[1] = per_row if tp[1] == 0 else 0.7 * tp[1] + 0.3 * per_row
+        if tp[0] == 0:
+            tp[5] = k
+            if tp[1] < tp[2]:
+                tp[0] = 1
+        return
+    if tp[3] == 0 or per_row < tp[3]:
+        tp[3] = per_row
+    if tp[0] != 0:
+        # A probe while falling back: back to all threads if they now win.
+        tp[5] = k
+        if per_row < tp[1]:
+            tp[0] = 0
+            tp[2] = per_row
+        return
+    tp[2] = per_row if tp[2] == 0 else 0.7 * tp[2] + 0.3 * per_row
+
+
+def _tuner_step(double[::1] state, int threads, bint record=False, int used=0,
+                double per_row=0.0):
+    """Python door to the thread tuner for tests: the threads it picks for
+    the next batch, or (``record``) account a timed batch."""
+    if state.shape[0] < TUNER_STATE_SIZE:
+        raise ValueError("the tuner state needs TUNER_STATE_SIZE entries")
+    if record:
+        _tuner_record(&state[0], used, per_row)
+        return None
+    return _tuned_threads(&state[0], threads)
+
+
 def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               const floating[:, ::1] Y, const floating[::1] sw,
               bint has_sw, const Py_ssize_t[::1] order, dict spec,
@@ -1445,7 +1519,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               floating[::1] gates, floating[::1] xbuf, Py_ssize_t[::1] iwork,
               double[::1] dwork, Py_ssize_t[::1] spi, floating[::1] spv,
               Py_ssize_t nnz_cap, Py_ssize_t batch_size, int n_threads, dict opt,
-              object lazy=None, long long step0=0, Py_ssize_t n_keep=0):
+              object lazy=None, long long step0=0, Py_ssize_t n_keep=0,
+              double[::1] tuner=None):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
     Returns ``(status, data_loss_sum, penalty_sum, n_done)``: the batch losses
@@ -1456,6 +1531,9 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     ``step0`` numbers the first sample of the epoch for the dropout masks.
     ``n_keep`` > 0 (full batch over CSR X, ``order`` sorted): the by-feature
     copies of the passes' blocks are kept in ``spi`` / ``spv`` between calls.
+    ``tuner`` (``TUNER_STATE_SIZE`` zeros before a fit's first epoch, then
+    kept): lets multithreaded mini-batches fall back to one thread while
+    that is faster (see ``_tuned_threads``).
     """
     cdef Net net
     cdef Source src
@@ -1466,7 +1544,9 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef Py_ssize_t n_gblocks = gblocks.shape[0] // GB_FIELDS
     cdef Py_ssize_t n_ublocks = ublocks.shape[0] // 4
     cdef double data_sum = 0.0, pen_sum = 0.0, loss_sum, sw_sum, pen, dl, ll
-    cdef int status = STATUS_OK, threads, step_threads
+    cdef int status = STATUS_OK, threads, step_threads, use
+    cdef double* tp = NULL
+    cdef double t0 = 0.0
     cdef const floating* Yp = &Y[0, 0]
     cdef const floating* swp = &sw[0] if has_sw else NULL
     cdef floating one = 1
@@ -1536,14 +1616,22 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         # step: waking it would cost more.
         step_threads = threads if net.n_params > 2 * UPDATE_BLOCK else 1
         every = max(1, SIGNAL_EVERY * 64 // batch_size)
+        if threads > 1 and tuner is not None:
+            if tuner.shape[0] < TUNER_STATE_SIZE:
+                raise ValueError("the tuner state needs TUNER_STATE_SIZE entries")
+            tp = &tuner[0]
         with nogil:
             start = 0
             while start < n:
                 nb = min(batch_size, n - start)
+                use = threads
+                if tp != NULL:
+                    use = _tuned_threads(tp, threads)
+                    t0 = omp_get_wtime()
                 status = _accumulate(&net, &params[0], &src, &sb, &order[start], nb,
                                      start, Yp, swp, &acts[0], &deltas[0], &gates[0],
                                      &xbuf[0], cap, &grad[0], &dwork[0], &dwork[cap],
-                                     &gblocks[0], n_gblocks, True, threads, &loss_sum,
+                                     &gblocks[0], n_gblocks, True, use, &loss_sum,
                                      &sw_sum, True,
                                      &order[start + nb] if start + nb < n else NULL,
                                      min(batch_size, n - start - nb))
@@ -1552,7 +1640,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                 if sw_sum > 0:
                     pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
                                       &grad[0], sw_sum, &ublocks[0], n_ublocks,
-                                      &dwork[2 * cap], step_threads)
+                                      &dwork[2 * cap], min(step_threads, use))
                     dl = loss_sum / sw_sum
                     ll = pen / sw_sum
                 else:
@@ -1562,6 +1650,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                     ll = 0.0
                 data_sum += dl * nb
                 pen_sum += ll * nb
+                if tp != NULL:
+                    _tuner_record(tp, use, (omp_get_wtime() - t0) / nb)
                 start += nb
                 if not (isfinite(dl) and isfinite(ll)):
                     status = STATUS_NONFINITE
@@ -1715,6 +1805,7 @@ cdef void _predict_chunk(const Net* net, const floating* params, const Source* s
 
 cdef extern from "cbp_omp.h" nogil:
     int omp_get_thread_num()
+    double omp_get_wtime()
 
 
 cdef inline Py_ssize_t _thread_id() noexcept nogil:

@@ -162,6 +162,8 @@ class _Workspace:
         self.iwork = np.empty(max(2 * self.n_features, 1), dtype=np.intp)
         self.gblocks = self._grad_blocks(spec)
         self.n_threads = n_threads
+        # Per-fit state of the kernels' thread tuner (see run_epoch).
+        self.tuner = np.zeros(_kernels.TUNER_STATE_SIZE)
         # Non-zeros a block of ``cap`` rows can hold: the ``cap`` fullest rows.
         if row_nnz is None:
             self.nnz_cap = 0
@@ -1275,7 +1277,7 @@ class _BaseMLP(BaseEstimator):
                     ws.gblocks, ws.ublocks, params, opt["state1"], opt["state2"],
                     ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf, ws.iwork, ws.dwork,
                     ws.spi, ws.spv, ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
-                    self.t_, ws.n_keep,
+                    self.t_, ws.n_keep, ws.tuner,
                 )
                 if status == _STATUS_INTERRUPTED:
                     # Back to the end of the last whole epoch, so that the

@@ -376,3 +376,80 @@ def test_column_cut_gradient_blocks_change_no_sum(monkeypatch, kind, dtype):
             np.testing.assert_array_equal(u, v)
     else:
         _same(cut, whole, 1e-4 if dtype == np.float32 else 1e-10)
+
+
+def _tune(state, threads, batches):
+    """Drive the kernels' thread tuner with batches timed by ``batches(t, k)``
+    (seconds a row on t threads for the k-th batch); return the threads it
+    picked."""
+    picked = []
+    for k in range(len(batches) if isinstance(batches, list) else 300):
+        t = _mlp._kernels._tuner_step(state, threads)
+        picked.append(t)
+        per_row = batches[k](t) if isinstance(batches, list) else batches(t, k)
+        _mlp._kernels._tuner_step(state, threads, record=True, used=t, per_row=per_row)
+    return picked
+
+
+def test_thread_tuner_leaves_a_quiet_machine_alone():
+    # Two threads 1.8x faster all along: one probe of one thread (batch 4),
+    # then never again.
+    state = np.zeros(_mlp._kernels.TUNER_STATE_SIZE)
+    picked = _tune(state, 2, lambda t, k: 1.0 if t == 1 else 1 / 1.8)
+    assert picked.count(1) == 1 and picked[4] == 1
+    assert state[0] == 0
+
+
+def test_thread_tuner_falls_back_while_threads_lose_and_returns():
+    # Batches 50-149: the second core is taken away and two threads run at
+    # half speed, slower than one.  The tuner notices (all-thread rows 1.4x
+    # their best), runs on one thread while that is faster, and goes back
+    # to two once they win again, trying them every 16 batches meanwhile.
+    def timing(t, k):
+        if t == 1:
+            return 1.0
+        return 1.1 if 50 <= k < 150 else 0.55
+
+    state = np.zeros(_mlp._kernels.TUNER_STATE_SIZE)
+    picked = _tune(state, 2, timing)
+    bad = picked[60:150]
+    assert bad.count(1) > 0.8 * len(bad)
+    assert 2 in bad                                   # still probing
+    assert picked[-100:].count(2) >= 98               # back on two threads
+    assert state[0] == 0
+
+
+def test_thread_tuner_rejects_a_short_state():
+    with pytest.raises(ValueError, match="TUNER_STATE_SIZE"):
+        _mlp._kernels._tuner_step(np.zeros(3), 2)
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+def test_batches_switching_thread_counts_give_the_same_weights(monkeypatch, kind):
+    # A tuner stuck in its one-thread fallback still tries all threads every
+    # 16 batches: a fit mixing one and two threads batch by batch must give
+    # the bits of a one-thread fit.
+    X, y = _sparse_dense_data(n=600, n_features=40, seed=5)
+    data = sp.csr_matrix(X) if kind == "csr" else X
+    if kind == "dense":
+        monkeypatch.setattr(_mlp, "_SKIP_ZEROS_DENSITY", {"online": 0.0, "batch": 0.0})
+    states = []
+    real = _mlp._Workspace.__init__
+
+    def fallback(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        self.tuner[:] = [1.0, 1e-9, 1.0, 1.0, 0.0, 0.0]
+        states.append(self.tuner)
+
+    common = dict(hidden_layer_sizes=(30,), solver="adam", batch_size=10, max_iter=3,
+                  random_state=0, tol=0.0)
+    old = _mlp._kernels._set_parallel_min_work(0.0)
+    try:
+        single = _fit(MLPClassifier, data, y, n_threads=1, **common)
+        monkeypatch.setattr(_mlp._Workspace, "__init__", fallback)
+        mixed = _fit(MLPClassifier, data, y, n_threads=2, **common)
+    finally:
+        _mlp._kernels._set_parallel_min_work(old)
+    assert states[0][4] == 3 * 60                     # every batch was timed
+    for u, v in zip(single.coefs_ + single.intercepts_, mixed.coefs_ + mixed.intercepts_):
+        np.testing.assert_array_equal(u, v)
