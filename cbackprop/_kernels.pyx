@@ -18,7 +18,8 @@ Determinism
 -----------
 Every piece of parallel work is cut the same way whatever the number of
 threads: rows in chunks whose size depends only on the batch size, weight
-gradients in blocks of ``GRAD_BLOCK`` input units, updates in blocks of
+gradients in blocks of ``GRAD_BLOCK`` input units (narrow layers also cut by
+output columns, from the shapes alone), updates in blocks of
 ``UPDATE_BLOCK`` parameters.  Each piece is computed by one thread in a fixed
 order and reductions over pieces run in index order, so the fitted weights
 are bitwise the same for any thread count.
