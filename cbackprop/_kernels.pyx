@@ -45,6 +45,7 @@ Every entry point returns an integer status; Python turns it into an exception.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt, pow, isfinite
+from libc.stdint cimport int32_t, INT32_MAX
 from libc.string cimport memset, memcpy
 
 from cbackprop._blas cimport mm_rowmajor, NoTrans, Trans
@@ -71,6 +72,7 @@ cdef extern from "cbp_math.h" nogil:
     double cbp_logsumexp_d(const double* z, Py_ssize_t n)
 
 cdef extern from "cbp_loops.h" nogil:
+    ctypedef int32_t cbp_idx
     void cbp_axpy_d(Py_ssize_t n, double a, const double* x, double* y)
     void cbp_axpy_f(Py_ssize_t n, float a, const float* x, float* y)
     double cbp_dot_d(Py_ssize_t n, const double* x, const double* y)
@@ -118,20 +120,20 @@ cdef extern from "cbp_loops.h" nogil:
     void cbp_maxout_backward_f(Py_ssize_t nr, Py_ssize_t u, Py_ssize_t k,
                                const float* z, Py_ssize_t ldz, const float* g,
                                Py_ssize_t ldg, float* dz)
-    Py_ssize_t cbp_compact_d(Py_ssize_t n, const double* x, Py_ssize_t* idx, double* val)
+    Py_ssize_t cbp_compact_d(Py_ssize_t n, const double* x, cbp_idx* idx, double* val)
     void cbp_prefetch(const void* p, Py_ssize_t nbytes)
-    Py_ssize_t cbp_compact_f(Py_ssize_t n, const float* x, Py_ssize_t* idx, float* val)
-    Py_ssize_t cbp_compact_plain_d(Py_ssize_t n, const double* x, Py_ssize_t* idx,
+    Py_ssize_t cbp_compact_f(Py_ssize_t n, const float* x, cbp_idx* idx, float* val)
+    Py_ssize_t cbp_compact_plain_d(Py_ssize_t n, const double* x, cbp_idx* idx,
                                    double* val)
-    Py_ssize_t cbp_compact_plain_f(Py_ssize_t n, const float* x, Py_ssize_t* idx,
+    Py_ssize_t cbp_compact_plain_f(Py_ssize_t n, const float* x, cbp_idx* idx,
                                    float* val)
     int cbp_has_avx512()
     void cbp_sprows_d(Py_ssize_t nr, const Py_ssize_t* rs, const Py_ssize_t* re,
-                      const Py_ssize_t* idx, const double* val, const double* W,
+                      const cbp_idx* idx, const double* val, const double* W,
                       Py_ssize_t m, Py_ssize_t wlen, const double* b, double* z,
                       Py_ssize_t ldz)
     void cbp_sprows_f(Py_ssize_t nr, const Py_ssize_t* rs, const Py_ssize_t* re,
-                      const Py_ssize_t* idx, const float* val, const float* W,
+                      const cbp_idx* idx, const float* val, const float* W,
                       Py_ssize_t m, Py_ssize_t wlen, const float* b, float* z,
                       Py_ssize_t ldz)
     void cbp_spgrad_d(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t jb, Py_ssize_t je,
@@ -165,19 +167,19 @@ cdef extern from "cbp_loops.h" nogil:
     double cbp_adam_outer_f(Py_ssize_t n, Py_ssize_t m, const float* a, const float* d,
                             float* W, float* M1, float* M2, float alpha, float l1,
                             float sw, float lr_t, float b1, float b2, float eps)
-    double cbp_lazy_forward_d(Py_ssize_t n, const Py_ssize_t* rows, const double* vals,
+    double cbp_lazy_forward_d(Py_ssize_t n, const cbp_idx* rows, const double* vals,
                               Py_ssize_t* last, Py_ssize_t t, const double* powers,
                               const double* prefix, double* W, double* V, Py_ssize_t m,
                               const double* b, double* z, double* ssq)
-    double cbp_lazy_forward_f(Py_ssize_t n, const Py_ssize_t* rows, const float* vals,
+    double cbp_lazy_forward_f(Py_ssize_t n, const cbp_idx* rows, const float* vals,
                               Py_ssize_t* last, Py_ssize_t t, const double* powers,
                               const double* prefix, float* W, float* V, Py_ssize_t m,
                               const float* b, float* z, double* ssq)
-    void cbp_lazy_step_d(Py_ssize_t n, const Py_ssize_t* rows, const double* vals,
+    void cbp_lazy_step_d(Py_ssize_t n, const cbp_idx* rows, const double* vals,
                          Py_ssize_t* last, Py_ssize_t t, double* W, double* V,
                          Py_ssize_t m, const double* d, double alpha, double lr,
                          double mom, int nesterov)
-    void cbp_lazy_step_f(Py_ssize_t n, const Py_ssize_t* rows, const float* vals,
+    void cbp_lazy_step_f(Py_ssize_t n, const cbp_idx* rows, const float* vals,
                          Py_ssize_t* last, Py_ssize_t t, float* W, float* V,
                          Py_ssize_t m, const float* d, float alpha, float lr,
                          float mom, int nesterov)
@@ -316,7 +318,7 @@ cdef struct Source:
     bint csr                # CSR arrays (x = data) instead of a dense X
     Py_ssize_t n_features
     const void* x           # dense row-major X (floating*), or CSR data
-    const Py_ssize_t* ind   # CSR column indices
+    const cbp_idx* ind      # CSR column indices
     const Py_ssize_t* ptr   # CSR row pointers
 
 
@@ -326,7 +328,7 @@ cdef struct SpBatch:
     # (fptr / frow / fval, rows in increasing order) for X^T delta.
     Py_ssize_t* rs
     Py_ssize_t* re
-    const Py_ssize_t* idx
+    const cbp_idx* idx
     const void* val
     Py_ssize_t* fptr
     Py_ssize_t* frow
@@ -645,7 +647,7 @@ cdef void _sort_by_feature(const Source* src, const Py_ssize_t* rows, Py_ssize_t
     ``frow`` (0-based positions in ``rows``) and ``fval``."""
     cdef Py_ssize_t r, p, i, nf = src.n_features, pos
     cdef const floating* val = <const floating*>src.x
-    cdef const Py_ssize_t* idx = src.ind
+    cdef const cbp_idx* idx = src.ind
     memset(fptr, 0, (nf + 1) * sizeof(Py_ssize_t))
     for r in range(nb):
         for p in range(src.ptr[rows[r]], src.ptr[rows[r] + 1]):
@@ -1016,10 +1018,11 @@ cdef inline void _prefetch_row(const Source* src, Py_ssize_t row, Py_ssize_t aft
     """Start loading the input row and target of the next sample (and the CSR
     row pointers of the one after), so they arrive while this one trains."""
     cdef Py_ssize_t fsz = sizeof(floating), isz = sizeof(Py_ssize_t)
+    cdef Py_ssize_t csz = sizeof(cbp_idx)
     cdef const floating* X = <const floating*>src.x
     if src.csr:
         cbp_prefetch(X + src.ptr[row], (src.ptr[row + 1] - src.ptr[row]) * fsz)
-        cbp_prefetch(src.ind + src.ptr[row], (src.ptr[row + 1] - src.ptr[row]) * isz)
+        cbp_prefetch(src.ind + src.ptr[row], (src.ptr[row + 1] - src.ptr[row]) * csz)
         if after >= 0:
             cbp_prefetch(src.ptr + after, 2 * isz)
     else:
@@ -1030,7 +1033,7 @@ cdef inline void _prefetch_row(const Source* src, Py_ssize_t row, Py_ssize_t aft
 cdef int _online_sample(const Net* net, Optim* o, floating* params, floating* s1,
                         floating* s2, const Source* src, Py_ssize_t row,
                         Py_ssize_t t, const floating* y, floating w, floating* acts,
-                        floating* deltas, floating* gates, Py_ssize_t* nzi,
+                        floating* deltas, floating* gates, cbp_idx* nzi,
                         floating* nzv, floating* xdense, Lazy* lz, double* data_loss,
                         double* pen_loss) noexcept nogil:
     """Forward, deltas and in-place update for one sample at time ``t``.
@@ -1236,7 +1239,7 @@ cdef void _make_source(Source* src, object X, Py_ssize_t n_features,
                        const floating[::1] dtype_witness) except *:
     cdef const floating[::1] data
     cdef const floating[:, ::1] dense
-    cdef const Py_ssize_t[::1] ind
+    cdef const int32_t[::1] ind
     cdef const Py_ssize_t[::1] ptr
     src.n_features = n_features
     src.csr = indices is not None
@@ -1334,14 +1337,16 @@ def dense_to_csr(const floating[:, ::1] X, const Py_ssize_t[::1] row_nnz,
     cdef Py_ssize_t[::1] indptr = indptr_arr
     np.cumsum(row_nnz, out=indptr_arr[1:])
     cdef Py_ssize_t total = indptr[n]
+    if nf > INT32_MAX:
+        raise ValueError("more than 2**31 - 1 features: column indices are 32-bit")
     data_arr = np.empty(max(total, 1), dtype=np.asarray(X).dtype)
-    ind_arr = np.empty(max(total, 1), dtype=np.intp)
+    ind_arr = np.empty(max(total, 1), dtype=np.int32)
     cdef floating[::1] data = data_arr
-    cdef Py_ssize_t[::1] ind = ind_arr
+    cdef int32_t[::1] ind = ind_arr
     n_threads = max(1, n_threads)
-    scratch_i = np.empty((n_threads, nf + 1), dtype=np.intp)
+    scratch_i = np.empty((n_threads, nf + 1), dtype=np.int32)
     scratch_v = np.empty((n_threads, nf + 1), dtype=np.asarray(X).dtype)
-    cdef Py_ssize_t[:, ::1] si = scratch_i
+    cdef int32_t[:, ::1] si = scratch_i
     cdef floating[:, ::1] sv = scratch_v
     if n > 0 and nf > 0:
         for t in prange(n_threads, nogil=True, num_threads=n_threads,
@@ -1363,7 +1368,7 @@ def dense_to_csr(const floating[:, ::1] X, const Py_ssize_t[::1] row_nnz,
                         cbp_compact_f(nf, &X[r, 0], &si[t, 0], &sv[t, 0])
                     else:
                         cbp_compact_d(nf, &X[r, 0], &si[t, 0], &sv[t, 0])
-                    memcpy(&ind[indptr[r]], &si[t, 0], cnt * sizeof(Py_ssize_t))
+                    memcpy(&ind[indptr[r]], &si[t, 0], cnt * sizeof(int32_t))
                     memcpy(&data[indptr[r]], &sv[t, 0], cnt * sizeof(floating))
     return data_arr[:total], ind_arr[:total], indptr_arr
 
@@ -1376,9 +1381,9 @@ def _compact(const floating[::1] x, bint plain):
     """``(indices, values)`` of the non-zeros of ``x`` by the kernels'
     compaction (``plain``: the portable loop instead of AVX-512)."""
     cdef Py_ssize_t n = x.shape[0], c
-    idx_arr = np.empty(max(n, 1), dtype=np.intp)
+    idx_arr = np.empty(max(n, 1), dtype=np.int32)
     val_arr = np.empty(max(n, 1), dtype=np.asarray(x).dtype)
-    cdef Py_ssize_t[::1] idx = idx_arr
+    cdef int32_t[::1] idx = idx_arr
     cdef floating[::1] val = val_arr
     if n == 0:
         return idx_arr[:0], val_arr[:0]
@@ -1588,7 +1593,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                                         &src, order[k], k,
                                         Yp + order[k] * net.units[net.n_layers],
                                         swp[order[k]] if swp != NULL else one,
-                                        &acts[0], &deltas[0], &gates[0], &iwork[0],
+                                        &acts[0], &deltas[0], &gates[0], <cbp_idx*>&iwork[0],
                                         &nzv[0], &xdense[0], &lz, &dl, &ll)
                 data_sum += dl
                 pen_sum += ll

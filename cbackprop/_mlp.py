@@ -84,8 +84,9 @@ def _kernel_input(X, dtype, mode=None, n_threads=1, defer=False):
     """``(data, indices, indptr, skip_zeros, row_nnz)``: X as the kernels read it.
 
     Dense X stays as it is when already C-contiguous in ``dtype`` (no copy);
-    sparse X becomes CSR with ``intp`` indices.  ``row_nnz`` counts the
-    non-zeros of each row when the first layer works on non-zeros only.
+    sparse X becomes CSR with 32-bit column indices (scipy's own, not
+    copied).  ``row_nnz`` counts the non-zeros of each row when the first
+    layer works on non-zeros only.
 
     ``mode`` is ``"online"`` or ``"batch"`` when training (``None``:
     prediction, where dense X always goes to BLAS).  A dense X whose share of
@@ -114,7 +115,7 @@ def _kernel_input(X, dtype, mode=None, n_threads=1, defer=False):
         total_nnz = int(row_nnz.sum())
         if total_nnz >= threshold * X.size:
             return X, None, None, False, None
-        csr_bytes = total_nnz * (X.itemsize + np.dtype(np.intp).itemsize)
+        csr_bytes = total_nnz * (X.itemsize + np.dtype(np.int32).itemsize)
         if csr_bytes > max(_CSR_CACHE_BYTES, _CSR_CACHE_SHARE * X.nbytes):
             if mode == "batch":
                 return X, None, None, False, None
@@ -122,12 +123,18 @@ def _kernel_input(X, dtype, mode=None, n_threads=1, defer=False):
         data, ind, ptr = _kernels.dense_to_csr(X, row_nnz, n_threads)
         return data, ind, ptr, False, row_nnz
     X = sp.csr_matrix(X, dtype=dtype)
+    if X.shape[1] > np.iinfo(np.int32).max:
+        raise ValueError(
+            f"X has {X.shape[1]} features; cbackprop indexes input features with "
+            "32-bit integers (at most 2147483647). Reduce the number of features, "
+            "for example with sklearn.feature_selection or a hashing vectorizer "
+            "with fewer features.")
     if mode == "online" and not X.has_canonical_format:
         # Online mode walks each row once in column order.
         X = X.copy()
         X.sum_duplicates()
     return (np.ascontiguousarray(X.data, dtype=dtype),
-            np.ascontiguousarray(X.indices, dtype=np.intp),
+            np.ascontiguousarray(X.indices, dtype=np.int32),
             np.ascontiguousarray(X.indptr, dtype=np.intp), False, np.diff(X.indptr))
 
 
@@ -189,7 +196,7 @@ class _Workspace:
         need = nnz * (itemsize + idx_size) + n_keep * (self.n_features + 1) * idx_size
         if not sp.issparse(X):
             # The CSR copy of a dense X counts against the budget too.
-            need += nnz * (itemsize + idx_size)
+            need += nnz * (itemsize + np.dtype(np.int32).itemsize)
             budget = max(_CSR_CACHE_BYTES, _CSR_CACHE_SHARE * X.nbytes)
         else:
             budget = _CSR_CACHE_BYTES

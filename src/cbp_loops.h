@@ -17,11 +17,16 @@
 #define CBP_LOOPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <math.h>
 #include <string.h>
 
 #include "cbp_rng.h"
 #include "cbp_target.h"
+
+/* Column (feature) indices of sparse rows: 32 bits, as scipy stores them;
+ * a first layer of 2^31 inputs would not fit in memory anyway. */
+typedef int32_t cbp_idx;
 
 #if defined(__GNUC__) || defined(__clang__)
 #define CBP_PRAGMA(...) _Pragma(#__VA_ARGS__)
@@ -302,11 +307,11 @@ CBP_CLONES static void cbp_adam_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
 /* found: indices and values; returns the new count.                       */  \
 CBP_INLINE ptrdiff_t cbp_compact_from_##S(ptrdiff_t i0, ptrdiff_t n,           \
                                           const T *CBP_RESTRICT x,             \
-                                          ptrdiff_t *CBP_RESTRICT idx,         \
+                                          cbp_idx *CBP_RESTRICT idx,         \
                                           T *CBP_RESTRICT val, ptrdiff_t c)    \
 {                                                                              \
     for (ptrdiff_t i = i0; i < n; i++) {                                       \
-        idx[c] = i;                                                            \
+        idx[c] = (cbp_idx)i;                                                   \
         val[c] = x[i];                                                         \
         c += (x[i] != (T)0);                                                   \
     }                                                                          \
@@ -317,7 +322,7 @@ CBP_INLINE ptrdiff_t cbp_compact_from_##S(ptrdiff_t i0, ptrdiff_t n,           \
 /* can.                                                                     */ \
 CBP_CLONES static ptrdiff_t cbp_compact_plain_##S(ptrdiff_t n,                  \
                                                   const T *CBP_RESTRICT x,      \
-                                                  ptrdiff_t *CBP_RESTRICT idx,  \
+                                                  cbp_idx *CBP_RESTRICT idx,  \
                                                   T *CBP_RESTRICT val)          \
 {                                                                              \
     return cbp_compact_from_##S(0, n, x, idx, val, 0);                         \
@@ -498,7 +503,7 @@ CBP_CLONES static void cbp_maxout_backward_##S(ptrdiff_t nr, ptrdiff_t u,       
 /*                                                                          */ \
 /* After the backward pass of sample t: the data step of the rows with a   */  \
 /* non-zero input; last = t + 1.                                            */ \
-CBP_CLONES static void cbp_lazy_step_##S(ptrdiff_t n, const ptrdiff_t *rows,    \
+CBP_CLONES static void cbp_lazy_step_##S(ptrdiff_t n, const cbp_idx *rows,    \
                                          const T *vals, ptrdiff_t *last,       \
                                          ptrdiff_t t, T *W, T *V, ptrdiff_t m, \
                                          const T *d, T alpha, T lr, T mom,     \
@@ -572,47 +577,46 @@ CBP_DEFINE_LOOPS(float, f, sqrtf)
 #define CBP_AVX512_TARGET __attribute__((target("avx512f,popcnt")))
 
 CBP_AVX512_TARGET static ptrdiff_t cbp_compact_avx512_f(ptrdiff_t n, const float *x,
-                                                        ptrdiff_t *idx, float *val)
+                                                        cbp_idx *idx, float *val)
 {
     ptrdiff_t c = 0, i = 0;
     const __m512 zero = _mm512_setzero_ps();
-    const __m512i eight = _mm512_set1_epi64(8), sixteen = _mm512_set1_epi64(16);
-    __m512i lo = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i sixteen = _mm512_set1_epi32(16);
+    __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     for (; i + 16 <= n; i += 16) {
         const __m512 v = _mm512_loadu_ps(x + i);
         /* Unordered compare: NaN counts as non-zero, as in x != 0. */
         const __mmask16 k = _mm512_cmp_ps_mask(v, zero, _CMP_NEQ_UQ);
         if (k) {
-            const __mmask8 klo = (__mmask8)k, khi = (__mmask8)(k >> 8);
-            const ptrdiff_t clo = __builtin_popcount(klo);
             _mm512_storeu_ps(val + c, _mm512_maskz_compress_ps(k, v));
-            _mm512_storeu_si512((void *)(idx + c), _mm512_maskz_compress_epi64(klo, lo));
-            _mm512_storeu_si512((void *)(idx + c + clo),
-                                _mm512_maskz_compress_epi64(
-                                    khi, _mm512_add_epi64(lo, eight)));
-            c += clo + __builtin_popcount(khi);
+            _mm512_storeu_si512((void *)(idx + c), _mm512_maskz_compress_epi32(k, lanes));
+            c += __builtin_popcount(k);
         }
-        lo = _mm512_add_epi64(lo, sixteen);
+        lanes = _mm512_add_epi32(lanes, sixteen);
     }
     return cbp_compact_from_f(i, n, x, idx, val, c);
 }
 
 CBP_AVX512_TARGET static ptrdiff_t cbp_compact_avx512_d(ptrdiff_t n, const double *x,
-                                                        ptrdiff_t *idx, double *val)
+                                                        cbp_idx *idx, double *val)
 {
     ptrdiff_t c = 0, i = 0;
     const __m512d zero = _mm512_setzero_pd();
-    const __m512i eight = _mm512_set1_epi64(8);
-    __m512i lo = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m256i eight = _mm256_set1_epi32(8);
+    __m256i lanes = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
     for (; i + 8 <= n; i += 8) {
         const __m512d v = _mm512_loadu_pd(x + i);
         const __mmask8 k = _mm512_cmp_pd_mask(v, zero, _CMP_NEQ_UQ);
         if (k) {
+            /* Eight 32-bit lanes: the store stays within the 8 entries. */
+            const __m512i packed = _mm512_maskz_compress_epi32(
+                (__mmask16)k, _mm512_castsi256_si512(lanes));
             _mm512_storeu_pd(val + c, _mm512_maskz_compress_pd(k, v));
-            _mm512_storeu_si512((void *)(idx + c), _mm512_maskz_compress_epi64(k, lo));
+            _mm256_storeu_si256((__m256i *)(void *)(idx + c),
+                                _mm512_castsi512_si256(packed));
             c += __builtin_popcount(k);
         }
-        lo = _mm512_add_epi64(lo, eight);
+        lanes = _mm256_add_epi32(lanes, eight);
     }
     return cbp_compact_from_d(i, n, x, idx, val, c);
 }
@@ -632,7 +636,7 @@ static int cbp_has_avx512(void) { return 0; }
 
 /* Non-zeros of x[0:n] in order: indices to idx, values to val (both of
  * room n); returns their number. */
-static ptrdiff_t cbp_compact_f(ptrdiff_t n, const float *x, ptrdiff_t *idx, float *val)
+static ptrdiff_t cbp_compact_f(ptrdiff_t n, const float *x, cbp_idx *idx, float *val)
 {
 #if CBP_AVX512_COMPACT
     if (cbp_has_avx512())
@@ -641,7 +645,7 @@ static ptrdiff_t cbp_compact_f(ptrdiff_t n, const float *x, ptrdiff_t *idx, floa
     return cbp_compact_plain_f(n, x, idx, val);
 }
 
-static ptrdiff_t cbp_compact_d(ptrdiff_t n, const double *x, ptrdiff_t *idx,
+static ptrdiff_t cbp_compact_d(ptrdiff_t n, const double *x, cbp_idx *idx,
                                double *val)
 {
 #if CBP_AVX512_COMPACT
@@ -673,7 +677,7 @@ static ptrdiff_t cbp_compact_d(ptrdiff_t n, const double *x, ptrdiff_t *idx,
 /* streaming z by 4-5% (4-500-1 online, min of 18 runs).                   */
 #define CBP_DEFINE_SPROW_STREAM(T, S)                                          \
 CBP_INLINE void cbp_sprow_stream_##S(ptrdiff_t p0, ptrdiff_t p1,               \
-                                     const ptrdiff_t *idx, const T *val,       \
+                                     const cbp_idx *idx, const T *val,       \
                                      const T *W, ptrdiff_t m, const T *b,      \
                                      T *CBP_RESTRICT zr)                       \
 {                                                                              \
@@ -744,7 +748,7 @@ CBP_INLINE int cbp_chunk_##S(ptrdiff_t m, ptrdiff_t j0, ptrdiff_t len,         \
 }                                                                              \
                                                                                \
 CBP_INLINE void cbp_sprows_pass_##S(int nv, ptrdiff_t p0, ptrdiff_t p1,         \
-                                    const ptrdiff_t *idx, const T *val,        \
+                                    const cbp_idx *idx, const T *val,        \
                                     const T *W, ptrdiff_t m, ptrdiff_t j0,     \
                                     ptrdiff_t w, ptrdiff_t safe, const T *b,   \
                                     T *CBP_RESTRICT zr)                        \
@@ -762,7 +766,7 @@ CBP_INLINE void cbp_sprows_pass_##S(int nv, ptrdiff_t p0, ptrdiff_t p1,         
                                                                                \
 /* W has m columns and wlen readable elements from W[0].                   */  \
 CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
-                                      const ptrdiff_t *re, const ptrdiff_t *idx,\
+                                      const ptrdiff_t *re, const cbp_idx *idx,\
                                       const T *val, const T *W, ptrdiff_t m,   \
                                       ptrdiff_t wlen, const T *b,              \
                                       T *CBP_RESTRICT z, ptrdiff_t ldz)        \
@@ -840,7 +844,7 @@ CBP_CLONES static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1,              \
 /* Portable fallback (MSVC): the same sums in the same order. */
 #define CBP_DEFINE_SPARSE(T, S)                                                \
 static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,                  \
-                           const ptrdiff_t *re, const ptrdiff_t *idx,          \
+                           const ptrdiff_t *re, const cbp_idx *idx,          \
                            const T *val, const T *W, ptrdiff_t m,              \
                            ptrdiff_t wlen, const T *b, T *CBP_RESTRICT z,      \
                            ptrdiff_t ldz)                                      \
@@ -931,7 +935,7 @@ CBP_DEFINE_SPARSE(float, f)
 #endif
 
 #define CBP_DEFINE_LAZY_FORWARD(T, S)                                          \
-CBP_CLONES static double cbp_lazy_forward_##S(ptrdiff_t n, const ptrdiff_t *rows,\
+CBP_CLONES static double cbp_lazy_forward_##S(ptrdiff_t n, const cbp_idx *rows,\
                                               const T *vals, ptrdiff_t *last,  \
                                               ptrdiff_t t, const double *powers,\
                                               const double *prefix, T *W, T *V,\

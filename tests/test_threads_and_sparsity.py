@@ -453,3 +453,26 @@ def test_batches_switching_thread_counts_give_the_same_weights(monkeypatch, kind
     assert states[0][4] == 3 * 60                     # every batch was timed
     for u, v in zip(single.coefs_ + single.intercepts_, mixed.coefs_ + mixed.intercepts_):
         np.testing.assert_array_equal(u, v)
+
+
+def test_sparse_input_indices_are_used_without_a_copy():
+    # scipy stores column indices in 32 bits, as the kernels read them: a
+    # canonical CSR X of the training dtype reaches them as it is.
+    X, _ = _sparse_dense_data(n=50, n_features=30)
+    Xs = sp.csr_matrix(X)
+    data, ind, ptr, skip, _ = _mlp._kernel_input(Xs, np.float64, "batch")
+    assert ind.dtype == np.int32 and np.shares_memory(ind, Xs.indices)
+    assert np.shares_memory(data, Xs.data)
+    # The CSR copy of a zero-heavy dense X uses 32-bit indices too.
+    _, ind, _, _, _ = _mlp._kernel_input(X, np.float64, "batch")
+    assert ind.dtype == np.int32
+
+
+def test_too_many_features_for_32_bit_indices():
+    # Column indices past 2**31 - 1 cannot reach the kernels: the first
+    # layer's weights could not be indexed either, and both checks say so.
+    X = sp.csr_matrix(([1.0, 1.0], ([0, 1], [7, 2**31 + 1])), shape=(2, 2**31 + 5))
+    with pytest.raises(ValueError, match="features"):
+        MLPRegressor(hidden_layer_sizes=(1,), max_iter=1).fit(X, [0.0, 1.0])
+    with pytest.raises(ValueError, match="32-bit"):
+        _mlp._kernel_input(X, np.float64, "batch")
