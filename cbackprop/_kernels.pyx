@@ -232,8 +232,8 @@ cdef Py_ssize_t SIGNAL_EVERY = 64
 # 64-100-10 lost at 237k (batch 32, 0.96x) and won at 1.48M (batch 200,
 # 1.27x); 784-100-10 on MNIST (150 non-zeros a row) won at 1.0M (batch 64,
 # 1.18x) and 2.0M (batch 128, 1.40x).  Below that, at batch 32 (0.5M), it won
-# 1.02-1.13x in quiet spells but lost 2x while the host was busy (a sleeping
-# worker's wake-up then costs tens of microseconds a fork).
+# 1.02-1.13x in quiet spells but lost 2x while the VM's host was busy (each
+# fork-join then waited tens of microseconds for the second core).
 cdef double PARALLEL_MIN_BATCH_WORK = 1.0e6
 
 
@@ -667,12 +667,13 @@ cdef void _sort_by_feature(const Source* src, const Py_ssize_t* rows, Py_ssize_t
     fptr[0] = 0
 
 
-cdef inline void _use_slot(SpBatch* sb, Py_ssize_t nf, int slot,
-                           const floating* witness) noexcept nogil:
-    """Point the by-feature buffers at mini-batch slot ``slot`` (0 or 1)."""
-    sb.fptr = sb.fptr0 + slot * (nf + 1)
-    sb.frow = sb.frow0 + slot * sb.nnz_cap
-    sb.fval = (<floating*>sb.fval0) + slot * sb.nnz_cap
+cdef inline void _sort_into_slot(const Source* src, const SpBatch* sb,
+                                 const Py_ssize_t* rows, Py_ssize_t nb, int slot,
+                                 const floating* witness) noexcept nogil:
+    """:func:`_sort_by_feature` into mini-batch slot ``slot`` (0 or 1)."""
+    _sort_by_feature(src, rows, nb, sb.fptr0 + slot * (src.n_features + 1),
+                     sb.frow0 + slot * sb.nnz_cap,
+                     (<floating*>sb.fval0) + slot * sb.nnz_cap)
 
 
 # ---------------------------------------------------------------------------
@@ -816,7 +817,9 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         if sb.n_keep == 0 and sb.ahead == rows and sb.ahead_nb == nb:
             sort_task = 0
             slot = sb.ahead_slot
-        _use_slot(sb, nf, slot, xbuf)
+        sb.fptr = sb.fptr0 + slot * (nf + 1)
+        sb.frow = sb.frow0 + slot * sb.nnz_cap
+        sb.fval = (<floating*>sb.fval0) + slot * sb.nnz_cap
         if sb.n_keep > 0 and consecutive and rows[0] % cap == 0 \
                 and rows[0] // cap < sb.n_keep:
             keep = rows[0] // cap
@@ -856,9 +859,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     for k in prange(-ahead_task, n_gblocks + net.n_layers, num_threads=n_threads,
                     schedule="dynamic"):
         if k < 0:
-            _sort_by_feature(src, rows_next, nb_next, sb.fptr0 + (1 - slot) * (nf + 1),
-                             sb.frow0 + (1 - slot) * sb.nnz_cap,
-                             (<floating*>sb.fval0) + (1 - slot) * sb.nnz_cap)
+            _sort_into_slot(src, sb, rows_next, nb_next, 1 - slot, xbuf)
         elif k >= n_gblocks:
             li = k - n_gblocks
             m = net.zw[li + 1]
@@ -1577,6 +1578,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             prefix = lazy[1]
             lz.powers = &powers[0, 0]
             lz.prefix = &prefix[0, 0]
+            # iwork: the sample's column indices (32-bit) in its first half,
+            # ``last`` in the second.
             lz.last = &iwork[n_features]
         with nogil:
             if lz.on:
@@ -1593,7 +1596,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                                         &src, order[k], k,
                                         Yp + order[k] * net.units[net.n_layers],
                                         swp[order[k]] if swp != NULL else one,
-                                        &acts[0], &deltas[0], &gates[0], <cbp_idx*>&iwork[0],
+                                        &acts[0], &deltas[0], &gates[0],
+                                        <cbp_idx*>&iwork[0],
                                         &nzv[0], &xdense[0], &lz, &dl, &ll)
                 data_sum += dl
                 pen_sum += ll
