@@ -775,9 +775,9 @@ class _BaseMLP(BaseEstimator):
             coef, intercept = self._init_layer(fan_in, fan_out, name, hidden)
             coefs.append(coef)
             intercepts.append(intercept)
+        # Cast while packing: no float64 copy of a float32 network.
         params = np.concatenate(
-            [c.ravel() for c in coefs] + [b.ravel() for b in intercepts]
-        ).astype(dtype, copy=False)
+            [c.ravel() for c in coefs] + [b.ravel() for b in intercepts], dtype=dtype)
         self._unpack_views(params, layer_units, zw)
         self._best_params = params.copy()
 
