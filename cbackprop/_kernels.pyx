@@ -265,6 +265,7 @@ cdef int _threads_for(const Net* net, const Source* src, Py_ssize_t n_rows,
     return n_threads
 
 GRAD_BLOCK_ROWS = GRAD_BLOCK
+GRAD_BLOCK_FIELDS = GB_FIELDS
 SUPER_BLOCK_ROWS = SUPER_ROWS
 UPDATE_BLOCK_SIZE = UPDATE_BLOCK
 

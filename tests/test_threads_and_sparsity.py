@@ -329,7 +329,8 @@ def test_gradient_blocks_tile_every_weight_once(units, pieces):
     # cover each weight exactly once, start columns at multiples of 8 and be
     # at least _GRAD_MIN_COLS wide unless the layer is narrower than that.
     zw = [units[0]] + [u * pieces for u in units[1:]]
-    blocks = _mlp._Workspace._grad_blocks({"units": units, "zw": zw}).reshape(-1, 5)
+    blocks = _mlp._Workspace._grad_blocks({"units": units, "zw": zw}).reshape(
+        -1, _mlp._kernels.GRAD_BLOCK_FIELDS)
     for layer in range(len(units) - 1):
         hits = np.zeros((units[layer], zw[layer + 1]), dtype=int)
         mine = blocks[blocks[:, 0] == layer]
@@ -363,7 +364,7 @@ def test_column_cut_gradient_blocks_change_no_sum(monkeypatch, kind, dtype):
 
     def spy(spec):
         out = real(spec)
-        blocks.append(len(out) // 5)
+        blocks.append(len(out) // _mlp._kernels.GRAD_BLOCK_FIELDS)
         return out
 
     monkeypatch.setattr(_mlp._Workspace, "_grad_blocks", staticmethod(spy))
