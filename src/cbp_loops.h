@@ -263,6 +263,21 @@ CBP_INLINE void cbp_sgd_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,             \
     }                                                                          \
 }                                                                              \
                                                                                \
+/* cbp_sgd_inl that also returns the weight penalty before the step (read  */ \
+/* in the same pass when there is no L1 and the sample weight is 1).       */  \
+CBP_INLINE double cbp_sgd_pen_inl_##S(ptrdiff_t n, T *CBP_RESTRICT w,          \
+                                      T *CBP_RESTRICT v, T a,                  \
+                                      const T *CBP_RESTRICT x, T alpha, T l1,  \
+                                      T sw, T lr, T mom, int nesterov)         \
+{                                                                              \
+    if (l1 == (T)0 && sw == (T)1)                                              \
+        return 0.5 * alpha * cbp_sgd_ssq_inl_##S(n, w, v, a, x, alpha, lr, mom,\
+                                                 nesterov);                    \
+    const double pen = cbp_penalty_inl_##S(n, w, alpha, l1);                   \
+    cbp_sgd_inl_##S(n, w, v, a, x, alpha, l1, sw, lr, mom, nesterov);          \
+    return pen;                                                                \
+}                                                                              \
+                                                                               \
 CBP_CLONES static double cbp_sgd_ssq_##S(ptrdiff_t n, T *CBP_RESTRICT w,       \
                                          T *CBP_RESTRICT v, T a,               \
                                          const T *CBP_RESTRICT x, T alpha,     \
@@ -370,40 +385,16 @@ CBP_CLONES static double cbp_sgd_outer_##S(ptrdiff_t n, ptrdiff_t m,           \
     /* so W is read from beyond L1 once, not twice.                        */  \
     double ssq = 0.0;                                                          \
     if (m == 1) {                                                              \
-        const T mn = nesterov ? mom : (T)0, cg = nesterov ? lr : (T)0;         \
-        const T cu = nesterov ? (T)0 : (T)1, d0 = d[0];                        \
         for (ptrdiff_t k0 = 0; k0 < n; k0 += CBP_PEN_BLOCK) {                  \
             const ptrdiff_t nb = n - k0 < CBP_PEN_BLOCK ? n - k0 : CBP_PEN_BLOCK;\
-            T *CBP_RESTRICT w = W + k0;                                        \
-            T *CBP_RESTRICT v = V + k0;                                        \
-            const T *CBP_RESTRICT ak = a + k0;                                 \
-            if (l1 == (T)0 && sw == (T)1) {                                    \
-                ssq += 0.5 * alpha * cbp_sgd_ssq_inl_##S(nb, w, v, d0, ak,     \
-                                                         alpha, lr, mom,       \
-                                                         nesterov);            \
-                continue;                                                      \
-            }                                                                  \
-            ssq += cbp_penalty_inl_##S(nb, w, alpha, l1);                      \
-            if (l1 != (T)0) {                                                  \
-                CBP_SGD_LOOP(T, nb, (ak[j] * d0 + alpha * w[j] +               \
-                                     l1 * CBP_SIGN(T, w[j])) / sw)             \
-            } else {                                                           \
-                CBP_SGD_LOOP(T, nb, (ak[j] * d0 + alpha * w[j]) / sw)          \
-            }                                                                  \
+            ssq += cbp_sgd_pen_inl_##S(nb, W + k0, V + k0, d[0], a + k0, alpha,\
+                                       l1, sw, lr, mom, nesterov);             \
         }                                                                      \
         return ssq;                                                            \
     }                                                                          \
-    for (ptrdiff_t i = 0; i < n; i++) {                                        \
-        if (l1 == (T)0 && sw == (T)1) {                                        \
-            ssq += 0.5 * alpha * cbp_sgd_ssq_inl_##S(m, W + i * m, V + i * m,  \
-                                                     a[i], d, alpha, lr, mom,  \
-                                                     nesterov);                \
-            continue;                                                          \
-        }                                                                      \
-        ssq += cbp_penalty_inl_##S(m, W + i * m, alpha, l1);                   \
-        cbp_sgd_inl_##S(m, W + i * m, V + i * m, a[i], d, alpha, l1, sw, lr,   \
-                        mom, nesterov);                                        \
-    }                                                                          \
+    for (ptrdiff_t i = 0; i < n; i++)                                          \
+        ssq += cbp_sgd_pen_inl_##S(m, W + i * m, V + i * m, a[i], d, alpha, l1,\
+                                   sw, lr, mom, nesterov);                     \
     return ssq;                                                                \
 }                                                                              \
                                                                                \
