@@ -83,17 +83,27 @@ def dense_flops(n, units):
     return 2.0 * n * (2 * macs + macs_delta)
 
 
-def matmul_peak(dtype, threads=None, size=1024, repeats=5):
-    """Measured float matrix-multiply rate of numpy's BLAS (GFLOP/s)."""
+def matmul_runner(dtype, threads=None, size=1024, times=1):
+    """A function that multiplies two ``size``-square matrices ``times``
+    times with numpy's BLAS on ``threads`` threads (None: its default)."""
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
     a = rng.random((size, size)).astype(dtype)
     b = rng.random((size, size)).astype(dtype)
-    with threadpool_limits(limits=threads, user_api="blas"):
-        a @ b
-        t = median_time(lambda: a @ b, repeats)
-    return 2.0 * size**3 / t / 1e9
+
+    def run():
+        with threadpool_limits(limits=threads, user_api="blas"):
+            for _ in range(times):
+                a @ b
+    return run
+
+
+def matmul_peak(dtype, threads=None, size=1024, repeats=5):
+    """Measured float matrix-multiply rate of numpy's BLAS (GFLOP/s)."""
+    run = matmul_runner(dtype, threads, size)
+    run()
+    return 2.0 * size**3 / median_time(run, repeats) / 1e9
 
 
 # ---------------------------------------------------------------------------
@@ -295,10 +305,6 @@ def main(argv=None):
     sparams = dict(hidden_layer_sizes=big, solver="adam", batch_size=200,
                    learning_rate_init=1e-3, max_iter=1 if q else 2, tol=0.0,
                    n_iter_no_change=10**9, random_state=0)
-    rng = np.random.default_rng(0)
-    ma = rng.random((1024, 1024)).astype(np.float32)
-    mb = rng.random((1024, 1024)).astype(np.float32)
-
     def cb_fit(threads):
         return lambda: fit_quiet(MLPClassifier(n_threads=threads, **sparams), Xs, y)
 
@@ -306,20 +312,13 @@ def main(argv=None):
         return lambda: torch_fit(Xs, y, big, solver="adam", batch_size=200,
                                  epochs=sparams["max_iter"], lr=1e-3, threads=threads)
 
-    def matmul(threads):
-        from threadpoolctl import threadpool_limits
-
-        def run():
-            with threadpool_limits(limits=threads, user_api="blas"):
-                for _ in range(5):
-                    ma @ mb
-        return run
-
     n_cpu = os.cpu_count()
     have_pt = torch is not None
     cb1, cbn, pt1, ptn, mm1, mmn = median_times(
         [cb_fit(1), cb_fit(n_cpu), pt_fit(1) if have_pt else None,
-         pt_fit(n_cpu) if have_pt else None, matmul(1), matmul(n_cpu)], args.repeats)
+         pt_fit(n_cpu) if have_pt else None,
+         matmul_runner(np.float32, 1, times=5), matmul_runner(np.float32, n_cpu, times=5)],
+        args.repeats)
     pt_scaling = f"{pt1 / ptn:.2f}x" if have_pt else "n/a"
     print(f"| thread scaling 1 -> {n_cpu} threads, adam case | speed-up | "
           f"| {pt_scaling} | {cb1 / cbn:.2f}x | | | >= 1.8x (numpy float32 matmul "
