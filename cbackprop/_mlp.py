@@ -80,6 +80,17 @@ _GRAD_MIN_BLOCKS = 8
 _GRAD_MIN_COLS = 8
 
 
+def _csr_copy_bytes(nnz, itemsize):
+    """Size of the CSR copy of a dense X with ``nnz`` non-zeros (values and
+    32-bit column indices)."""
+    return nnz * (itemsize + np.dtype(np.int32).itemsize)
+
+
+def _csr_copy_budget(X):
+    """Most memory the CSR copy (and what it brings) of dense ``X`` may take."""
+    return max(_CSR_CACHE_BYTES, _CSR_CACHE_SHARE * X.nbytes)
+
+
 def _kernel_input(X, dtype, mode=None, n_threads=1, defer=False):
     """``(data, indices, indptr, skip_zeros, row_nnz)``: X as the kernels read it.
 
@@ -115,8 +126,7 @@ def _kernel_input(X, dtype, mode=None, n_threads=1, defer=False):
         total_nnz = int(row_nnz.sum())
         if total_nnz >= threshold * X.size:
             return X, None, None, False, None
-        csr_bytes = total_nnz * (X.itemsize + np.dtype(np.int32).itemsize)
-        if csr_bytes > max(_CSR_CACHE_BYTES, _CSR_CACHE_SHARE * X.nbytes):
+        if _csr_copy_bytes(total_nnz, X.itemsize) > _csr_copy_budget(X):
             if mode == "batch":
                 return X, None, None, False, None
             return X, None, None, True, row_nnz
@@ -196,8 +206,8 @@ class _Workspace:
         need = nnz * (itemsize + idx_size) + n_keep * (self.n_features + 1) * idx_size
         if not sp.issparse(X):
             # The CSR copy of a dense X counts against the budget too.
-            need += nnz * (itemsize + np.dtype(np.int32).itemsize)
-            budget = max(_CSR_CACHE_BYTES, _CSR_CACHE_SHARE * X.nbytes)
+            need += _csr_copy_bytes(nnz, itemsize)
+            budget = _csr_copy_budget(X)
         else:
             budget = _CSR_CACHE_BYTES
         if need <= budget:
