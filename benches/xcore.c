@@ -22,46 +22,45 @@ static void update(float *a, size_t n)
     for (size_t i = 0; i < n; i++) a[i] += 1.0f;
 }
 
+/* Called by both threads: thread `who` updates the buffer between two
+ * barriers; returns the time between them. */
+static double phase(int who, float *a, size_t n)
+{
+#pragma omp barrier
+    const double t0 = omp_get_wtime();
+    if (omp_get_thread_num() == who) update(a, n);
+#pragma omp barrier
+    return omp_get_wtime() - t0;
+}
+
 int main(int argc, char **argv)
 {
     const size_t n = (2u << 20) / sizeof(float);
     const int reps = argc > 1 ? atoi(argv[1]) : 200;
     float *a = aligned_alloc(64, n * sizeof(float));
     double local0 = 0, local1 = 0, to1 = 0, to0 = 0;
+    int team = 1;
     if (a == NULL) return 1;
     memset(a, 0, n * sizeof(float));
 #pragma omp parallel num_threads(2)
     {
-        const int id = omp_get_thread_num();
+        double l0 = 0, l1 = 0, x1 = 0, x0 = 0;
         for (int r = 0; r < reps; r++) {
-            double t[5];
-            /* Each phase is timed between barriers: one thread updates the
-             * buffer, after itself (local) or after the other (a hand-over). */
-#pragma omp barrier
-            if (id == 0) update(a, n);
-#pragma omp barrier
-            t[0] = omp_get_wtime();
-            if (id == 0) update(a, n);
-#pragma omp barrier
-            t[1] = omp_get_wtime();
-            if (id == 1) update(a, n);
-#pragma omp barrier
-            t[2] = omp_get_wtime();
-            if (id == 1) update(a, n);
-#pragma omp barrier
-            t[3] = omp_get_wtime();
-            if (id == 0) update(a, n);
-#pragma omp barrier
-            t[4] = omp_get_wtime();
-            if (id == 0) {
-                local0 += t[1] - t[0];
-                to1 += t[2] - t[1];
-                local1 += t[3] - t[2];
-                to0 += t[4] - t[3];
-            }
+            phase(0, a, n);          /* thread 0 wrote it last */
+            l0 += phase(0, a, n);    /* ... and updates it again */
+            x1 += phase(1, a, n);    /* handed to thread 1 */
+            l1 += phase(1, a, n);
+            x0 += phase(0, a, n);    /* handed back */
+        }
+        if (omp_get_thread_num() == 0) {
+            team = omp_get_num_threads();
+            local0 = l0;
+            local1 = l1;
+            to1 = x1;
+            to0 = x0;
         }
     }
-    if (omp_get_max_threads() < 2)
+    if (team < 2)
         printf("only one thread: the hand-over figures mean nothing\n");
     printf("update of 2 MB (us, mean of %d): local0 %.0f local1 %.0f "
            "0->1 %.0f 1->0 %.0f (hand-over / local: %.1fx)\n",
