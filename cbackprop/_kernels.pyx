@@ -217,6 +217,7 @@ cdef enum:
 cdef enum:
     GRAD_BLOCK = 64       # input units per weight-gradient block
     GB_FIELDS = 5         # (layer, i0, i1, j0, j1) per weight-gradient block
+    UB_FIELDS = 4         # (start, end, layer, is_coef) per update block
     UPDATE_BLOCK = 16384  # parameters per update block
     SUPER_ROWS = 2048     # rows per pass when a batch is larger than this
 
@@ -266,6 +267,7 @@ cdef int _threads_for(const Net* net, const Source* src, Py_ssize_t n_rows,
 
 GRAD_BLOCK_ROWS = GRAD_BLOCK
 GRAD_BLOCK_FIELDS = GB_FIELDS
+UPDATE_BLOCK_FIELDS = UB_FIELDS
 SUPER_BLOCK_ROWS = SUPER_ROWS
 UPDATE_BLOCK_SIZE = UPDATE_BLOCK
 
@@ -946,9 +948,9 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
         lr_t = _adam_rate(o)
     if o.clip > 0:
         for k in prange(n_ublocks, num_threads=n_threads, schedule="static"):
-            k0 = ublocks[4 * k]
-            k1 = ublocks[4 * k + 1]
-            coef = ublocks[4 * k + 3]
+            k0 = ublocks[UB_FIELDS * k]
+            k1 = ublocks[UB_FIELDS * k + 1]
+            coef = ublocks[UB_FIELDS * k + 3]
             bsq[k] = _gradsq(k1 - k0, grad + k0, params + k0,
                              o.alpha if coef else 0.0, o.l1 if coef else 0.0)
         for k in range(n_ublocks):
@@ -957,10 +959,10 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
         if norm > o.clip:
             c = o.clip / norm
     for k in prange(n_ublocks, num_threads=n_threads, schedule="static"):
-        k0 = ublocks[4 * k]
-        k1 = ublocks[4 * k + 1]
-        li = ublocks[4 * k + 2]
-        coef = ublocks[4 * k + 3]
+        k0 = ublocks[UB_FIELDS * k]
+        k1 = ublocks[UB_FIELDS * k + 1]
+        li = ublocks[UB_FIELDS * k + 2]
+        coef = ublocks[UB_FIELDS * k + 3]
         if o.kind == OPT_SGD and o.l1 == 0:
             # The penalty is read in the same pass as the step.
             bpen[k] = (0.5 * o.alpha if coef else 0.0) * _sgd_ssq(
@@ -1550,7 +1552,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef SpBatch sb
     cdef Py_ssize_t n = order.shape[0], start, nb, k, i, cap, every, n_batches = 0
     cdef Py_ssize_t n_gblocks = gblocks.shape[0] // GB_FIELDS
-    cdef Py_ssize_t n_ublocks = ublocks.shape[0] // 4
+    cdef Py_ssize_t n_ublocks = ublocks.shape[0] // UB_FIELDS
     cdef double data_sum = 0.0, pen_sum = 0.0, loss_sum, sw_sum, pen, dl, ll
     cdef int status = STATUS_OK, threads, step_threads, use
     cdef double* tp = NULL

@@ -174,7 +174,7 @@ class _Workspace:
         self.xbuf = np.empty(cap * self.n_features if dense_blas else 1, dtype=dtype)
         self.grad = np.empty(n_params, dtype=dtype)
         self.ublocks = self._update_blocks(spec)
-        n_ublocks = self.ublocks.shape[0] // 4
+        n_ublocks = self.ublocks.shape[0] // _kernels.UPDATE_BLOCK_FIELDS
         self.dwork = np.empty(max(2 * cap + 2 * n_ublocks, 1))
         self.iwork = np.empty(max(2 * self.n_features, 1), dtype=np.intp)
         self.gblocks = self._grad_blocks(spec)
