@@ -308,6 +308,7 @@ def main(argv=None):
     sparams = dict(hidden_layer_sizes=big, solver="adam", batch_size=200,
                    learning_rate_init=1e-3, max_iter=2 if q else 5, tol=0.0,
                    n_iter_no_change=10**9, random_state=0)
+
     def cb_fit(threads):
         return lambda: fit_quiet(MLPClassifier(n_threads=threads, **sparams), Xs, y)
 
