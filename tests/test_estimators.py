@@ -345,3 +345,30 @@ def test_one_hot_targets_equal_the_label_binarizer(labels):
         odd = np.append(labels, labels.max() + 1)
         np.testing.assert_array_equal(
             est._one_hot(odd), est._label_binarizer.transform(odd).astype(bool))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 1000, 100_003])
+def test_kernel_buffers_start_on_a_cache_line(dtype, n):
+    from cbackprop._mlp import _aligned_empty, _aligned_zeros
+
+    for make in (_aligned_empty, _aligned_zeros):
+        a = make(n, dtype)
+        assert a.shape == (n,) and a.dtype == dtype and a.flags.c_contiguous
+        assert a.ctypes.data % 64 == 0
+    assert not _aligned_zeros(n, dtype).any()
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_fitted_weights_start_on_a_cache_line(digits, solver):
+    # The first layer's vector loops read W0 a row at a time: its first
+    # element (and the optimiser's state beside it) must be 64-byte aligned.
+    X, y = digits
+    clf = MLPClassifier(hidden_layer_sizes=(16,), solver=solver, max_iter=2,
+                        random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X.astype(np.float32), y)
+    assert clf.coefs_[0].ctypes.data % 64 == 0
+    assert all(s.ctypes.data % 64 == 0
+               for s in (clf._opt["state1"], clf._opt["state2"]))
