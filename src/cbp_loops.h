@@ -652,7 +652,7 @@ static ptrdiff_t cbp_compact_d(ptrdiff_t n, const double *x, cbp_idx *idx,
  *   sprows:  z[r, :] = b + sum_p val[p] * W[idx[p], :]       (forward)
  *   spgrad:  G[i, :] (+)= sum_e fval[e] * D[frow[e], :]       (X^T delta)
  *
- * Both accumulate a row of up to 4 vectors of 64 bytes in registers across
+ * Both accumulate a row of up to CBP_NV vectors of 64 bytes in registers across
  * the whole list of non-zeros, so the output row is written once and the
  * independent vector accumulators hide the FMA latency.  The last vector of
  * a row may be partial: it is loaded whole when that stays inside the
@@ -685,22 +685,38 @@ CBP_DEFINE_SPROW_STREAM(float, f)
 #undef CBP_DEFINE_SPROW_STREAM
 
 #if defined(__GNUC__) || defined(__clang__)
-/* a0..a3 += a * (nv vectors at src); then out = a0..a3. */
-#define CBP_VACC(S, nv, a, src)                                                \
+/* Up to CBP_NV vectors of a row chunk are accumulated in registers: eight
+ * independent FMA chains cover the FMA latency of CPUs with two 512-bit FMA
+ * units, and a 784-512 layer takes 4 passes over its non-zeros instead of
+ * 8.  Callers pass nv as a literal, so the loops below unroll into straight
+ * code. */
+#define CBP_NV 8
+/* a[0..nv) += a * (nv vectors at src); then out = a[0..nv). */
+#define CBP_VACC(S, nv, x, src)                                                \
     do {                                                                       \
-        const cbp_v##S av_ = (cbp_v##S){0} + (a);                              \
-        a0 += av_ * cbp_vld_##S(src);                                          \
-        if ((nv) > 1) a1 += av_ * cbp_vld_##S((src) + CBP_VL_##S);             \
-        if ((nv) > 2) a2 += av_ * cbp_vld_##S((src) + 2 * CBP_VL_##S);         \
-        if ((nv) > 3) a3 += av_ * cbp_vld_##S((src) + 3 * CBP_VL_##S);         \
+        const cbp_v##S av_ = (cbp_v##S){0} + (x);                              \
+        _Pragma("GCC unroll 8")                                                \
+        for (int k_ = 0; k_ < (nv); k_++)                                      \
+            a[k_] += av_ * cbp_vld_##S((src) + k_ * CBP_VL_##S);               \
     } while (0)
 #define CBP_VOUT(S, nv, out)                                                   \
     do {                                                                       \
-        memcpy((out), &a0, sizeof a0);                                         \
-        if ((nv) > 1) memcpy((out) + CBP_VL_##S, &a1, sizeof a1);              \
-        if ((nv) > 2) memcpy((out) + 2 * CBP_VL_##S, &a2, sizeof a2);          \
-        if ((nv) > 3) memcpy((out) + 3 * CBP_VL_##S, &a3, sizeof a3);          \
+        _Pragma("GCC unroll 8")                                                \
+        for (int k_ = 0; k_ < (nv); k_++)                                      \
+            memcpy((out) + k_ * CBP_VL_##S, &a[k_], sizeof a[k_]);             \
     } while (0)
+/* The pass function of nv vectors, for nv = CBP_NV .. 1. */
+#define CBP_NV_SWITCH(nv, PASS, ...)                                           \
+    switch (nv) {                                                              \
+    case 8: PASS(8, __VA_ARGS__); break;                                       \
+    case 7: PASS(7, __VA_ARGS__); break;                                       \
+    case 6: PASS(6, __VA_ARGS__); break;                                       \
+    case 5: PASS(5, __VA_ARGS__); break;                                       \
+    case 4: PASS(4, __VA_ARGS__); break;                                       \
+    case 3: PASS(3, __VA_ARGS__); break;                                       \
+    case 2: PASS(2, __VA_ARGS__); break;                                       \
+    default: PASS(1, __VA_ARGS__); break;                                      \
+    }
 
 #define CBP_DEFINE_SPARSE(T, S)                                                \
 typedef T cbp_v##S __attribute__((vector_size(CBP_VBYTES)));                   \
@@ -719,19 +735,19 @@ CBP_INLINE const T *cbp_vsrc_##S(const T *src, int ok, ptrdiff_t w, T *pad)    \
 {                                                                              \
     if (ok)                                                                    \
         return src;                                                            \
-    memset(pad, 0, 4 * CBP_VL_##S * sizeof(T));                                \
+    memset(pad, 0, CBP_NV * CBP_VL_##S * sizeof(T));                           \
     memcpy(pad, src, (size_t)w * sizeof(T));                                   \
     return pad;                                                                \
 }                                                                              \
                                                                                \
-/* Columns j0.. of an m-wide row processed as one chunk of up to 4       */  \
+/* Columns j0.. of an m-wide row processed as one chunk of up to CBP_NV  */  \
 /* vectors: sets its width *w and the last row *safe (rows ld apart, len   */  \
 /* readable elements) whose whole vectors may be loaded in place; returns  */  \
 /* the number of vectors.                                                   */ \
 CBP_INLINE int cbp_chunk_##S(ptrdiff_t m, ptrdiff_t j0, ptrdiff_t len,         \
                              ptrdiff_t ld, ptrdiff_t *w, ptrdiff_t *safe)      \
 {                                                                              \
-    *w = m - j0 < 4 * CBP_VL_##S ? m - j0 : 4 * CBP_VL_##S;                    \
+    *w = m - j0 < CBP_NV * CBP_VL_##S ? m - j0 : CBP_NV * CBP_VL_##S;          \
     const int nv = (int)((*w + CBP_VL_##S - 1) / CBP_VL_##S);                  \
     const ptrdiff_t lim = len - j0 - nv * CBP_VL_##S;                          \
     *safe = lim < 0 ? -1 : lim / ld;                                           \
@@ -744,8 +760,8 @@ CBP_INLINE void cbp_sprows_pass_##S(int nv, ptrdiff_t p0, ptrdiff_t p1,         
                                     ptrdiff_t w, ptrdiff_t safe, const T *b,   \
                                     T *CBP_RESTRICT zr)                        \
 {                                                                              \
-    cbp_v##S a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                           \
-    T pad[4 * CBP_VL_##S], out[4 * CBP_VL_##S];                                \
+    cbp_v##S a[CBP_NV] = {{0}};                                                \
+    T pad[CBP_NV * CBP_VL_##S], out[CBP_NV * CBP_VL_##S];                      \
     for (ptrdiff_t p = p0; p < p1; p++) {                                      \
         const T *src = cbp_vsrc_##S(W + idx[p] * m + j0, idx[p] <= safe, w,    \
                                     pad);                                      \
@@ -764,19 +780,11 @@ CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
 {                                                                              \
     for (ptrdiff_t r = 0; r < nr; r++) {                                       \
         T *CBP_RESTRICT zr = z + r * ldz;                                      \
-        for (ptrdiff_t j0 = 0; j0 < m; j0 += 4 * CBP_VL_##S) {                 \
+        for (ptrdiff_t j0 = 0; j0 < m; j0 += CBP_NV * CBP_VL_##S) {            \
             ptrdiff_t w, safe;                                                 \
             int nv = cbp_chunk_##S(m, j0, wlen, m, &w, &safe);                 \
-            switch (nv) {                                                      \
-            case 4: cbp_sprows_pass_##S(4, rs[r], re[r], idx, val, W, m, j0,   \
-                                        w, safe, b, zr); break;                \
-            case 3: cbp_sprows_pass_##S(3, rs[r], re[r], idx, val, W, m, j0,   \
-                                        w, safe, b, zr); break;                \
-            case 2: cbp_sprows_pass_##S(2, rs[r], re[r], idx, val, W, m, j0,   \
-                                        w, safe, b, zr); break;                \
-            default: cbp_sprows_pass_##S(1, rs[r], re[r], idx, val, W, m, j0,  \
-                                         w, safe, b, zr); break;               \
-            }                                                                  \
+            CBP_NV_SWITCH(nv, cbp_sprows_pass_##S, rs[r], re[r], idx, val, W,  \
+                          m, j0, w, safe, b, zr)                               \
         }                                                                      \
     }                                                                          \
 }                                                                              \
@@ -789,8 +797,8 @@ CBP_INLINE void cbp_spgrad_pass_##S(int nv, ptrdiff_t i0, ptrdiff_t i1,        \
                                     T *CBP_RESTRICT G, int accumulate)         \
 {                                                                              \
     for (ptrdiff_t i = i0; i < i1; i++) {                                      \
-        cbp_v##S a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                       \
-        T pad[4 * CBP_VL_##S], out[4 * CBP_VL_##S];                            \
+        cbp_v##S a[CBP_NV] = {{0}};                                            \
+        T pad[CBP_NV * CBP_VL_##S], out[CBP_NV * CBP_VL_##S];                  \
         T *CBP_RESTRICT g = G + i * m + j0;                                    \
         if (accumulate) {                                                      \
             const T *src = cbp_vsrc_##S(g, 0, w, pad);                         \
@@ -816,19 +824,11 @@ CBP_CLONES static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1,              \
                                       ptrdiff_t dlen, T *CBP_RESTRICT G,       \
                                       int accumulate)                          \
 {                                                                              \
-    for (ptrdiff_t j0 = jb; j0 < je; j0 += 4 * CBP_VL_##S) {                   \
+    for (ptrdiff_t j0 = jb; j0 < je; j0 += CBP_NV * CBP_VL_##S) {              \
         ptrdiff_t w, safe;                                                     \
         int nv = cbp_chunk_##S(je, j0, dlen, ldd, &w, &safe);                  \
-        switch (nv) {                                                          \
-        case 4: cbp_spgrad_pass_##S(4, i0, i1, fptr, frow, fval, D, ldd, j0,   \
-                                    w, safe, m, G, accumulate); break;         \
-        case 3: cbp_spgrad_pass_##S(3, i0, i1, fptr, frow, fval, D, ldd, j0,   \
-                                    w, safe, m, G, accumulate); break;         \
-        case 2: cbp_spgrad_pass_##S(2, i0, i1, fptr, frow, fval, D, ldd, j0,   \
-                                    w, safe, m, G, accumulate); break;         \
-        default: cbp_spgrad_pass_##S(1, i0, i1, fptr, frow, fval, D, ldd, j0,  \
-                                     w, safe, m, G, accumulate); break;        \
-        }                                                                      \
+        CBP_NV_SWITCH(nv, cbp_spgrad_pass_##S, i0, i1, fptr, frow, fval, D,    \
+                      ldd, j0, w, safe, m, G, accumulate)                      \
     }                                                                          \
 }
 #else
