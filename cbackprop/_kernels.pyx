@@ -494,8 +494,17 @@ cdef inline Py_ssize_t _layer_base(const Net* net, Py_ssize_t cap,
 
 
 cdef inline Py_ssize_t _chunk_rows(Py_ssize_t nb) noexcept nogil:
-    """Rows per forward chunk: a function of the batch size only."""
-    cdef Py_ssize_t c = nb // 4
+    """Rows per forward chunk: a function of the batch size only.
+
+    Every chunk's BLAS calls pack the whole weight matrix of each dense
+    layer, so chunks of fewer than about 100 rows spend a large share of
+    their time packing: half a batch up to 128 rows, a quarter beyond
+    (adam 784-512-256-10 at batch 200, 100-row chunks instead of 50:
+    1.05-1.07x faster on one thread and on two, Intel Xeon VM).
+    """
+    cdef Py_ssize_t c = nb // 2
+    if c > 128:
+        c = max(128, nb // 4)
     if c < 8:
         c = 8
     if c > 512:
