@@ -98,6 +98,14 @@ def _aligned_zeros(n, dtype):
     return out
 
 
+def _first_layer_copy(spec, dtype, sparse):
+    """Room for the kernels' cache-aligned copy of the first layer's weights
+    (empty when the input is not read sparsely or no copy is needed)."""
+    n = _kernels.w0_copy_size(int(spec["units"][0]), int(spec["zw"][1]),
+                              np.dtype(dtype).itemsize) if sparse else 0
+    return _aligned_empty(n, dtype)
+
+
 def _csr_copy_bytes(nnz, itemsize):
     """Size of the CSR copy of a dense X with ``nnz`` non-zeros (values and
     32-bit column indices)."""
@@ -212,6 +220,10 @@ class _Workspace:
         # n_keep > 0: the kernels read the zeroed "kept" flags.
         self.spi = (np.zeros if self.n_keep else np.empty)(n_int, dtype=np.intp)
         self.spv = np.empty(max(n_float, 1), dtype=dtype)
+        # The sparse forward pass's cache-aligned copy of the first layer
+        # (see _kernels.w0_copy_size); online training updates the weights
+        # sample by sample and reads them in place.
+        self.w0 = _first_layer_copy(spec, dtype, self.ind is not None and not online)
 
     def _keep_sorted_blocks(self, X, cap, dtype):
         """Full passes (full batch, lbfgs, rprop) over CSR data: keep every
@@ -762,7 +774,7 @@ class _BaseMLP(BaseEstimator):
         rsre = np.empty((threads, 2 * cap), dtype=np.intp)
         with _blas_single_thread():
             _kernels.forward(data, ind, ptr, n, X.shape[1], spec, params, out, acts,
-                             rsre, threads)
+                             rsre, threads, _first_layer_copy(spec, dtype, ind is not None))
         return out
 
     def _forward_pass_fast(self, X, check_input=True):
@@ -1043,7 +1055,7 @@ class _BaseMLP(BaseEstimator):
                 ws.data, ws.ind, ws.ptr, ws.n_features, Y, sw, has_sw, spec,
                 ws.gblocks, params, ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf,
                 ws.dwork, ws.spi, ws.spv, ws.nnz_cap, alpha, l1, ws.n_threads,
-                need_grad, dropout_step, ws.n_keep,
+                need_grad, dropout_step, ws.n_keep, ws.w0,
             )
             return data_loss, penalty, ws.grad
 
@@ -1311,7 +1323,7 @@ class _BaseMLP(BaseEstimator):
                     ws.gblocks, ws.ublocks, params, opt["state1"], opt["state2"],
                     ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf, ws.iwork, ws.dwork,
                     ws.spi, ws.spv, ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
-                    self.t_, ws.n_keep, ws.tuner,
+                    self.t_, ws.n_keep, ws.tuner, ws.w0,
                 )
                 if status == _STATUS_INTERRUPTED:
                     # Back to the end of the last whole epoch, so that the

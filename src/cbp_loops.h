@@ -663,19 +663,19 @@ static ptrdiff_t cbp_compact_d(ptrdiff_t n, const double *x, cbp_idx *idx,
 #define CBP_VBYTES 64
 
 /* One row of sprows streamed through memory (the portable fallback):      */
-/* zr = b + sum_p val[p] W[idx[p]].  The vector path keeps the row in        */
-/* registers for any number of non-zeros: even with 2 to 4 of them it beat */
-/* streaming z by 4-5% (4-500-1 online, min of 18 runs).                   */
+/* zr = b + sum_p val[p] W[idx[p]], W's rows ldw apart.  The vector path   */
+/* keeps the row in registers for any number of non-zeros: even with 2 to  */
+/* 4 of them it beat streaming z by 4-5% (4-500-1 online, min of 18 runs). */
 #define CBP_DEFINE_SPROW_STREAM(T, S)                                          \
 CBP_INLINE void cbp_sprow_stream_##S(ptrdiff_t p0, ptrdiff_t p1,               \
                                      const cbp_idx *idx, const T *val,       \
-                                     const T *W, ptrdiff_t m, const T *b,      \
-                                     T *CBP_RESTRICT zr)                       \
+                                     const T *W, ptrdiff_t m, ptrdiff_t ldw,   \
+                                     const T *b, T *CBP_RESTRICT zr)           \
 {                                                                              \
     for (ptrdiff_t j = 0; j < m; j++) zr[j] = (T)0;                            \
     for (ptrdiff_t p = p0; p < p1; p++) {                                      \
         const T a = val[p];                                                    \
-        const T *CBP_RESTRICT wr = W + idx[p] * m;                             \
+        const T *CBP_RESTRICT wr = W + idx[p] * ldw;                           \
         for (ptrdiff_t j = 0; j < m; j++) zr[j] += a * wr[j];                  \
     }                                                                          \
     for (ptrdiff_t j = 0; j < m; j++) zr[j] = b[j] + zr[j];                    \
@@ -756,14 +756,14 @@ CBP_INLINE int cbp_chunk_##S(ptrdiff_t m, ptrdiff_t j0, ptrdiff_t len,         \
                                                                                \
 CBP_INLINE void cbp_sprows_pass_##S(int nv, ptrdiff_t p0, ptrdiff_t p1,         \
                                     const cbp_idx *idx, const T *val,        \
-                                    const T *W, ptrdiff_t m, ptrdiff_t j0,     \
+                                    const T *W, ptrdiff_t ldw, ptrdiff_t j0,   \
                                     ptrdiff_t w, ptrdiff_t safe, const T *b,   \
                                     T *CBP_RESTRICT zr)                        \
 {                                                                              \
     cbp_v##S a[CBP_NV] = {{0}};                                                \
     T pad[CBP_NV * CBP_VL_##S], out[CBP_NV * CBP_VL_##S];                      \
     for (ptrdiff_t p = p0; p < p1; p++) {                                      \
-        const T *src = cbp_vsrc_##S(W + idx[p] * m + j0, idx[p] <= safe, w,    \
+        const T *src = cbp_vsrc_##S(W + idx[p] * ldw + j0, idx[p] <= safe, w,  \
                                     pad);                                      \
         CBP_VACC(S, nv, val[p], src);                                          \
     }                                                                          \
@@ -771,20 +771,21 @@ CBP_INLINE void cbp_sprows_pass_##S(int nv, ptrdiff_t p0, ptrdiff_t p1,         
     for (ptrdiff_t j = 0; j < w; j++) zr[j0 + j] = b[j0 + j] + out[j];         \
 }                                                                              \
                                                                                \
-/* W has m columns and wlen readable elements from W[0].                   */  \
+/* W has m columns, rows ldw apart, and wlen readable elements from W[0].  */  \
 CBP_CLONES static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,       \
                                       const ptrdiff_t *re, const cbp_idx *idx,\
                                       const T *val, const T *W, ptrdiff_t m,   \
-                                      ptrdiff_t wlen, const T *b,              \
-                                      T *CBP_RESTRICT z, ptrdiff_t ldz)        \
+                                      ptrdiff_t ldw, ptrdiff_t wlen,           \
+                                      const T *b, T *CBP_RESTRICT z,           \
+                                      ptrdiff_t ldz)                           \
 {                                                                              \
     for (ptrdiff_t r = 0; r < nr; r++) {                                       \
         T *CBP_RESTRICT zr = z + r * ldz;                                      \
         for (ptrdiff_t j0 = 0; j0 < m; j0 += CBP_NV * CBP_VL_##S) {            \
             ptrdiff_t w, safe;                                                 \
-            int nv = cbp_chunk_##S(m, j0, wlen, m, &w, &safe);                 \
+            int nv = cbp_chunk_##S(m, j0, wlen, ldw, &w, &safe);               \
             CBP_NV_SWITCH(nv, cbp_sprows_pass_##S, rs[r], re[r], idx, val, W,  \
-                          m, j0, w, safe, b, zr)                               \
+                          ldw, j0, w, safe, b, zr)                             \
         }                                                                      \
     }                                                                          \
 }                                                                              \
@@ -837,12 +838,13 @@ CBP_CLONES static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1,              \
 static void cbp_sprows_##S(ptrdiff_t nr, const ptrdiff_t *rs,                  \
                            const ptrdiff_t *re, const cbp_idx *idx,          \
                            const T *val, const T *W, ptrdiff_t m,              \
-                           ptrdiff_t wlen, const T *b, T *CBP_RESTRICT z,      \
-                           ptrdiff_t ldz)                                      \
+                           ptrdiff_t ldw, ptrdiff_t wlen, const T *b,          \
+                           T *CBP_RESTRICT z, ptrdiff_t ldz)                   \
 {                                                                              \
     (void)wlen;                                                                \
     for (ptrdiff_t r = 0; r < nr; r++)                                         \
-        cbp_sprow_stream_##S(rs[r], re[r], idx, val, W, m, b, z + r * ldz);    \
+        cbp_sprow_stream_##S(rs[r], re[r], idx, val, W, m, ldw, b,             \
+                             z + r * ldz);                                     \
 }                                                                              \
                                                                                \
 static void cbp_spgrad_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t jb,           \

@@ -484,3 +484,49 @@ def test_too_many_features_for_32_bit_indices():
         MLPRegressor(hidden_layer_sizes=(1,), max_iter=1).fit(X, [0.0, 1.0])
     with pytest.raises(ValueError, match="32-bit"):
         _mlp._kernel_input(X, np.float64, "batch")
+
+
+def test_first_layer_copy_sizes():
+    # Rows are padded to whole 64-byte lines; no copy when they already are.
+    size = _mlp._kernels.w0_copy_size
+    assert size(784, 100, 4) == 784 * 112
+    assert size(784, 100, 8) == 784 * 104
+    assert size(784, 512, 4) == 0 and size(30, 8, 8) == 0 and size(30, 16, 4) == 0
+    assert size(5, 1, 4) == 5 * 16 and size(5, 17, 8) == 5 * 24
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("params", [
+    dict(solver="sgd", batch_size=16),
+    dict(solver="adam", batch_size=16, l1=1e-3, max_grad_norm=0.5),
+    dict(solver="sgd", batch_size=40, momentum=0.5, nesterovs_momentum=False),
+    dict(solver="lbfgs"),
+])
+def test_aligned_first_layer_copy_changes_no_bit(monkeypatch, dtype, params):
+    # The sparse forward pass reads an aligned copy of W0 that the optimiser
+    # step keeps in sync: without it (the weights read in place) every bit
+    # of the fit and of predict must be the same.
+    X, y = _sparse_dense_data(n=150, n_features=30, seed=3)
+    X = sp.csr_matrix(X.astype(dtype))
+    common = dict(hidden_layer_sizes=(20, 7), max_iter=3, random_state=0, tol=0.0,
+                  n_threads=2, **params)
+    calls = []
+    real = _mlp._first_layer_copy
+
+    def spy(spec, dtype, sparse):
+        out = real(spec, dtype, sparse)
+        calls.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(_mlp, "_first_layer_copy", spy)
+    copied = _fit(MLPClassifier, X, y, **common)
+    assert calls and all(n == 30 * (32 if dtype == np.float32 else 24) for n in calls)
+    proba = copied.predict_proba(X)
+    monkeypatch.setattr(_mlp, "_first_layer_copy",
+                        lambda spec, dtype, sparse: real(spec, dtype, False))
+    plain = _fit(MLPClassifier, X, y, **common)
+    for u, v in zip(copied.coefs_ + copied.intercepts_, plain.coefs_ + plain.intercepts_):
+        np.testing.assert_array_equal(u, v)
+    assert copied.loss_ == plain.loss_
+    assert getattr(copied, "loss_curve_", None) == getattr(plain, "loss_curve_", None)
+    np.testing.assert_array_equal(proba, plain.predict_proba(X))
