@@ -136,14 +136,18 @@ cdef extern from "cbp_loops.h" nogil:
                       const cbp_idx* idx, const float* val, const float* W,
                       Py_ssize_t m, Py_ssize_t ldw, Py_ssize_t wlen, const float* b,
                       float* z, Py_ssize_t ldz)
+    ctypedef struct cbp_fent_f:
+        cbp_idx row
+        float val
+    ctypedef struct cbp_fent_d:
+        cbp_idx row
+        double val
     void cbp_spgrad_d(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t jb, Py_ssize_t je,
-                      const Py_ssize_t* fptr,
-                      const Py_ssize_t* frow, const double* fval, const double* D,
+                      const Py_ssize_t* fptr, const cbp_fent_d* fe, const double* D,
                       Py_ssize_t m, Py_ssize_t ldd, Py_ssize_t dlen, double* G,
                       int accumulate)
     void cbp_spgrad_f(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t jb, Py_ssize_t je,
-                      const Py_ssize_t* fptr,
-                      const Py_ssize_t* frow, const float* fval, const float* D,
+                      const Py_ssize_t* fptr, const cbp_fent_f* fe, const float* D,
                       Py_ssize_t m, Py_ssize_t ldd, Py_ssize_t dlen, float* G,
                       int accumulate)
     void cbp_gemv_skip_d(Py_ssize_t n, const double* a, const double* W, Py_ssize_t m,
@@ -333,14 +337,14 @@ cdef struct Source:
 cdef struct SpBatch:
     # The non-zeros of the rows of one block: row r holds entries
     # rs[r] .. re[r] of (idx, val); and the same entries by feature
-    # (fptr / frow / fval, rows in increasing order) for X^T delta.
+    # (fptr, and fent's (row, value) records: cbp_fent_f / cbp_fent_d, two
+    # values of the dtype each; rows in increasing order) for X^T delta.
     Py_ssize_t* rs
     Py_ssize_t* re
     const cbp_idx* idx
     const void* val
     Py_ssize_t* fptr
-    Py_ssize_t* frow
-    void* fval
+    void* fent
     # Full passes over a fixed CSR X (full batch, lbfgs, rprop) keep the
     # by-feature copy of each of their ``n_keep`` blocks of ``cap``
     # consecutive rows: the copies are the same in every pass, and making
@@ -350,8 +354,7 @@ cdef struct SpBatch:
     Py_ssize_t n_keep
     Py_ssize_t* kept
     Py_ssize_t* fptr0
-    Py_ssize_t* frow0
-    void* fval0
+    void* fent0
     # Mini-batches (n_keep == 0) have two slots of by-feature buffers: while
     # a batch's weight gradients are made, one task sorts the next batch's
     # rows into the other slot, so the sort is off the forward pass (where
@@ -639,10 +642,10 @@ cdef void _layer0_grad_block(const Net* net, const Source* src, const SpBatch* s
     cdef Py_ssize_t u_in = net.units[0], m = net.zw[1]
     if src.csr:
         if floating is float:
-            cbp_spgrad_f(i0, i1, j0, j1, sb.fptr, sb.frow, <const float*>sb.fval, d,
+            cbp_spgrad_f(i0, i1, j0, j1, sb.fptr, <const cbp_fent_f*>sb.fent, d,
                          m, ldd, dlen, G, accumulate)
         else:
-            cbp_spgrad_d(i0, i1, j0, j1, sb.fptr, sb.frow, <const double*>sb.fval, d,
+            cbp_spgrad_d(i0, i1, j0, j1, sb.fptr, <const cbp_fent_d*>sb.fent, d,
                          m, ldd, dlen, G, accumulate)
         return
     mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>(j1 - j0), <int>nb, <floating>1,
@@ -716,12 +719,14 @@ cdef void _sparse_rows(const Source* src, SpBatch* sb, const Py_ssize_t* rows,
 
 
 cdef void _sort_by_feature(const Source* src, const Py_ssize_t* rows, Py_ssize_t nb,
-                           Py_ssize_t* fptr, Py_ssize_t* frow,
-                           floating* fval) noexcept nogil:
+                           Py_ssize_t* fptr, floating* fent) noexcept nogil:
     """Counting sort of the non-zeros of rows ``rows[0:nb]`` by feature,
-    rows kept in order: feature i's entries are ``fptr[i]:fptr[i + 1]`` of
-    ``frow`` (0-based positions in ``rows``) and ``fval``."""
+    rows kept in order: feature i's entries are records ``fptr[i]:fptr[i +
+    1]`` of ``fent`` (cbp_fent_f / cbp_fent_d: the 0-based position in
+    ``rows`` and the value)."""
     cdef Py_ssize_t r, p, i, nf = src.n_features, pos
+    cdef cbp_fent_f* fe_f = <cbp_fent_f*>fent
+    cdef cbp_fent_d* fe_d = <cbp_fent_d*>fent
     cdef const floating* val = <const floating*>src.x
     cdef const cbp_idx* idx = src.ind
     memset(fptr, 0, (nf + 1) * sizeof(Py_ssize_t))
@@ -735,8 +740,12 @@ cdef void _sort_by_feature(const Source* src, const Py_ssize_t* rows, Py_ssize_t
             i = idx[p]
             # fptr[i] is used as the fill cursor and restored below.
             pos = fptr[i]
-            frow[pos] = r
-            fval[pos] = val[p]
+            if floating is float:
+                fe_f[pos].row = <cbp_idx>r
+                fe_f[pos].val = val[p]
+            else:
+                fe_d[pos].row = <cbp_idx>r
+                fe_d[pos].val = val[p]
             fptr[i] = pos + 1
     for i in range(nf, 0, -1):
         fptr[i] = fptr[i - 1]
@@ -748,8 +757,7 @@ cdef inline void _sort_into_slot(const Source* src, const SpBatch* sb,
                                  const floating* witness) noexcept nogil:
     """:func:`_sort_by_feature` into mini-batch slot ``slot`` (0 or 1)."""
     _sort_by_feature(src, rows, nb, sb.fptr0 + slot * (src.n_features + 1),
-                     sb.frow0 + slot * sb.nnz_cap,
-                     (<floating*>sb.fval0) + slot * sb.nnz_cap)
+                     (<floating*>sb.fent0) + 2 * slot * sb.nnz_cap)
 
 
 # ---------------------------------------------------------------------------
@@ -894,20 +902,18 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
             sort_task = 0
             slot = sb.ahead_slot
         sb.fptr = sb.fptr0 + slot * (nf + 1)
-        sb.frow = sb.frow0 + slot * sb.nnz_cap
-        sb.fval = (<floating*>sb.fval0) + slot * sb.nnz_cap
+        sb.fent = (<floating*>sb.fent0) + 2 * slot * sb.nnz_cap
         if sb.n_keep > 0 and consecutive and rows[0] % cap == 0 \
                 and rows[0] // cap < sb.n_keep:
             keep = rows[0] // cap
             off = src.ptr[rows[0]] - src.ptr[0]
             sb.fptr = sb.fptr0 + keep * (nf + 1)
-            sb.frow = sb.frow0 + off
-            sb.fval = (<floating*>sb.fval0) + off
+            sb.fent = (<floating*>sb.fent0) + 2 * off
             if sb.kept[keep] == nb:
                 sort_task = 0
     for c in prange(n_chunks + sort_task, num_threads=n_threads, schedule="dynamic"):
         if c < sort_task:
-            _sort_by_feature(src, rows, nb, sb.fptr, sb.frow, <floating*>sb.fval)
+            _sort_by_feature(src, rows, nb, sb.fptr, <floating*>sb.fent)
         else:
             r0 = (c - sort_task) * ch
             nr = min(ch, nb - r0)
@@ -1357,11 +1363,14 @@ cdef void _make_spbatch(SpBatch* sb, Py_ssize_t[::1] spi, floating[::1] spv,
                         Py_ssize_t n_keep, const Source* src,
                         Py_ssize_t n_rows) except *:
     """Carve the CSR-block buffers out of one int and one float array:
-    spi = [rs: cap | re: cap | kept: n_keep | fptr: slots * (nf + 1)
-    | frow: slots' * nnz_cap], spv = [fval: slots' * nnz_cap], where slots
-    = max(n_keep, 2) and slots' = 1 if n_keep else 2.  With ``n_keep`` > 0,
+    spi = [rs: cap | re: cap | kept: n_keep | fptr: slots * (nf + 1)],
+    spv = [fent: slots' * nnz_cap records of two values], where slots =
+    max(n_keep, 2) and slots' = 1 if n_keep else 2.  With ``n_keep`` > 0,
     ``nnz_cap`` holds every non-zero of X and ``kept`` starts zeroed."""
     n_int, n_float = sparse_buffer_sizes(cap, nnz_cap, n_features, n_keep)
+    if src.csr and cap > INT32_MAX:
+        raise ValueError(f"blocks of {cap} rows are too many for the sparse path's "
+                         f"32-bit row numbers: use a batch_size below {INT32_MAX}")
     if n_keep < 0 or (n_keep > 0 and not (
             src.csr and nnz_cap >= src.ptr[n_rows] - src.ptr[0])):
         raise ValueError("n_keep needs CSR input and room for all its non-zeros")
@@ -1375,15 +1384,13 @@ cdef void _make_spbatch(SpBatch* sb, Py_ssize_t[::1] spi, floating[::1] spv,
     sb.n_keep = n_keep
     sb.kept = ibase + 2 * cap
     sb.fptr0 = sb.kept + n_keep
-    sb.frow0 = sb.fptr0 + max(n_keep, 2) * (n_features + 1)
-    sb.fval0 = &spv[0]
+    sb.fent0 = &spv[0]
     sb.nnz_cap = nnz_cap
     sb.ahead = NULL
     sb.ahead_nb = 0
     sb.ahead_slot = 0
     sb.fptr = sb.fptr0
-    sb.frow = sb.frow0
-    sb.fval = sb.fval0
+    sb.fent = sb.fent0
 
 
 def row_nonzeros(const floating[:, ::1] X, int n_threads):
@@ -1479,8 +1486,8 @@ def sparse_buffer_sizes(Py_ssize_t cap, Py_ssize_t nnz_cap, Py_ssize_t n_feature
                         Py_ssize_t n_keep=0):
     """Lengths of the int and float CSR-block buffers (see _make_spbatch)."""
     cdef Py_ssize_t slots = 1 if n_keep > 0 else 2
-    return (2 * cap + n_keep + max(n_keep, 2) * (n_features + 1) + slots * nnz_cap,
-            slots * nnz_cap)
+    return (2 * cap + n_keep + max(n_keep, 2) * (n_features + 1),
+            2 * slots * nnz_cap)
 
 
 def lazy_tables(Py_ssize_t n, double lr, double momentum, bint nesterov,

@@ -233,7 +233,9 @@ class _Workspace:
         n_keep = -(-(len(self.ptr) - 1) // cap)
         itemsize = np.dtype(dtype).itemsize
         idx_size = np.dtype(np.intp).itemsize
-        need = nnz * (itemsize + idx_size) + n_keep * (self.n_features + 1) * idx_size
+        # A (row, value) record of two values per non-zero, and the feature
+        # pointers of each block.
+        need = nnz * 2 * itemsize + n_keep * (self.n_features + 1) * idx_size
         if not sp.issparse(X):
             # The CSR copy of a dense X counts against the budget too.
             need += _csr_copy_bytes(nnz, itemsize)
