@@ -718,6 +718,10 @@ cdef void _sparse_rows(const Source* src, SpBatch* sb, const Py_ssize_t* rows,
     sb.val = src.x
 
 
+# Rows ahead whose non-zeros the counting sort asks the cache for.
+cdef Py_ssize_t SORT_AHEAD = 4
+
+
 cdef void _sort_by_feature(const Source* src, const Py_ssize_t* rows, Py_ssize_t nb,
                            Py_ssize_t* fptr, floating* fent) noexcept nogil:
     """Counting sort of the non-zeros of rows ``rows[0:nb]`` by feature,
@@ -731,6 +735,12 @@ cdef void _sort_by_feature(const Source* src, const Py_ssize_t* rows, Py_ssize_t
     cdef const cbp_idx* idx = src.ind
     memset(fptr, 0, (nf + 1) * sizeof(Py_ssize_t))
     for r in range(nb):
+        if r + SORT_AHEAD < nb:
+            # The batch's rows are scattered over X and not yet in cache.
+            p = src.ptr[rows[r + SORT_AHEAD]]
+            i = src.ptr[rows[r + SORT_AHEAD] + 1] - p
+            cbp_prefetch(idx + p, i * sizeof(cbp_idx))
+            cbp_prefetch(val + p, i * sizeof(floating))
         for p in range(src.ptr[rows[r]], src.ptr[rows[r] + 1]):
             fptr[idx[p] + 1] += 1
     for i in range(nf):
