@@ -530,3 +530,30 @@ def test_aligned_first_layer_copy_changes_no_bit(monkeypatch, dtype, params):
     assert copied.loss_ == plain.loss_
     assert getattr(copied, "loss_curve_", None) == getattr(plain, "loss_curve_", None)
     np.testing.assert_array_equal(proba, plain.predict_proba(X))
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+@pytest.mark.parametrize("params", [
+    dict(hidden_layer_sizes=(20, 7), solver="adam", batch_size=16),
+    dict(hidden_layer_sizes=(5,), solver="sgd", batch_size=1),
+    dict(hidden_layer_sizes=(6, 3), activation="maxout", maxout_pieces=3,
+         solver="sgd", batch_size=30, dropout=0.2),
+    dict(hidden_layer_sizes=(9,), solver="lbfgs"),
+])
+def test_padded_hidden_rows_change_no_bit(monkeypatch, kind, params):
+    # Hidden rows of the block buffers are padded to whole cache lines; the
+    # padding must never reach a result.
+    X, y = _sparse_dense_data(n=90, n_features=30, seed=4)
+    X = sp.csr_matrix(X) if kind == "csr" else X
+    common = dict(max_iter=3, random_state=0, tol=0.0, **params)
+    padded = _fit(MLPClassifier, X, y, **common)
+    spec = padded._net_spec(padded._layer_units(), padded._layer_zw())
+    assert all(s % _mlp._ROW_ALIGN == 0 for s in spec["stride"][1:-1])
+    assert spec["stride"][-1] == padded.n_outputs_
+    proba = padded.predict_proba(X)
+    monkeypatch.setattr(_mlp, "_ROW_ALIGN", 1)
+    plain = _fit(MLPClassifier, X, y, **common)
+    for u, v in zip(padded.coefs_ + padded.intercepts_, plain.coefs_ + plain.intercepts_):
+        np.testing.assert_array_equal(u, v)
+    assert padded.loss_ == plain.loss_
+    np.testing.assert_array_equal(proba, plain.predict_proba(X))
