@@ -100,18 +100,19 @@ def matmul_runner(dtype, threads=None, size=1024, times=1):
 
 
 def matmul_peak(dtype, threads=None, size=1024, repeats=20):
-    """Peak float matrix-multiply rate of numpy's BLAS (GFLOP/s): the best of
-    ``repeats`` products.  A peak is the most the machine gave; a median of
-    a few ~15 ms products fell to a third of it when a busy spell of the
-    shared host hit them, which inflated every "% of peak" of that run."""
+    """Float matrix-multiply rate of numpy's BLAS (GFLOP/s) over ``repeats``
+    products: ``(best, median)``.  The best is the peak the targets are
+    measured against (the most the machine gave); the median of a few ~15
+    ms products fell to a third of it when a busy spell of the shared host
+    hit them, which inflated every "% of peak" of that run."""
     run = matmul_runner(dtype, threads, size)
     run()
-    best = np.inf
+    times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         run()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * size**3 / best / 1e9
+        times.append(time.perf_counter() - t0)
+    return 2.0 * size**3 / min(times) / 1e9, 2.0 * size**3 / np.median(times) / 1e9
 
 
 # ---------------------------------------------------------------------------
@@ -243,11 +244,12 @@ def main(argv=None):
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
           f"numpy {np.__version__}; medians of {args.repeats} runs\n")
-    peak32 = matmul_peak(np.float32)
-    peak32_1 = matmul_peak(np.float32, threads=1)
-    peak64 = matmul_peak(np.float64)
-    print(f"numpy matmul peak (1024^2): float32 {peak32:.0f} GFLOP/s "
-          f"({peak32_1:.0f} on 1 thread), float64 {peak64:.0f} GFLOP/s\n")
+    peak32, med32 = matmul_peak(np.float32)
+    peak32_1, med32_1 = matmul_peak(np.float32, threads=1)
+    peak64, med64 = matmul_peak(np.float64)
+    print(f"numpy matmul peak (1024^2, best of 20 [median]): float32 {peak32:.0f} "
+          f"[{med32:.0f}] GFLOP/s ({peak32_1:.0f} [{med32_1:.0f}] on 1 thread), "
+          f"float64 {peak64:.0f} [{med64:.0f}] GFLOP/s\n")
     print("| scenario | unit | scikit-learn | PyTorch | cbackprop | vs sklearn | "
           "vs PyTorch | target |")
     print("|---|---|---|---|---|---|---|---|")
