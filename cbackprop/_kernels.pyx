@@ -224,6 +224,7 @@ cdef enum:
     UB_FIELDS = 4         # (start, end, layer, is_coef) per update block
     UPDATE_BLOCK = 16384  # parameters per update block
     SUPER_ROWS = 2048     # rows per pass when a batch is larger than this
+    LINE_BYTES = 64       # cache line, and the width of the vector loads
 
 # Online mode looks for Ctrl-C every this many samples, mini-batch mode about
 # as often (and at least once per batch).
@@ -274,6 +275,7 @@ GRAD_BLOCK_FIELDS = GB_FIELDS
 UPDATE_BLOCK_FIELDS = UB_FIELDS
 SUPER_BLOCK_ROWS = SUPER_ROWS
 UPDATE_BLOCK_SIZE = UPDATE_BLOCK
+CACHE_LINE_BYTES = LINE_BYTES
 
 cdef enum:
     ACT_MAXOUT = 8        # CBP_ACT_MAXOUT of cbp_math.h
@@ -655,8 +657,8 @@ cdef void _layer0_grad_block(const Net* net, const Source* src, const SpBatch* s
 
 
 cdef inline Py_ssize_t _aligned_ld(Py_ssize_t m, Py_ssize_t itemsize) noexcept nogil:
-    """``m`` rounded up to a whole number of 64-byte cache lines."""
-    cdef Py_ssize_t per = 64 // itemsize
+    """``m`` rounded up to a whole number of cache lines."""
+    cdef Py_ssize_t per = LINE_BYTES // itemsize
     return (m + per - 1) // per * per
 
 
@@ -669,12 +671,12 @@ def w0_copy_size(Py_ssize_t n_in, Py_ssize_t m, Py_ssize_t itemsize):
     return 0 if ld == m else n_in * ld
 
 
-cdef void _attach_w0(Net* net, const Source* src, floating* w0, Py_ssize_t size,
-                     const floating* params) noexcept nogil:
+cdef void _attach_w0(Net* net, const Source* src, floating[::1] w0,
+                     const floating* params):
     """Have the sparse forward pass read the first layer's weights from
-    ``w0`` (``size`` elements, 64-byte aligned), filled here from
-    ``params``, when the input is CSR and the weights' own rows straddle
-    cache lines.
+    ``w0`` (None or empty: no copy; else cache-line aligned, with room for
+    :func:`w0_copy_size` elements), filled here from ``params``, when the
+    input is CSR and the weights' own rows straddle cache lines.
 
     Each non-zero input reads a whole weight row in 64-byte vectors; a row
     of 100 float32 weights starts 16, 32 or 48 bytes into a line three times
@@ -684,14 +686,16 @@ cdef void _attach_w0(Net* net, const Source* src, floating* w0, Py_ssize_t size,
     """
     cdef Py_ssize_t n_in = net.units[0], m = net.zw[1], i
     cdef Py_ssize_t ld = _aligned_ld(m, sizeof(floating))
-    if not src.csr or ld == m or w0 == NULL or size < n_in * ld \
-            or (<size_t>w0) % 64 != 0:
+    cdef floating* copy
+    if w0 is None or not src.csr or ld == m or w0.shape[0] < n_in * ld \
+            or (<size_t>&w0[0]) % LINE_BYTES != 0:
         return
-    net.w0 = w0
+    copy = &w0[0]
+    net.w0 = copy
     net.ldw0 = ld
     for i in range(n_in):
-        memcpy(w0 + i * ld, params + i * m, m * sizeof(floating))
-        memset(w0 + i * ld + m, 0, (ld - m) * sizeof(floating))
+        memcpy(copy + i * ld, params + i * m, m * sizeof(floating))
+        memset(copy + i * ld + m, 0, (ld - m) * sizeof(floating))
 
 
 cdef inline void _sync_w0(const Net* net, const floating* params, Py_ssize_t k0,
@@ -1728,8 +1732,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             if tuner.shape[0] < TUNER_STATE_SIZE:
                 raise ValueError("the tuner state needs TUNER_STATE_SIZE entries")
             tp = &tuner[0]
-        if w0 is not None and w0.shape[0] > 0:
-            _attach_w0(&net, &src, &w0[0], w0.shape[0], &params[0])
+        _attach_w0(&net, &src, w0, &params[0])
         with nogil:
             start = 0
             while start < n:
@@ -1810,8 +1813,7 @@ def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,
     cap = acts.shape[0] // net.total_units
     _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features, n_keep, &src, n)
     threads = _threads_for(&net, &src, n, min(cap, n), n_threads)
-    if w0 is not None and w0.shape[0] > 0:
-        _attach_w0(&net, &src, &w0[0], w0.shape[0], &params[0])
+    _attach_w0(&net, &src, w0, &params[0])
     with nogil:
         status = _accumulate(&net, &params[0], &src, &sb, &rows[0], n, 0, &Y[0, 0],
                              swp, &acts[0], &deltas[0], &gates[0], &xbuf[0], cap,
@@ -1885,8 +1887,7 @@ def forward(object X, object indices, object indptr, Py_ssize_t n_samples,
     n_chunks = (n_samples + cap - 1) // cap
     if n_chunks < 2:
         threads = 1
-    if w0 is not None and w0.shape[0] > 0:
-        _attach_w0(&net, &src, &w0[0], w0.shape[0], &params[0])
+    _attach_w0(&net, &src, w0, &params[0])
     with nogil:
         for c in prange(n_chunks, num_threads=threads, schedule="static"):
             tid = _thread_id()

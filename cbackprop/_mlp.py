@@ -81,19 +81,20 @@ _GRAD_MIN_COLS = 8
 
 
 # Hidden-layer rows of the kernels' block buffers are padded to a multiple
-# of this many values: 64 bytes of float32, 128 of float64.
-_ROW_ALIGN = 16
+# of this many values: a cache line of float32, two of float64.
+_ROW_ALIGN = _kernels.CACHE_LINE_BYTES // 4
 
 
 def _aligned_empty(n, dtype):
-    """An uninitialised 1-D array whose first element sits on a 64-byte
-    boundary.  The vector loops load 64 bytes at a time; from numpy's usual
+    """An uninitialised 1-D array whose first element starts a cache line.
+    The vector loops load a line (64 bytes) at a time; from numpy's usual
     16-byte-aligned buffers every such load of a weight row straddles two
-    cache lines, which halved the sparse first layer's rate in a C
-    benchmark (45 -> 25 GFLOP/s, 784-512 on MNIST rows)."""
+    lines, which halved the sparse first layer's rate in a C benchmark (45
+    -> 25 GFLOP/s, 784-512 on MNIST rows)."""
     dtype = np.dtype(dtype)
-    buf = np.empty(n + 64 // dtype.itemsize, dtype=dtype)
-    off = (-buf.ctypes.data % 64) // dtype.itemsize
+    line = _kernels.CACHE_LINE_BYTES
+    buf = np.empty(n + line // dtype.itemsize, dtype=dtype)
+    off = (-buf.ctypes.data % line) // dtype.itemsize
     return buf[off:off + n]
 
 
@@ -240,10 +241,9 @@ class _Workspace:
         nnz = int(self.ptr[-1] - self.ptr[0])
         n_keep = -(-(len(self.ptr) - 1) // cap)
         itemsize = np.dtype(dtype).itemsize
-        idx_size = np.dtype(np.intp).itemsize
-        # A (row, value) record of two values per non-zero, and the feature
-        # pointers of each block.
-        need = nnz * 2 * itemsize + n_keep * (self.n_features + 1) * idx_size
+        n_int, n_float = _kernels.sparse_buffer_sizes(cap, nnz, self.n_features,
+                                                      n_keep)
+        need = n_int * np.dtype(np.intp).itemsize + n_float * itemsize
         if not sp.issparse(X):
             # The CSR copy of a dense X counts against the budget too.
             need += _csr_copy_bytes(nnz, itemsize)
