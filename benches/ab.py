@@ -6,6 +6,7 @@ Usage::
     (cd /tmp/old && python setup.py build_ext --inplace)
     python benches/ab.py /tmp/old . --hidden 512,256 --batch-size 200 \\
         --solver adam --epochs 3 --threads 2 --rounds 10
+    python benches/ab.py /tmp/old . --data digits --threads 2 --rounds 20
 
 Two long-lived worker processes import cbackprop from the two source trees
 (``PYTHONPATH``) and fit the same MNIST model in turn, alternating which
@@ -36,12 +37,19 @@ def _worker(args):
 
     from cbackprop import MLPClassifier
 
-    X, y = load_mnist10k(dtype=np.dtype(args.dtype))
-    X, y = X[:8000], y[:8000]
-    params = dict(hidden_layer_sizes=tuple(int(h) for h in args.hidden.split(",")),
-                  solver=args.solver, batch_size=args.batch_size,
-                  max_iter=args.epochs, tol=0.0, n_iter_no_change=10**9,
-                  random_state=0, n_threads=args.threads)
+    if args.data == "digits":
+        # compare.py's digits scenario: scikit-learn's defaults, whole fit.
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        params = dict(random_state=0, n_threads=args.threads)
+    else:
+        X, y = load_mnist10k(dtype=np.dtype(args.dtype))
+        X, y = X[:8000], y[:8000]
+        params = dict(hidden_layer_sizes=tuple(int(h) for h in args.hidden.split(",")),
+                      solver=args.solver, batch_size=args.batch_size,
+                      max_iter=args.epochs, tol=0.0, n_iter_no_change=10**9,
+                      random_state=0, n_threads=args.threads)
     warnings.simplefilter("ignore")
     print("ready", flush=True)
     for _ in sys.stdin:
@@ -57,6 +65,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("old", help="source tree of the old build")
     ap.add_argument("new", help="source tree of the new build")
+    ap.add_argument("--data", default="mnist", choices=["mnist", "digits"],
+                    help="digits: scikit-learn's defaults on load_digits (the "
+                         "options below but --threads are ignored)")
     ap.add_argument("--hidden", default="100")
     ap.add_argument("--batch-size", type=int, default=200)
     ap.add_argument("--solver", default="sgd", choices=["adam", "sgd"])
