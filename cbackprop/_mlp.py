@@ -233,6 +233,11 @@ class _Workspace:
         # (see _kernels.w0_copy_size); online training updates the weights
         # sample by sample and reads them in place.
         self.w0 = _first_layer_copy(spec, dtype, self.ind is not None and not online)
+        # The backward pass's transposed copies of narrow layers (see
+        # _kernels.WT_MAX_OUT); online training has no backward product.
+        self.wt = np.empty(0 if online else _kernels.wt_copy_size(spec["units"],
+                                                                   spec["zw"]),
+                           dtype=dtype)
 
     def _keep_sorted_blocks(self, X, cap, dtype):
         """Full passes (full batch, lbfgs, rprop) over CSR data: keep every
@@ -1082,7 +1087,7 @@ class _BaseMLP(BaseEstimator):
                 ws.data, ws.ind, ws.ptr, ws.n_features, Y, sw, has_sw, spec,
                 ws.gblocks, params, ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf,
                 ws.dwork, ws.spi, ws.spv, ws.nnz_cap, alpha, l1, ws.n_threads,
-                need_grad, dropout_step, ws.n_keep, ws.w0,
+                need_grad, dropout_step, ws.n_keep, ws.w0, ws.wt,
             )
             return data_loss, penalty, ws.grad
 
@@ -1350,7 +1355,7 @@ class _BaseMLP(BaseEstimator):
                     ws.gblocks, ws.ublocks, params, opt["state1"], opt["state2"],
                     ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf, ws.iwork, ws.dwork,
                     ws.spi, ws.spv, ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
-                    self.t_, ws.n_keep, ws.tuner, ws.w0,
+                    self.t_, ws.n_keep, ws.tuner, ws.w0, ws.wt,
                 )
                 if status == _STATUS_INTERRUPTED:
                     # Back to the end of the last whole epoch, so that the

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sklearn import neural_network as sknn
 from sklearn.exceptions import ConvergenceWarning
 
-from cbackprop import MLPClassifier, MLPRegressor, _mlp, _openmp_helpers
+from cbackprop import MLPClassifier, MLPRegressor, _kernels, _mlp, _openmp_helpers
 
 
 def _sparse_dense_data(n=120, n_features=40, density=0.15, seed=0):
@@ -557,3 +557,51 @@ def test_padded_hidden_rows_change_no_bit(monkeypatch, kind, params):
         np.testing.assert_array_equal(u, v)
     assert padded.loss_ == plain.loss_
     np.testing.assert_array_equal(proba, plain.predict_proba(X))
+
+
+def test_transposed_narrow_layer_copies():
+    # Sizes: layers with fewer than WT_MAX_OUT outputs, but one, have a copy;
+    # the first layer never does (it has no backward product).
+    def size(units, zw=None):
+        units = np.array(units, dtype=np.intp)
+        zw = units if zw is None else np.array(zw, dtype=np.intp)
+        return _kernels.wt_copy_size(units, zw)
+
+    assert size([64, 100, 10]) == 100 * 10
+    assert size([784, 512, 256, 10]) == 256 * 10
+    assert size([4, 500, 1]) == 0
+    assert size([5, 3, 7, 2]) == 3 * 7 + 7 * 2
+    assert size([5, 3, 40, 2]) == 40 * 2
+    # Maxout: the weights of layer l are units[l] x zw[l + 1].
+    assert size([5, 4, 3], zw=[5, 12, 3]) == 4 * 3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("params", [
+    dict(hidden_layer_sizes=(20, 7), solver="adam", batch_size=16),
+    dict(hidden_layer_sizes=(6, 3), activation="maxout", maxout_pieces=3,
+         solver="sgd", batch_size=30, dropout=0.2),
+    dict(hidden_layer_sizes=(9,), solver="lbfgs"),
+])
+def test_transposed_copies_match_the_weights_in_place(monkeypatch, dtype, params):
+    # The backward pass reads narrow layers through transposed copies that
+    # each pass refreshes: a fit without them (the weights read in place)
+    # takes another BLAS path, so the same weights up to rounding.
+    X, y = _sparse_dense_data(n=120, n_features=12, seed=5)
+    X = X.astype(dtype)
+    common = dict(max_iter=4, random_state=0, tol=0.0, n_threads=2, **params)
+    sizes = []
+    real = _kernels.wt_copy_size
+
+    def spy(units, zw):
+        sizes.append(real(units, zw))
+        return sizes[-1]
+
+    monkeypatch.setattr(_kernels, "wt_copy_size", spy)
+    copied = _fit(MLPClassifier, X, y, **common)
+    assert sizes and all(n > 0 for n in sizes)
+    monkeypatch.setattr(_kernels, "wt_copy_size", lambda units, zw: 0)
+    plain = _fit(MLPClassifier, X, y, **common)
+    rtol = 1e-4 if dtype == np.float32 else 1e-10
+    for u, v in zip(copied.coefs_ + copied.intercepts_, plain.coefs_ + plain.intercepts_):
+        np.testing.assert_allclose(u, v, rtol=rtol, atol=rtol)
