@@ -314,6 +314,10 @@ cdef struct Net:
     # Transposed copies of the narrow layers' weights for the backward pass
     # (NULL: none; see _attach_wt), refreshed by _accumulate.
     void* wt
+    # Chunk-local gradients (NULL: none; see _chunk_grad): room for the
+    # partial gradient of every row chunk of a batch, pg_stride apart.
+    void* pgrad
+    Py_ssize_t pg_stride
 
 
 cdef struct Optim:
@@ -932,6 +936,71 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
                                gates + _layer_base(net, cap, li) + r0 * s, g, nr)
 
 
+cdef void _chunk_grad(const Net* net, const floating* xin, const floating* acts,
+                      const floating* deltas, Py_ssize_t cap, Py_ssize_t r0,
+                      Py_ssize_t nr, floating* P) noexcept nogil:
+    """Unnormalised gradient of rows ``r0 .. r0 + nr`` of a dense block
+    (``A^T delta`` and the column sums of ``delta`` of every layer), written
+    to ``P`` in the packed layout."""
+    cdef Py_ssize_t L = net.n_layers, li, r, u_in, m, s_next, lda
+    cdef const floating* a_in
+    cdef const floating* d
+    cdef floating* gb
+    for li in range(L):
+        u_in = net.units[li]
+        m = net.zw[li + 1]
+        s_next = net.stride[li + 1]
+        d = deltas + _layer_base(net, cap, li + 1) + r0 * s_next + net.zoff[li + 1]
+        if li == 0:
+            lda = u_in
+            a_in = xin + r0 * lda
+        else:
+            lda = net.stride[li]
+            a_in = acts + _layer_base(net, cap, li) + r0 * lda
+        mm_rowmajor(Trans, NoTrans, <int>u_in, <int>m, <int>nr, <floating>1, a_in,
+                    <int>lda, d, <int>s_next, <floating>0, P + net.coef_off[li],
+                    <int>m)
+        gb = P + net.icpt_off[li]
+        memset(gb, 0, m * sizeof(floating))
+        for r in range(nr):
+            _axpy(m, <floating>1, d + r * s_next, gb)
+
+
+cdef Py_ssize_t _max_chunks(Py_ssize_t cap) noexcept nogil:
+    """Most row chunks a block of at most ``cap`` rows is cut into."""
+    cdef Py_ssize_t nb, ch, most = 1
+    for nb in range(1, cap + 1):
+        ch = _chunk_rows(nb)
+        most = max(most, (nb + ch - 1) // ch)
+    return most
+
+
+def chunk_rows(Py_ssize_t nb):
+    """Rows per forward chunk of a block of ``nb`` rows (see _chunk_rows)."""
+    return _chunk_rows(nb)
+
+
+def chunk_grad_size(Py_ssize_t cap, Py_ssize_t n_params, Py_ssize_t itemsize):
+    """Elements of the chunk-local gradients of blocks of at most ``cap``
+    rows (see :func:`_chunk_grad`): one cache-aligned packed gradient per
+    chunk."""
+    return _max_chunks(cap) * _aligned_ld(n_params, itemsize)
+
+
+cdef void _attach_pgrad(Net* net, Py_ssize_t cap, floating[::1] pgrad) noexcept:
+    """Have mini-batches of dense input make their gradient chunk by chunk
+    in ``pgrad`` (None or too small: block by block, see _block_grad)."""
+    cdef Py_ssize_t ld = _aligned_ld(net.n_params, sizeof(floating))
+    if pgrad is not None and pgrad.shape[0] >= _max_chunks(cap) * ld \
+            and pgrad.shape[0] > 0:
+        net.pgrad = &pgrad[0]
+        net.pg_stride = ld
+
+
+# Values a thread adds up per task when the chunk gradients are reduced.
+cdef Py_ssize_t REDUCE_BLOCK = 1024
+
+
 # ---------------------------------------------------------------------------
 # One block of rows: loss and gradient, in parallel.
 # ---------------------------------------------------------------------------
@@ -959,8 +1028,11 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     cdef floating* d
     cdef floating* gb
     cdef bint consecutive = True, gather = False
-    cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0
+    cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0, n_red
     cdef int slot = 0
+    # Chunk-local gradients: dense input, one pass (see _chunk_grad).
+    cdef bint local = (net.pgrad != NULL and need_grad and not accumulate
+                       and not src.csr)
     n_chunks = (nb + ch - 1) // ch
 
     # Dense BLAS input: rows are used in place when they are consecutive in
@@ -1012,6 +1084,9 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
             _chunk_backward(net, params, src, sb, rows, nr, xin, Y, sw, acts, deltas,
                             gates, cap, r0, pos, &closs[c - sort_task],
                             &csw[c - sort_task], need_grad)
+            if local:
+                _chunk_grad(net, xin, acts, deltas, cap, r0, nr,
+                            (<floating*>net.pgrad) + (c - sort_task) * net.pg_stride)
     if keep >= 0:
         sb.kept[keep] = nb
     for c in range(n_chunks):
@@ -1019,6 +1094,17 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         sw_sum[0] += csw[c]
     sb.ahead = NULL
     if not need_grad:
+        return
+    if local:
+        # The batch gradient: the chunks' partial ones summed in chunk order.
+        n_red = (net.n_params + REDUCE_BLOCK - 1) // REDUCE_BLOCK
+        for k in prange(n_red, num_threads=n_threads, schedule="static"):
+            i0 = k * REDUCE_BLOCK
+            i1 = min(i0 + REDUCE_BLOCK, net.n_params)
+            memcpy(grad + i0, <floating*>net.pgrad + i0, (i1 - i0) * sizeof(floating))
+            for c in range(1, n_chunks):
+                _axpy(i1 - i0, <floating>1,
+                      (<floating*>net.pgrad) + c * net.pg_stride + i0, grad + i0)
         return
 
     # Weight gradients, one block of input units at a time, then each
@@ -1411,6 +1497,8 @@ cdef void _make_net(Net* net, dict spec, Py_ssize_t n_params, bint training,
     net.w0 = NULL
     net.ldw0 = 0
     net.wt = NULL
+    net.pgrad = NULL
+    net.pg_stride = 0
 
 
 cdef void _make_source(Source* src, object X, Py_ssize_t n_features,
@@ -1706,7 +1794,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               double[::1] dwork, Py_ssize_t[::1] spi, floating[::1] spv,
               Py_ssize_t nnz_cap, Py_ssize_t batch_size, int n_threads, dict opt,
               object lazy=None, long long step0=0, Py_ssize_t n_keep=0,
-              double[::1] tuner=None, floating[::1] w0=None, floating[::1] wt=None):
+              double[::1] tuner=None, floating[::1] w0=None, floating[::1] wt=None,
+              floating[::1] pgrad=None):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
     Returns ``(status, data_loss_sum, penalty_sum, n_done)``: the batch losses
@@ -1721,7 +1810,9 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     kept): lets multithreaded mini-batches fall back to one thread while
     that is faster (see ``_tuned_threads``).  ``w0`` (mini-batches only):
     room for the aligned first-layer copy of :func:`w0_copy_size`; ``wt``:
-    for the transposed copies of :func:`wt_copy_size`.
+    for the transposed copies of :func:`wt_copy_size`; ``pgrad``
+    (mini-batches of dense input): for the chunk-local gradients of
+    :func:`chunk_grad_size`, used when given.
     """
     cdef Net net
     cdef Source src
@@ -1813,6 +1904,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             tp = &tuner[0]
         _attach_w0(&net, &src, w0, &params[0])
         _attach_wt(&net, wt)
+        _attach_pgrad(&net, cap, pgrad)
         with nogil:
             start = 0
             while start < n:
@@ -1950,9 +2042,9 @@ def forward(object X, object indices, object indptr, Py_ssize_t n_samples,
             int n_threads, floating[::1] w0=None):
     """Output-layer activations of every row of X, written into ``out``.
 
-    Rows are processed in chunks of ``acts.shape[1] // total_units`` rows, in
-    parallel over ``acts.shape[0]`` thread-private buffers (``rsre`` holds
-    each thread's CSR row bounds).  Dense X goes through BLAS.  Dropout is
+    Rows are processed in chunks of ``rsre.shape[1] // 2`` rows, in parallel
+    over ``acts.shape[0]`` thread-private buffers (``rsre`` holds each
+    thread's CSR row bounds).  Dense X goes through BLAS.  Dropout is
     off: prediction uses the whole network.  ``w0``: as in :func:`run_epoch`.
     """
     cdef Net net
@@ -1964,7 +2056,11 @@ def forward(object X, object indices, object indptr, Py_ssize_t n_samples,
     _make_source(&src, X, n_features, indices, indptr, params)
     if not src.csr:
         X0 = <const floating*>src.x
-    cap = acts.shape[1] // net.total_units
+    # The rows a chunk holds come from the row-bounds buffer: ``acts`` may
+    # be longer (its rows are padded to cache lines).
+    cap = rsre.shape[1] // 2
+    if cap < 1 or acts.shape[1] < cap * net.total_units:
+        raise ValueError("forward: acts must hold rsre.shape[1] // 2 rows a thread")
     n_chunks = (n_samples + cap - 1) // cap
     if n_chunks < 2:
         threads = 1

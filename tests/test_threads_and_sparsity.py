@@ -605,3 +605,49 @@ def test_transposed_copies_match_the_weights_in_place(monkeypatch, dtype, params
     rtol = 1e-4 if dtype == np.float32 else 1e-10
     for u, v in zip(copied.coefs_ + copied.intercepts_, plain.coefs_ + plain.intercepts_):
         np.testing.assert_allclose(u, v, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("hidden", [(), (1,), (2, 1)])
+def test_predict_on_small_csr_inputs_stays_in_its_buffers(hidden):
+    # Prediction buffers pad each thread's rows to cache lines; the rows a
+    # chunk holds must come from the CSR row-bounds buffer, not from the
+    # padded length (which overran it: heap corruption, caught under ASan).
+    rng = np.random.RandomState(0)
+    for n in range(1, 41, 3):
+        X = rng.normal(size=(n, 3))
+        y = np.arange(n) % 3
+        clf = _fit(MLPClassifier, X, y, hidden_layer_sizes=hidden, max_iter=1,
+                   random_state=0)
+        np.testing.assert_allclose(clf.predict_proba(sp.csr_matrix(X)),
+                                   clf.predict_proba(X), rtol=1e-12, atol=1e-12)
+    spec = clf._net_spec(clf._layer_units(), clf._layer_zw())
+    params = np.concatenate([c.ravel() for c in clf.coefs_ + clf.intercepts_])
+    out = np.empty((4, 3))
+    with pytest.raises(ValueError, match="rows a thread"):
+        _kernels.forward(np.ones((4, 3)), None, None, 4, 3, spec, params, out,
+                         np.zeros((1, 2)), np.empty((1, 8), dtype=np.intp), 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("params", [
+    dict(hidden_layer_sizes=(20, 7), solver="adam", batch_size=97),
+    dict(hidden_layer_sizes=(6, 3), activation="maxout", maxout_pieces=3,
+         solver="sgd", batch_size=150, dropout=0.2, max_grad_norm=0.5),
+    dict(hidden_layer_sizes=(9,), solver="adam", batch_size=300, l1=1e-3),
+])
+def test_chunk_gradients_match_block_gradients(monkeypatch, dtype, params):
+    # Mini-batches of dense input sum per-chunk gradients (a fixed partition
+    # of the batch's rows); with the memory budget at zero the gradient is
+    # made block by block over the whole batch: the same up to rounding.
+    rng = np.random.RandomState(6)
+    X = rng.normal(size=(700, 12)).astype(dtype)
+    y = (X[:, 0] + X[:, 1] > 0).astype(int) + (X[:, 2] > 1)
+    common = dict(max_iter=3, random_state=0, tol=0.0, n_threads=2, **params)
+    chunked = _fit(MLPClassifier, X, y, **common)
+    monkeypatch.setattr(_mlp, "_CHUNK_GRAD_BYTES", 0)
+    blocked = _fit(MLPClassifier, X, y, **common)
+    rtol = 2e-4 if dtype == np.float32 else 1e-9
+    for u, v in zip(chunked.coefs_ + chunked.intercepts_,
+                    blocked.coefs_ + blocked.intercepts_):
+        np.testing.assert_allclose(u, v, rtol=rtol, atol=rtol)
+    assert not all(np.array_equal(u, v) for u, v in zip(chunked.coefs_, blocked.coefs_))
