@@ -19,10 +19,12 @@ Determinism
 Every piece of parallel work is cut the same way whatever the number of
 threads: rows in chunks whose size depends only on the batch size, weight
 gradients in blocks of ``GRAD_BLOCK`` input units (narrow layers also cut by
-output columns, from the shapes alone), updates in blocks of
-``UPDATE_BLOCK`` parameters.  Each piece is computed by one thread in a fixed
-order and reductions over pieces run in index order, so the fitted weights
-are bitwise the same for any thread count.
+output columns, from the shapes alone) or, for small networks on dense
+mini-batches, chunk by chunk (see _chunk_grad), updates in blocks of at most
+``UPDATE_BLOCK`` parameters (finer for small networks, from the shapes
+alone).  Each piece is computed by one thread in a fixed order and
+reductions over pieces run in index order, so the fitted weights are
+bitwise the same for any thread count.
 
 Layer 0 and zeros
 -----------------
@@ -222,7 +224,7 @@ cdef enum:
     GRAD_BLOCK = 64       # input units per weight-gradient block
     GB_FIELDS = 5         # (layer, i0, i1, j0, j1) per weight-gradient block
     UB_FIELDS = 4         # (start, end, layer, is_coef) per update block
-    UPDATE_BLOCK = 16384  # parameters per update block
+    UPDATE_BLOCK = 16384  # most parameters per update block
     SUPER_ROWS = 2048     # rows per pass when a batch is larger than this
     LINE_BYTES = 64       # cache line, and the width of the vector loads
 
@@ -241,6 +243,11 @@ cdef Py_ssize_t SIGNAL_EVERY = 64
 # 1.02-1.13x in quiet spells but lost 2x while the VM's host was busy (each
 # fork-join then waited tens of microseconds for the second core).
 cdef double PARALLEL_MIN_BATCH_WORK = 1.0e6
+
+# Parameters below which the optimiser step runs on one thread.  Adam on
+# load_digits' 7,510 parameters takes about 15 us a batch on one thread,
+# several times the cost of waking a second one.
+cdef Py_ssize_t STEP_MIN_PARALLEL = 4096
 
 
 def _set_parallel_min_work(double work):
@@ -966,12 +973,17 @@ cdef void _chunk_grad(const Net* net, const floating* xin, const floating* acts,
             _axpy(m, <floating>1, d + r * s_next, gb)
 
 
+cdef inline Py_ssize_t _n_chunks(Py_ssize_t nb) noexcept nogil:
+    """Row chunks of a block of ``nb`` rows."""
+    cdef Py_ssize_t ch = _chunk_rows(nb)
+    return (nb + ch - 1) // ch
+
+
 cdef Py_ssize_t _max_chunks(Py_ssize_t cap) noexcept nogil:
     """Most row chunks a block of at most ``cap`` rows is cut into."""
-    cdef Py_ssize_t nb, ch, most = 1
+    cdef Py_ssize_t nb, most = 1
     for nb in range(1, cap + 1):
-        ch = _chunk_rows(nb)
-        most = max(most, (nb + ch - 1) // ch)
+        most = max(most, _n_chunks(nb))
     return most
 
 
@@ -995,6 +1007,16 @@ cdef void _attach_pgrad(Net* net, Py_ssize_t cap, floating[::1] pgrad) noexcept:
             and pgrad.shape[0] > 0:
         net.pgrad = &pgrad[0]
         net.pg_stride = ld
+
+
+cdef inline void _reduce_chunks(const Net* net, floating* grad, Py_ssize_t k0,
+                                Py_ssize_t k1, Py_ssize_t n_chunks) noexcept nogil:
+    """``grad[k0:k1]``: the chunk gradients' sum, in chunk order."""
+    cdef Py_ssize_t c
+    cdef const floating* P = <const floating*>net.pgrad
+    memcpy(grad + k0, P + k0, (k1 - k0) * sizeof(floating))
+    for c in range(1, n_chunks):
+        _axpy(k1 - k0, <floating>1, P + c * net.pg_stride + k0, grad + k0)
 
 
 # Values a thread adds up per task when the chunk gradients are reduced.
@@ -1101,10 +1123,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         for k in prange(n_red, num_threads=n_threads, schedule="static"):
             i0 = k * REDUCE_BLOCK
             i1 = min(i0 + REDUCE_BLOCK, net.n_params)
-            memcpy(grad + i0, <floating*>net.pgrad + i0, (i1 - i0) * sizeof(floating))
-            for c in range(1, n_chunks):
-                _axpy(i1 - i0, <floating>1,
-                      (<floating*>net.pgrad) + c * net.pg_stride + i0, grad + i0)
+            _reduce_chunks(net, grad, i0, i1, n_chunks)
         return
 
     # Weight gradients, one block of input units at a time, then each
@@ -1203,7 +1222,7 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
     if o.kind == OPT_ADAM:
         lr_t = _adam_rate(o)
     if o.clip > 0:
-        for k in prange(n_ublocks, num_threads=n_threads, schedule="static"):
+        for k in prange(n_ublocks, num_threads=n_threads, schedule="dynamic"):
             k0 = ublocks[UB_FIELDS * k]
             k1 = ublocks[UB_FIELDS * k + 1]
             coef = ublocks[UB_FIELDS * k + 3]
@@ -1214,7 +1233,8 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
         norm = sqrt(norm) / sw_sum
         if norm > o.clip:
             c = o.clip / norm
-    for k in prange(n_ublocks, num_threads=n_threads, schedule="static"):
+    # Dynamic: blocks differ in length (a layer's last piece, the biases).
+    for k in prange(n_ublocks, num_threads=n_threads, schedule="dynamic"):
         k0 = ublocks[UB_FIELDS * k]
         k1 = ublocks[UB_FIELDS * k + 1]
         li = ublocks[UB_FIELDS * k + 2]
@@ -1893,10 +1913,9 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                     status = STATUS_NONFINITE
     else:
         threads = _threads_for(&net, &src, Y.shape[0], min(batch_size, n), n_threads)
-        # A network of at most two update blocks (load_digits' 7.5k
-        # parameters) gives a second thread little or no share of the
-        # step: waking it would cost more.
-        step_threads = threads if net.n_params > 2 * UPDATE_BLOCK else 1
+        # The step of a small network is not worth waking threads for
+        # (see STEP_MIN_PARALLEL).
+        step_threads = threads if net.n_params >= STEP_MIN_PARALLEL else 1
         every = max(1, SIGNAL_EVERY * 64 // batch_size)
         if threads > 1 and tuner is not None:
             if tuner.shape[0] < TUNER_STATE_SIZE:

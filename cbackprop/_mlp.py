@@ -79,6 +79,9 @@ _CSR_CACHE_SHARE = 0.05
 _GRAD_MIN_BLOCKS = 8
 _GRAD_MIN_COLS = 8
 
+# Smallest update block (see _Workspace._update_blocks).
+_UPDATE_MIN_BLOCK = 1024
+
 # Chunk-local gradients (see _Workspace): a chunk's gradient of at most this
 # many bytes, from chunks of at least this many rows.  Each chunk writes a
 # whole gradient and the batch sums them, work that pays when the copies
@@ -323,8 +326,16 @@ class _Workspace:
     def _update_blocks(spec):
         """(start, end, layer, is_coef) of every parameter-update block: each
         layer's weights, then each layer's biases, cut into pieces of at most
-        ``UPDATE_BLOCK_SIZE``, so a block has one learning-rate factor."""
-        step = _kernels.UPDATE_BLOCK_SIZE
+        ``UPDATE_BLOCK_SIZE``, so a block has one learning-rate factor.
+
+        Smaller networks get pieces of about a sixteenth of their parameters
+        (at least ``_UPDATE_MIN_BLOCK``, in whole cache lines), so that
+        threads share their step too.  Like the gradient blocks, the cut
+        depends on the shapes only.
+        """
+        n_params = int(spec["n_params"])
+        step = min(_kernels.UPDATE_BLOCK_SIZE,
+                   max(_UPDATE_MIN_BLOCK, -(-n_params // 16 // 16) * 16))
         units, zw = spec["units"], spec["zw"]
         segments = []
         for layer in range(len(units) - 1):
