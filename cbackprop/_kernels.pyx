@@ -995,15 +995,15 @@ def chunk_rows(Py_ssize_t nb):
 def chunk_grad_size(Py_ssize_t cap, Py_ssize_t n_params, Py_ssize_t itemsize):
     """Elements of the chunk-local gradients of blocks of at most ``cap``
     rows (see :func:`_chunk_grad`): one cache-aligned packed gradient per
-    chunk."""
-    return _max_chunks(cap) * _aligned_ld(n_params, itemsize)
+    chunk but the first (which is made in the gradient buffer)."""
+    return (_max_chunks(cap) - 1) * _aligned_ld(n_params, itemsize)
 
 
 cdef void _attach_pgrad(Net* net, Py_ssize_t cap, floating[::1] pgrad) noexcept:
     """Have mini-batches of dense input make their gradient chunk by chunk
     in ``pgrad`` (None or too small: block by block, see _block_grad)."""
     cdef Py_ssize_t ld = _aligned_ld(net.n_params, sizeof(floating))
-    if pgrad is not None and pgrad.shape[0] >= _max_chunks(cap) * ld \
+    if pgrad is not None and pgrad.shape[0] >= (_max_chunks(cap) - 1) * ld \
             and pgrad.shape[0] > 0:
         net.pgrad = &pgrad[0]
         net.pg_stride = ld
@@ -1011,12 +1011,12 @@ cdef void _attach_pgrad(Net* net, Py_ssize_t cap, floating[::1] pgrad) noexcept:
 
 cdef inline void _reduce_chunks(const Net* net, floating* grad, Py_ssize_t k0,
                                 Py_ssize_t k1, Py_ssize_t n_chunks) noexcept nogil:
-    """``grad[k0:k1]``: the chunk gradients' sum, in chunk order."""
+    """``grad[k0:k1]`` (which holds the first chunk's gradient) plus the
+    other chunks' gradients, in chunk order."""
     cdef Py_ssize_t c
     cdef const floating* P = <const floating*>net.pgrad
-    memcpy(grad + k0, P + k0, (k1 - k0) * sizeof(floating))
     for c in range(1, n_chunks):
-        _axpy(k1 - k0, <floating>1, P + c * net.pg_stride + k0, grad + k0)
+        _axpy(k1 - k0, <floating>1, P + (c - 1) * net.pg_stride + k0, grad + k0)
 
 
 # Values a thread adds up per task when the chunk gradients are reduced.
@@ -1107,8 +1107,10 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                             gates, cap, r0, pos, &closs[c - sort_task],
                             &csw[c - sort_task], need_grad)
             if local:
+                # The first chunk's gradient goes straight into grad.
                 _chunk_grad(net, xin, acts, deltas, cap, r0, nr,
-                            (<floating*>net.pgrad) + (c - sort_task) * net.pg_stride)
+                            grad if c == sort_task else (<floating*>net.pgrad)
+                            + (c - sort_task - 1) * net.pg_stride)
     if keep >= 0:
         sb.kept[keep] = nb
     for c in range(n_chunks):
@@ -1119,6 +1121,8 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         return
     if local:
         # The batch gradient: the chunks' partial ones summed in chunk order.
+        if n_chunks == 1:
+            return
         n_red = (net.n_params + REDUCE_BLOCK - 1) // REDUCE_BLOCK
         for k in prange(n_red, num_threads=n_threads, schedule="static"):
             i0 = k * REDUCE_BLOCK
