@@ -250,6 +250,19 @@ cdef double PARALLEL_MIN_BATCH_WORK = 1.0e6
 cdef Py_ssize_t STEP_MIN_PARALLEL = 4096
 
 
+# Step inside the weight-gradient pass when it can (see Fuse); tests turn it
+# off to check that the weights are bitwise the same either way.
+cdef bint FUSE_STEP = True
+
+
+def _set_fused_step(bint on):
+    """Turn the in-pass optimiser step on or off; returns the old setting."""
+    global FUSE_STEP
+    old = FUSE_STEP
+    FUSE_STEP = on
+    return old
+
+
 def _set_parallel_min_work(double work):
     """Set the threading threshold (forward multiply-adds per batch) and
     return the previous one; tests use 0 to run small problems threaded."""
@@ -339,6 +352,21 @@ cdef struct Optim:
     double l1           # L1 strength
     double clip         # max global gradient norm; 0 = no clipping
     long long t         # Adam step counter, carried across calls
+
+
+cdef struct Fuse:
+    # The optimiser step made inside the weight-gradient pass, each block of
+    # parameters right after its gradient (see _block_grad): nothing reads
+    # the weights there, and the block is still in cache.  Set up by the
+    # caller; ``done`` tells it whether the pass stepped.
+    Optim* o
+    void* params        # floating*: the parameters of the pass
+    void* s1            # optimiser state (floating*)
+    void* s2
+    double* pen         # weight penalty before the step, per gradient task
+    double lr_t         # set by the pass
+    double sw_sum       # set by the pass
+    bint done
 
 
 cdef struct Source:
@@ -1035,13 +1063,16 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                       double* closs, double* csw, const Py_ssize_t* gblocks,
                       Py_ssize_t n_gblocks, bint accumulate, bint need_grad,
                       int n_threads, double* loss_sum, double* sw_sum,
-                      const Py_ssize_t* rows_next, Py_ssize_t nb_next) noexcept nogil:
+                      const Py_ssize_t* rows_next, Py_ssize_t nb_next,
+                      Fuse* fuse) noexcept nogil:
     """Loss of ``nb`` rows (the first at epoch position ``pos``) added to
     ``loss_sum``/``sw_sum`` and, with ``need_grad``, their unnormalised
     gradient written to (``accumulate``: added to) ``grad``: ``A^T delta``
     and column sums of ``delta``.  ``rows_next`` (or NULL): the ``nb_next``
     rows of the next batch, whose by-feature copy of sparse input is made
-    beside the gradient (see SpBatch)."""
+    beside the gradient (see SpBatch).  ``fuse`` (or NULL): step the
+    parameters block by block in the gradient pass (see Fuse) when this is
+    the only pass of the batch and its weights do not sum to zero."""
     cdef Py_ssize_t ch = _chunk_rows(nb), n_chunks, c, r0, nr, k, li, i0, i1, j0, j1
     cdef Py_ssize_t nf = src.n_features, m, s_next, r
     cdef const floating* xin = NULL
@@ -1050,8 +1081,13 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     cdef floating* d
     cdef floating* gb
     cdef bint consecutive = True, gather = False
-    cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0, n_red
+    cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0, n_red, i
     cdef int slot = 0
+    cdef bint fused = False
+    cdef floating* fp = NULL
+    cdef floating* fs1 = NULL
+    cdef floating* fs2 = NULL
+    cdef double fpen
     # Chunk-local gradients: dense input, one pass (see _chunk_grad).
     cdef bint local = (net.pgrad != NULL and need_grad and not accumulate
                        and not src.csr)
@@ -1136,6 +1172,16 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     # one thread.  First of all, the next batch's sort into the other slot.
     if src.csr and sb.n_keep == 0 and rows_next != NULL and nb_next > 0:
         ahead_task = 1
+    if fuse != NULL:
+        fuse.done = False
+        if not accumulate and sw_sum[0] > 0:
+            fused = True
+            fuse.done = True
+            fuse.sw_sum = sw_sum[0]
+            fuse.lr_t = _adam_rate(fuse.o) if fuse.o.kind == OPT_ADAM else 0.0
+            fp = <floating*>fuse.params
+            fs1 = <floating*>fuse.s1
+            fs2 = <floating*>fuse.s2
     for k in prange(-ahead_task, n_gblocks + net.n_layers, num_threads=n_threads,
                     schedule="dynamic"):
         if k < 0:
@@ -1150,6 +1196,10 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                 memset(gb, 0, m * sizeof(floating))
             for r in range(nb):
                 _axpy(m, <floating>1, d + r * s_next, gb)
+            if fused:
+                off = net.icpt_off[li]
+                fuse.pen[k] = _step_range(net, fuse.o, off, off + m, li, False, fp, fs1,
+                                          fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t)
         else:
             li = gblocks[GB_FIELDS * k]
             i0 = gblocks[GB_FIELDS * k + 1]
@@ -1169,6 +1219,20 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                             <floating>1, a_in + i0, <int>net.stride[li], d + j0,
                             <int>s_next, <floating>1 if accumulate else <floating>0,
                             grad + net.coef_off[li] + i0 * m + j0, <int>m)
+            if fused:
+                off = net.coef_off[li]
+                if j0 == 0 and j1 == m:
+                    fpen = _step_range(net, fuse.o, off + i0 * m, off + i1 * m, li, True,
+                                       fp, fs1, fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t)
+                else:
+                    # A block of columns: row by row, penalties in row order.
+                    fpen = 0.0
+                    for i in range(i0, i1):
+                        fpen = fpen + _step_range(net, fuse.o, off + i * m + j0,
+                                                  off + i * m + j1, li, True, fp, fs1,
+                                                  fs2, grad, 1.0, fuse.sw_sum,
+                                                  fuse.lr_t)
+                fuse.pen[k] = fpen
     if ahead_task:
         sb.ahead = rows_next
         sb.ahead_nb = nb_next
@@ -1183,10 +1247,10 @@ cdef int _accumulate(const Net* net, const floating* params, const Source* src,
                      const Py_ssize_t* gblocks, Py_ssize_t n_gblocks, bint need_grad,
                      int n_threads, double* loss_sum, double* sw_sum,
                      bint check_signals, const Py_ssize_t* rows_next=NULL,
-                     Py_ssize_t nb_next=0) noexcept nogil:
+                     Py_ssize_t nb_next=0, Fuse* fuse=NULL) noexcept nogil:
     """Loss and unnormalised gradient of ``n`` rows, ``cap`` rows per pass.
-    ``rows_next``: the next batch's rows (see :func:`_block_grad`), used when
-    ``n <= cap``.
+    ``rows_next``: the next batch's rows and ``fuse`` (see :func:`_block_grad`),
+    used when ``n <= cap``.
 
     Returns STATUS_INTERRUPTED when ``check_signals`` and Ctrl-C arrives
     between passes, else STATUS_OK."""
@@ -1200,11 +1264,36 @@ cdef int _accumulate(const Net* net, const floating* params, const Source* src,
         _block_grad(net, params, src, sb, rows + start, nb, pos + start, Y, sw, acts,
                     deltas, gates, xbuf, cap, grad, closs, csw, gblocks, n_gblocks,
                     start > 0, need_grad, n_threads, loss_sum, sw_sum,
-                    rows_next if n <= cap else NULL, nb_next)
+                    rows_next if n <= cap else NULL, nb_next,
+                    fuse if n <= cap else NULL)
         start += nb
         if check_signals and start < n and _interrupted():
             return STATUS_INTERRUPTED
     return STATUS_OK
+
+
+cdef inline double _step_range(const Net* net, const Optim* o, Py_ssize_t k0,
+                               Py_ssize_t k1, Py_ssize_t li, bint coef,
+                               floating* params, floating* s1, floating* s2,
+                               const floating* grad, double c, double sw_sum,
+                               double lr_t) noexcept nogil:
+    """Optimiser step of parameters ``k0:k1`` of layer ``li`` (weights when
+    ``coef``, else biases) with the gradient scaled by the clipping factor
+    ``c``; returns their weight penalty before the step."""
+    cdef double pen
+    if o.kind == OPT_SGD and o.l1 == 0:
+        # The penalty is read in the same pass as the step.
+        pen = (0.5 * o.alpha if coef else 0.0) * _sgd_ssq(
+            o, k1 - k0, params + k0, s1 + k0, c / sw_sum, grad + k0,
+            o.alpha * c / sw_sum if coef else 0.0, _rate(o, lr_t, net.lr_mult[li]))
+    else:
+        pen = _penalty(k1 - k0, params + k0, o.alpha, o.l1) if coef else 0.0
+        _step(o, k1 - k0, params + k0, s1 + k0, s2 + k0, <floating>c, grad + k0,
+              o.alpha * c if coef else 0.0, o.l1 * c if coef else 0.0, sw_sum,
+              _rate(o, lr_t, net.lr_mult[li]))
+    if net.w0 != NULL and li == 0 and coef:
+        _sync_w0(net, params, k0, k1)
+    return pen
 
 
 cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1,
@@ -1243,21 +1332,8 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
         k1 = ublocks[UB_FIELDS * k + 1]
         li = ublocks[UB_FIELDS * k + 2]
         coef = ublocks[UB_FIELDS * k + 3]
-        if o.kind == OPT_SGD and o.l1 == 0:
-            # The penalty is read in the same pass as the step.
-            bpen[k] = (0.5 * o.alpha if coef else 0.0) * _sgd_ssq(
-                o, k1 - k0, params + k0, s1 + k0, c / sw_sum, grad + k0,
-                o.alpha * c / sw_sum if coef else 0.0, _rate(o, lr_t, net.lr_mult[li]))
-        else:
-            if coef:
-                bpen[k] = _penalty(k1 - k0, params + k0, o.alpha, o.l1)
-            else:
-                bpen[k] = 0.0
-            _step(o, k1 - k0, params + k0, s1 + k0, s2 + k0, <floating>c, grad + k0,
-                  o.alpha * c if coef else 0.0, o.l1 * c if coef else 0.0, sw_sum,
-                  _rate(o, lr_t, net.lr_mult[li]))
-        if net.w0 != NULL and li == 0 and coef:
-            _sync_w0(net, params, k0, k1)
+        bpen[k] = _step_range(net, o, k0, k1, li, coef, params, s1, s2, grad, c, sw_sum,
+                              lr_t)
     for k in range(n_ublocks):
         pen += bpen[k]
     return pen
@@ -1843,6 +1919,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef Optim o
     cdef Lazy lz
     cdef SpBatch sb
+    cdef Fuse fz
+    cdef bint use_fuse = False
     cdef Py_ssize_t n = order.shape[0], start, nb, k, i, cap, every, n_batches = 0
     cdef Py_ssize_t n_gblocks = gblocks.shape[0] // GB_FIELDS
     cdef Py_ssize_t n_ublocks = ublocks.shape[0] // UB_FIELDS
@@ -1928,6 +2006,14 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         _attach_w0(&net, &src, w0, &params[0])
         _attach_wt(&net, wt)
         _attach_pgrad(&net, cap, pgrad)
+        # Clipping needs the whole gradient's norm before any step.
+        fz.o = &o
+        fz.params = &params[0]
+        fz.s1 = &state1[0]
+        fz.s2 = &state2[0]
+        fz.pen = &dwork[2 * cap + 2 * n_ublocks]
+        use_fuse = FUSE_STEP and o.clip <= 0 and \
+            dwork.shape[0] >= 2 * cap + 2 * n_ublocks + n_gblocks + net.n_layers
         with nogil:
             start = 0
             while start < n:
@@ -1936,16 +2022,25 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                 if tp != NULL:
                     use = _tuned_threads(tp, threads)
                     t0 = omp_get_wtime()
+                fz.done = False
                 status = _accumulate(&net, &params[0], &src, &sb, &order[start], nb,
                                      start, Yp, swp, &acts[0], &deltas[0], &gates[0],
                                      &xbuf[0], cap, &grad[0], &dwork[0], &dwork[cap],
                                      &gblocks[0], n_gblocks, True, use, &loss_sum,
                                      &sw_sum, True,
                                      &order[start + nb] if start + nb < n else NULL,
-                                     min(batch_size, n - start - nb))
+                                     min(batch_size, n - start - nb),
+                                     &fz if use_fuse else NULL)
                 if status != STATUS_OK:
                     break
-                if sw_sum > 0:
+                if fz.done:
+                    # Stepped in the gradient pass: its penalties, task order.
+                    pen = 0.0
+                    for k in range(n_gblocks + net.n_layers):
+                        pen += fz.pen[k]
+                    dl = loss_sum / sw_sum
+                    ll = pen / sw_sum
+                elif sw_sum > 0:
                     pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
                                       &grad[0], sw_sum, &ublocks[0], n_ublocks,
                                       &dwork[2 * cap], min(step_threads, use))

@@ -225,9 +225,14 @@ class _Workspace:
         self.grad = _aligned_empty(n_params, dtype)
         self.ublocks = self._update_blocks(spec)
         n_ublocks = self.ublocks.shape[0] // _kernels.UPDATE_BLOCK_FIELDS
-        self.dwork = np.empty(max(2 * cap + 2 * n_ublocks, 1))
-        self.iwork = np.empty(max(2 * self.n_features, 1), dtype=np.intp)
         self.gblocks = self._grad_blocks(spec)
+        # Per-row-chunk losses and weights, per-update-block sums, and the
+        # penalty of every gradient task when the step is made in the
+        # gradient pass (see _kernels.Fuse).
+        n_gtasks = self.gblocks.shape[0] // _kernels.GRAD_BLOCK_FIELDS + len(
+            spec["units"]) - 1
+        self.dwork = np.empty(max(2 * cap + 2 * n_ublocks + n_gtasks, 1))
+        self.iwork = np.empty(max(2 * self.n_features, 1), dtype=np.intp)
         self.n_threads = n_threads
         # Per-fit state of the kernels' thread tuner (see run_epoch).
         self.tuner = np.zeros(_kernels.TUNER_STATE_SIZE)

@@ -651,3 +651,54 @@ def test_chunk_gradients_match_block_gradients(monkeypatch, dtype, params):
                     blocked.coefs_ + blocked.intercepts_):
         np.testing.assert_allclose(u, v, rtol=rtol, atol=rtol)
     assert not all(np.array_equal(u, v) for u, v in zip(chunked.coefs_, blocked.coefs_))
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+@pytest.mark.parametrize("params", [
+    dict(hidden_layer_sizes=(150, 60), solver="adam", batch_size=100, alpha=1e-3),
+    dict(hidden_layer_sizes=(70,), solver="sgd", batch_size=20, momentum=0.9),
+    dict(hidden_layer_sizes=(40, 20), solver="sgd", batch_size=128, l1=1e-4,
+         nesterovs_momentum=False, layer_lr="fan_in"),
+    dict(hidden_layer_sizes=(30,), solver="adam", batch_size=50, l1=1e-3,
+         sample_weight=True),
+])
+def test_step_in_the_gradient_pass_changes_no_weight_bit(kind, params):
+    # Each block of parameters is stepped right after its gradient, in the
+    # gradient pass: the weights must be bitwise those of the separate step
+    # (only the summation order of the reported penalty differs).
+    from cbackprop import _kernels
+
+    params = dict(params)
+    weighted = params.pop("sample_weight", False)
+    if kind == "csr":
+        X, y = _sparse_dense_data(n=600, n_features=90, seed=7)
+        X = sp.csr_matrix(X)
+    else:
+        # Dense enough for BLAS; the networks are too large for the
+        # chunk-local gradients (no separate gradient pass there).
+        rng = np.random.RandomState(7)
+        X = rng.normal(size=(600, 90))
+        y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)
+    sw = np.random.RandomState(0).uniform(0.2, 2, size=600) if weighted else None
+    common = dict(max_iter=3, random_state=0, tol=0.0, n_threads=2, **params)
+    old_work = _kernels._set_parallel_min_work(0.0)
+    try:
+        fused = MLPClassifier(**common)
+        _fit_sw(fused, X, y, sw)
+        old = _kernels._set_fused_step(False)
+        try:
+            plain = MLPClassifier(**common)
+            _fit_sw(plain, X, y, sw)
+        finally:
+            _kernels._set_fused_step(old)
+    finally:
+        _kernels._set_parallel_min_work(old_work)
+    for u, v in zip(fused.coefs_ + fused.intercepts_, plain.coefs_ + plain.intercepts_):
+        np.testing.assert_array_equal(u, v)
+    np.testing.assert_allclose(fused.loss_curve_, plain.loss_curve_, rtol=1e-12)
+
+
+def _fit_sw(est, X, y, sw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y, sample_weight=sw)
