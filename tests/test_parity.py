@@ -222,3 +222,39 @@ def test_multioutput_regression_lbfgs_minimises_consistent_objective():
     ours, _ = _fit_both("multioutput", X, y, solver="lbfgs", max_iter=30)
     loss, _, _ = loss_and_gradients(ours, X, y)
     assert ours.loss_ == pytest.approx(loss, rel=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "regression"])
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_chunk_gradients_follow_sklearn(monkeypatch, kind, solver):
+    # Batches of 100 dense rows and a small network: the gradient is made
+    # per 50-row chunk and summed (cbackprop's _chunk_grad), a different
+    # summation order from scikit-learn's one product over the batch.
+    from cbackprop import _mlp
+
+    sizes = []
+    real = _mlp._kernels.chunk_grad_size
+
+    def spy(*args):
+        sizes.append(real(*args))
+        return sizes[-1]
+
+    monkeypatch.setattr(_mlp._kernels, "chunk_grad_size", spy)
+    X, y = _data(kind, n=600)
+    ours, theirs = _fit_both(kind, X, y, solver=solver, batch_size=100, max_iter=10)
+    assert sizes and all(n > 0 for n in sizes)
+    _assert_same_fit(ours, theirs)
+
+
+def test_load_digits_defaults_follow_sklearn():
+    # The benchmark's digits scenario end to end: scikit-learn's defaults,
+    # 130 epochs of 200-row batches (the last of 197 rows in three chunks).
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    ours, theirs = _pair("multiclass", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours.fit(X, y)
+        theirs.fit(X, y)
+    _assert_same_fit(ours, theirs)
