@@ -777,22 +777,25 @@ cdef inline Py_ssize_t _wt_offset(const Py_ssize_t* units, const Py_ssize_t* zw,
     return off
 
 
-def wt_copy_size(const Py_ssize_t[::1] units, const Py_ssize_t[::1] zw):
-    """Elements of the transposed copies of :func:`_wt_offset`."""
-    cdef Py_ssize_t li, L = units.shape[0] - 1, n = 0
-    for li in range(1, L):
-        if _wt_offset(&units[0], &zw[0], li) >= 0:
+cdef Py_ssize_t _wt_size(const Py_ssize_t* units, const Py_ssize_t* zw,
+                         Py_ssize_t n_layers) noexcept nogil:
+    """Elements of all the transposed copies of :func:`_wt_offset`."""
+    cdef Py_ssize_t li, n = 0
+    for li in range(1, n_layers):
+        if _wt_offset(units, zw, li) >= 0:
             n += units[li] * zw[li + 1]
     return n
+
+
+def wt_copy_size(const Py_ssize_t[::1] units, const Py_ssize_t[::1] zw):
+    """Elements of the transposed copies of :func:`_wt_offset`."""
+    return _wt_size(&units[0], &zw[0], units.shape[0] - 1)
 
 
 cdef void _attach_wt(Net* net, floating[::1] wt) noexcept:
     """Have the backward pass read narrow layers through ``wt`` (None or too
     small: it reads the weights in place)."""
-    cdef Py_ssize_t li, n = 0
-    for li in range(1, net.n_layers):
-        if _wt_offset(net.units, net.zw, li) >= 0:
-            n += net.units[li] * net.zw[li + 1]
+    cdef Py_ssize_t n = _wt_size(net.units, net.zw, net.n_layers)
     if n > 0 and wt is not None and wt.shape[0] >= n:
         net.wt = &wt[0]
 
@@ -971,16 +974,25 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
                                gates + _layer_base(net, cap, li) + r0 * s, g, nr)
 
 
+cdef inline void _bias_grad(Py_ssize_t m, const floating* d, Py_ssize_t ldd,
+                            Py_ssize_t nr, floating* gb, bint accumulate) noexcept nogil:
+    """``gb (+)=`` the column sums of the ``nr`` rows of ``d``, in row order."""
+    cdef Py_ssize_t r
+    if not accumulate:
+        memset(gb, 0, m * sizeof(floating))
+    for r in range(nr):
+        _axpy(m, <floating>1, d + r * ldd, gb)
+
+
 cdef void _chunk_grad(const Net* net, const floating* xin, const floating* acts,
                       const floating* deltas, Py_ssize_t cap, Py_ssize_t r0,
                       Py_ssize_t nr, floating* P) noexcept nogil:
     """Unnormalised gradient of rows ``r0 .. r0 + nr`` of a dense block
     (``A^T delta`` and the column sums of ``delta`` of every layer), written
     to ``P`` in the packed layout."""
-    cdef Py_ssize_t L = net.n_layers, li, r, u_in, m, s_next, lda
+    cdef Py_ssize_t L = net.n_layers, li, u_in, m, s_next, lda
     cdef const floating* a_in
     cdef const floating* d
-    cdef floating* gb
     for li in range(L):
         u_in = net.units[li]
         m = net.zw[li + 1]
@@ -995,10 +1007,7 @@ cdef void _chunk_grad(const Net* net, const floating* xin, const floating* acts,
         mm_rowmajor(Trans, NoTrans, <int>u_in, <int>m, <int>nr, <floating>1, a_in,
                     <int>lda, d, <int>s_next, <floating>0, P + net.coef_off[li],
                     <int>m)
-        gb = P + net.icpt_off[li]
-        memset(gb, 0, m * sizeof(floating))
-        for r in range(nr):
-            _axpy(m, <floating>1, d + r * s_next, gb)
+        _bias_grad(m, d, s_next, nr, P + net.icpt_off[li], False)
 
 
 cdef inline Py_ssize_t _n_chunks(Py_ssize_t nb) noexcept nogil:
@@ -1079,7 +1088,6 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     cdef const floating* X = <const floating*>src.x
     cdef const floating* a_in
     cdef floating* d
-    cdef floating* gb
     cdef bint consecutive = True, gather = False
     cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0, n_red, i
     cdef int slot = 0
@@ -1191,11 +1199,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
             m = net.zw[li + 1]
             s_next = net.stride[li + 1]
             d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
-            gb = grad + net.icpt_off[li]
-            if not accumulate:
-                memset(gb, 0, m * sizeof(floating))
-            for r in range(nb):
-                _axpy(m, <floating>1, d + r * s_next, gb)
+            _bias_grad(m, d, s_next, nb, grad + net.icpt_off[li], accumulate)
             if fused:
                 off = net.icpt_off[li]
                 fuse.pen[k] = _step_range(net, fuse.o, off, off + m, li, False, fp, fs1,

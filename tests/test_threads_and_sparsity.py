@@ -22,10 +22,10 @@ def _sparse_dense_data(n=120, n_features=40, density=0.15, seed=0):
     return X, y
 
 
-def _fit(cls, X, y, **params):
+def _fit(cls, X, y, sample_weight=None, **params):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return cls(**params).fit(X, y)
+        return cls(**params).fit(X, y, sample_weight=sample_weight)
 
 
 def _same(a, b, rtol):
@@ -683,12 +683,10 @@ def test_step_in_the_gradient_pass_changes_no_weight_bit(kind, params):
     common = dict(max_iter=3, random_state=0, tol=0.0, n_threads=2, **params)
     old_work = _kernels._set_parallel_min_work(0.0)
     try:
-        fused = MLPClassifier(**common)
-        _fit_sw(fused, X, y, sw)
+        fused = _fit(MLPClassifier, X, y, sample_weight=sw, **common)
         old = _kernels._set_fused_step(False)
         try:
-            plain = MLPClassifier(**common)
-            _fit_sw(plain, X, y, sw)
+            plain = _fit(MLPClassifier, X, y, sample_weight=sw, **common)
         finally:
             _kernels._set_fused_step(old)
     finally:
@@ -697,8 +695,3 @@ def test_step_in_the_gradient_pass_changes_no_weight_bit(kind, params):
         np.testing.assert_array_equal(u, v)
     np.testing.assert_allclose(fused.loss_curve_, plain.loss_curve_, rtol=1e-12)
 
-
-def _fit_sw(est, X, y, sw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        est.fit(X, y, sample_weight=sw)
