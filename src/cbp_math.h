@@ -58,66 +58,55 @@ enum {
  * exponent bits.  Within 1 ulp of glibc's exp on [-708, 0] (20 million
  * points, float and double).  Below -708 (-87 in float), where the result
  * would be subnormal, it returns 0; NaN stays NaN. */
-static inline double cbp_exp_nonpos_d(double x)
-{
-    const double shift = 0x1.8p52, ln2_hi = 0x1.62e42feep-1;
-    const double ln2_lo = 0x1.a39ef35793c76p-33;
-    union { double f; int64_t i; } u, s;
-    const double xc = x < -708.0 ? -708.0 : x;
-    u.f = xc * 0x1.71547652b82fep0 + shift;
-    const double k = u.f - shift;
-    const double r = (xc - k * ln2_hi) - k * ln2_lo;
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
+#define CBP_DEFINE_EXP_NONPOS(T, S, I, FABS, LOWEST, SHIFT, SHIFT_BITS, BIAS,   \
+                              MANT, LOG2E, LN2_HI, LN2_LO)                   \
+static inline T cbp_exp_nonpos_##S(T x)                                       \
+{                                                                             \
+    union { T f; I i; } u, s;                                                 \
+    const T xc = x < LOWEST ? LOWEST : x;                                     \
+    u.f = xc * LOG2E + SHIFT;                                                 \
+    const T k = u.f - SHIFT;                                                  \
+    const T r = (xc - k * LN2_HI) - k * LN2_LO;                               \
+    CBP_EXP_POLY_HEAD_##S(p, r)                                               \
+    p = p * r + (T)1 / (T)720;                                                \
+    p = p * r + (T)1 / (T)120;                                                \
+    p = p * r + (T)1 / (T)24;                                                 \
+    p = p * r + (T)1 / (T)6;                                                  \
+    p = p * r + (T)0.5;                                                       \
+    p = p * r + (T)1;                                                         \
+    p = p * r + (T)1;                                                         \
+    s.i = (u.i - (I)SHIFT_BITS + BIAS) << MANT;                               \
+    return x < LOWEST ? (T)0 : p * s.f;                                       \
+}                                                                             \
+                                                                              \
+/* Logistic function that never evaluates exp of a positive number:      */  \
+/* e = exp(-|x|), then 1 / (1 + e) or the algebraically equal e / (1 + e). */\
+static inline T cbp_sigmoid_##S(T x)                                          \
+{                                                                             \
+    const T e = cbp_exp_nonpos_##S(-FABS(x));                                 \
+    return (x >= (T)0 ? (T)1 : e) / ((T)1 + e);                               \
+}
+
+/* The Taylor terms 1/13! .. 1/7! in double, 1/7! alone in float. */
+#define CBP_EXP_POLY_HEAD_d(p, r)                                             \
+    double p = 1.0 / 6227020800.0;                                            \
+    p = p * r + 1.0 / 479001600.0;                                            \
+    p = p * r + 1.0 / 39916800.0;                                             \
+    p = p * r + 1.0 / 3628800.0;                                              \
+    p = p * r + 1.0 / 362880.0;                                               \
+    p = p * r + 1.0 / 40320.0;                                                \
     p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    s.i = (u.i - (int64_t)0x4338000000000000LL + 1023) << 52;
-    return x < -708.0 ? 0.0 : p * s.f;
-}
+#define CBP_EXP_POLY_HEAD_f(p, r) float p = 1.0f / 5040.0f;
 
-static inline float cbp_exp_nonpos_f(float x)
-{
-    const float shift = 0x1.8p23f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-    union { float f; int32_t i; } u, s;
-    const float xc = x < -87.0f ? -87.0f : x;
-    u.f = xc * 0x1.715476p0f + shift;
-    const float k = u.f - shift;
-    const float r = (xc - k * ln2_hi) - k * ln2_lo;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    s.i = (u.i - (int32_t)0x4B400000 + 127) << 23;
-    return x < -87.0f ? 0.0f : p * s.f;
-}
+/* ln 2 split as in fdlibm (double) and Cephes (float); shift 1.5 * 2^52
+ * (2^23) rounds x log2(e) to the integer k held in the low bits. */
+CBP_DEFINE_EXP_NONPOS(double, d, int64_t, fabs, -708.0, 0x1.8p52,
+                      0x4338000000000000LL, 1023, 52, 0x1.71547652b82fep0,
+                      0x1.62e42feep-1, 0x1.a39ef35793c76p-33)
+CBP_DEFINE_EXP_NONPOS(float, f, int32_t, fabsf, -87.0f, 0x1.8p23f, 0x4B400000,
+                      127, 23, 0x1.715476p0f, 0.693359375f, -2.12194440e-4f)
 
-/* Logistic function that never evaluates exp of a positive number:
- * e = exp(-|x|), then 1 / (1 + e) or the algebraically equal e / (1 + e). */
-static inline double cbp_sigmoid_d(double x)
-{
-    const double e = cbp_exp_nonpos_d(-fabs(x));
-    return (x >= 0.0 ? 1.0 : e) / (1.0 + e);
-}
-
-static inline float cbp_sigmoid_f(float x)
-{
-    const float e = cbp_exp_nonpos_f(-fabsf(x));
-    return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
-}
+#undef CBP_DEFINE_EXP_NONPOS
 
 /* Clamp of the exp output's argument: a Poisson mean of e^300 (e^60 in
  * float32) is far beyond any meaningful model, and below it the loss and the
