@@ -12,13 +12,17 @@ from a shared machine's neighbours falls on both sides of the round's
 ratio.  Prints each round's ratio and the medians.  The weights are bitwise
 the same in both fits.
 
-``--ceiling`` adds, to every round, as many *independent* one-thread fits
-as there are cores, run at once in separate processes.  They share no data
-and never wait for each other, so ``cores x t(1 thread alone) / t(each,
-all at once)`` is the most any split of one fit across the cores could
-gain on this machine at that moment: it counts what the cores share whatever
-the program does (memory bandwidth, last-level cache, the host's frequency
-and neighbours) and nothing of what splitting a fit adds.
+``--ceiling`` adds, to every round, one one-thread fit in a separate
+process alone, then as many *independent* one-thread fits as there are
+cores, run at once in separate processes.  They share no data and never
+wait for each other, so ``cores x t(alone) / t(each, all at once)`` is the
+most any split of one fit across the cores could gain on this machine at
+that moment: it counts what the cores share whatever the program does
+(memory bandwidth, last-level cache, the host's frequency and neighbours)
+and nothing of what splitting a fit adds.  Both sides of that ratio are
+fits in fresh child processes (a child's fit ran up to 10% faster than the
+parent's own one-thread fit, which had put the ceiling above 2x on two
+cores).
 """
 
 import argparse
@@ -103,7 +107,7 @@ def main(argv=None):
     n_cpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
         else os.cpu_count()
     _fit_time(args, X[:400], y[:400], -1)
-    one, many, each = [], [], []
+    one, many, each, alone = [], [], [], []
     print(f"784-{'-'.join(map(str, args.hidden))}-10 {args.solver} batch "
           f"{args.batch_size} {args.dtype}, {args.epochs}-epoch fits, {n_cpu} cores")
     for r in range(args.repeats):
@@ -115,11 +119,13 @@ def main(argv=None):
                 f"{many[-1]:.3f} s, {one[-1] / many[-1]:.2f}x")
         if args.ceiling:
             time.sleep(0.5)
+            alone.append(_concurrent(child_argv, 1)[0])
+            time.sleep(0.5)
             ts = _concurrent(child_argv, n_cpu)
             each.append(float(np.median(ts)))
-            line += (f"; {n_cpu} independent 1-thread fits at once "
+            line += (f"; 1-thread fit alone {alone[-1]:.3f} s, {n_cpu} at once "
                      f"{' '.join(f'{t:.3f}' for t in ts)} s, ceiling "
-                     f"{n_cpu * one[-1] / each[-1]:.2f}x")
+                     f"{n_cpu * alone[-1] / each[-1]:.2f}x")
         print(line, flush=True)
     t1, tn = np.median(one), np.median(many)
     per = 1e6 / (X.shape[0] * args.epochs)
@@ -128,8 +134,11 @@ def main(argv=None):
           f"{min(o / m for o, m in zip(one, many)):.2f}-"
           f"{max(o / m for o, m in zip(one, many)):.2f}x)")
     if args.ceiling:
-        print(f"ceiling (independent fits): {n_cpu * t1 / np.median(each):.2f}x; "
-              f"scaling reached {t1 / tn / (n_cpu * t1 / np.median(each)):.0%} of it")
+        ceiling = n_cpu * np.median(alone) / np.median(each)
+        print(f"ceiling (independent fits): {ceiling:.2f}x (rounds "
+              f"{min(n_cpu * a / e for a, e in zip(alone, each)):.2f}-"
+              f"{max(n_cpu * a / e for a, e in zip(alone, each)):.2f}x); "
+              f"scaling reached {t1 / tn / ceiling:.0%} of it")
 
 
 if __name__ == "__main__":

@@ -554,6 +554,28 @@ CBP_DEFINE_LOOPS(float, f, sqrtf)
 
 #undef CBP_DEFINE_LOOPS
 
+/* 1 when no value of x[0..n) is NaN or infinite.  Such values are the ones
+ * whose magnitude bits reach the infinity pattern, so the check is an
+ * unsigned maximum over those bits: integer arithmetic, which the compiler
+ * vectorises without leave to reorder floating-point sums. */
+#define CBP_DEFINE_FINITE(T, S, U, MAGNITUDE, INF_BITS)                         \
+CBP_CLONES static int cbp_all_finite_##S(ptrdiff_t n, const T *CBP_RESTRICT x)  \
+{                                                                              \
+    U top = 0;                                                                 \
+    for (ptrdiff_t i = 0; i < n; i++) {                                        \
+        U b;                                                                   \
+        memcpy(&b, x + i, sizeof b);                                           \
+        b &= (U)(MAGNITUDE);                                                   \
+        top = b > top ? b : top;                                               \
+    }                                                                          \
+    return top < (U)(INF_BITS);                                                \
+}
+
+CBP_DEFINE_FINITE(double, d, uint64_t, 0x7fffffffffffffffULL, 0x7ff0000000000000ULL)
+CBP_DEFINE_FINITE(float, f, uint32_t, 0x7fffffffUL, 0x7f800000UL)
+
+#undef CBP_DEFINE_FINITE
+
 /* ------------------------------------------------------------------------
  * Compaction with AVX-512 compress (x86-64, GCC or Clang): a zero-heavy
  * dense X becomes CSR once per fit, and the scalar loop above spends about

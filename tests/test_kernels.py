@@ -217,3 +217,22 @@ def test_dense_to_csr_matches_scipy(dtype, n_threads, shape):
     np.testing.assert_array_equal(ptr, S.indptr)
     np.testing.assert_array_equal(ind, S.indices)
     np.testing.assert_array_equal(data, S.data)
+
+
+@given(st.integers(0, 3 * (1 << 16) + 5), st.sampled_from([np.float32, np.float64]),
+       st.sampled_from([None, np.nan, np.inf, -np.inf, "max", "tiny"]),
+       st.integers(1, 4), st.integers(0, 2**31 - 1))
+def test_all_finite_agrees_with_numpy(n, dtype, bad, threads, seed):
+    # Any position (block edges included: blocks of 2**16 values), either
+    # dtype, any thread count; the largest finite value, subnormals and
+    # negative zero are finite.
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n).astype(dtype)
+    if n:
+        x[rng.integers(n)] = -0.0
+        edge = min(n - 1, int(rng.choice([0, (1 << 16) - 1, 1 << 16, n - 1])))
+        if bad is not None:
+            value = {"max": np.finfo(dtype).max, "tiny": np.finfo(dtype).smallest_subnormal
+                     }.get(bad, bad)
+            x[edge if rng.random() < 0.5 else rng.integers(n)] = value
+    assert _kernels.all_finite(x, threads) == bool(np.isfinite(x).all())

@@ -47,6 +47,49 @@ def test_non_finite_input(where, bad):
         MLPRegressor(max_iter=2).fit(X, yr, sample_weight=sw)
 
 
+@pytest.mark.parametrize("layout", ["C", "F", "strided", "csr", "csc"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_X_gets_scikit_learns_error(layout, bad, dtype):
+    # cbackprop checks X on all cores, then lets scikit-learn's own check
+    # raise: the same message, at fit and at predict.
+    from sklearn.neural_network import MLPClassifier as SkClassifier
+
+    X, y = _data(n=60)
+    X = X.astype(dtype)
+    clf = _quiet_fit(MLPClassifier(max_iter=2, random_state=0), X, y)
+    sk = _quiet_fit(SkClassifier(max_iter=2, random_state=0), X, y)
+    Xb = X.copy()
+    Xb[7, 2] = bad
+    Xb = {"C": lambda a: a, "F": np.asfortranarray,
+          "strided": lambda a: np.repeat(a, 2, 1)[:, ::2],
+          "csr": sp.csr_matrix, "csc": sp.csc_matrix}[layout](Xb)
+    for call in (lambda est: est.fit(Xb, y), lambda est: est.predict(Xb),
+                 lambda est: est.predict_proba(Xb)):
+        with pytest.raises(ValueError) as ours:
+            call(clf)
+        with pytest.raises(ValueError) as theirs:
+            call(sk)
+        assert str(ours.value) == str(theirs.value)
+        assert ("NaN" if np.isnan(bad) else "infinity") in str(ours.value)
+
+
+def test_assume_finite_skips_the_check_as_in_scikit_learn():
+    import sklearn
+
+    X, y = _data(n=60)
+    # (logistic units pass a NaN on; relu's max(z, 0) may drop it)
+    clf = _quiet_fit(MLPClassifier(max_iter=2, random_state=0, activation="logistic"),
+                     X, y)
+    Xb = X.copy()
+    Xb[3, 1] = np.nan
+    with sklearn.config_context(assume_finite=True):
+        proba = clf.predict_proba(Xb)
+    assert np.isnan(proba[3]).all() and np.isfinite(np.delete(proba, 3, 0)).all()
+    with pytest.raises(ValueError, match="NaN"):
+        clf.predict_proba(Xb)
+
+
 def test_wrong_number_of_features_at_predict():
     X, y = _data()
     clf = _quiet_fit(MLPClassifier(max_iter=2), X, y)

@@ -358,6 +358,51 @@ def test_default_initialisation_is_scikit_learns():
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("init", ["glorot_uniform", "lecun", "he"])
+def test_large_layers_draw_the_same_values_as_one_call(dtype, init):
+    # The weights are drawn into the packed vector in pieces of 2**15
+    # values: the stream must match one uniform() call per array, layer
+    # by layer (weights, then biases), as scikit-learn draws them.
+    rng = np.random.RandomState(7)
+    X = rng.normal(size=(12, 400)).astype(dtype)
+    y = rng.normal(size=12)
+    est = _quiet_fit(MLPRegressor(hidden_layer_sizes=(300, 120), init=init, max_iter=1,
+                                  learning_rate_init=1e-300, random_state=5), X, y)
+    ref_rng = np.random.RandomState(5)
+    units = [400, 300, 120, 1]
+    for i, (fan_in, fan_out) in enumerate(zip(units[:-1], units[1:])):
+        if init == "glorot_uniform":
+            bound = np.sqrt(6.0 / (fan_in + fan_out))
+        else:
+            bound = np.sqrt((3.0 if init == "lecun" else 6.0) / fan_in)
+        W = ref_rng.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype)
+        b = (ref_rng.uniform(-bound, bound, fan_out) if init == "glorot_uniform"
+             else np.zeros(fan_out)).astype(dtype)
+        np.testing.assert_array_equal(est.coefs_[i], W)
+        # (the one step of 1e-300 moves zero biases off zero, no others)
+        np.testing.assert_allclose(est.intercepts_[i], b, rtol=0, atol=1e-290)
+    if init == "glorot_uniform":
+        sk = _quiet_fit(sklearn.neural_network.MLPRegressor(
+            hidden_layer_sizes=(300, 120), max_iter=1, learning_rate_init=1e-300,
+            random_state=5), X, y)
+        for a, b in zip(est.coefs_ + est.intercepts_, sk.coefs_ + sk.intercepts_):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_best_weights_are_kept_only_for_early_stopping():
+    X, y = _data("multiclass")
+    est = _quiet_fit(MLPClassifier(max_iter=3, random_state=0), X, y)
+    assert est._best_params is None
+    # A warm start that turns early stopping on starts its own record of
+    # validation scores and best weights (scikit-learn 1.9 fails there:
+    # validation_scores_ is None).
+    est.set_params(warm_start=True, early_stopping=True, max_iter=4)
+    _quiet_fit(est, X, y)
+    assert est._best_params is not None
+    assert len(est.validation_scores_) == est.n_iter_ == 4
+
+
 # ---------------------------------------------------------------------------
 # rprop
 # ---------------------------------------------------------------------------
