@@ -47,7 +47,8 @@ Every entry point returns an integer status; Python turns it into an exception.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt, pow, isfinite
-from libc.stdint cimport int32_t, INT32_MAX
+from libc.stdint cimport int32_t, INT32_MAX, uint32_t, uint64_t
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.string cimport memset, memcpy
 
 from cbackprop._blas cimport mm_rowmajor, NoTrans, Trans
@@ -1915,9 +1916,122 @@ def _tuner_step(double[::1] state, int threads, bint record=False, int used=0,
     return _tuned_threads(&state[0], threads)
 
 
+cdef extern from "numpy/random/bitgen.h" nogil:
+    # numpy's C interface to a bit generator (NumPy's "extending" API).
+    ctypedef struct bitgen_t:
+        void* state
+        uint64_t (*next_uint64)(void* st) nogil
+        uint32_t (*next_uint32)(void* st) nogil
+
+
+cdef inline uint64_t _legacy_interval(bitgen_t* bg, uint64_t top) noexcept nogil:
+    """A uniform integer in ``[0, top]`` as NumPy's legacy RandomState draws
+    it: the bits of ``top`` smeared into a mask, 32-bit draws while ``top``
+    fits in them, masked draws above ``top`` rejected."""
+    cdef uint64_t mask = top, value
+    if top == 0:
+        return 0
+    mask |= mask >> 1
+    mask |= mask >> 2
+    mask |= mask >> 4
+    mask |= mask >> 8
+    mask |= mask >> 16
+    mask |= mask >> 32
+    if top <= 0xffffffffULL:
+        value = bg.next_uint32(bg.state) & mask
+        while value > top:
+            value = bg.next_uint32(bg.state) & mask
+    else:
+        value = bg.next_uint64(bg.state) & mask
+        while value > top:
+            value = bg.next_uint64(bg.state) & mask
+    return value
+
+
+cdef void _legacy_shuffle(bitgen_t* bg, Py_ssize_t* a, Py_ssize_t n,
+                          bint permute) noexcept nogil:
+    """``RandomState.shuffle(a)`` of a 1-D array: the same swaps from the
+    same draws (Fisher-Yates from the end), so ``a`` ends as scikit-learn's
+    shuffle would leave it and the generator in the same state.
+    ``permute=False`` only makes the draws."""
+    cdef Py_ssize_t i, j, tmp
+    for i in range(n - 1, 0, -1):
+        j = <Py_ssize_t>_legacy_interval(bg, <uint64_t>i)
+        if permute:
+            tmp = a[i]
+            a[i] = a[j]
+            a[j] = tmp
+
+
+def _py_legacy_shuffle(object capsule, Py_ssize_t[::1] a, bint permute=True):
+    """Python door to :func:`_legacy_shuffle` for tests (``capsule``: a
+    RandomState's ``_bit_generator.capsule``; hold its lock)."""
+    cdef bitgen_t* bg = <bitgen_t*>PyCapsule_GetPointer(capsule, "BitGenerator")
+    if a.shape[0] > 0:
+        _legacy_shuffle(bg, &a[0], a.shape[0], permute)
+
+
+# State of run_epoch's stopping rule (several epochs in one call): indices
+# into its ``rule`` array, which _BaseMLP._fit_stochastic fills and reads
+# (as RULE_FIELDS[name]).
+cdef enum:
+    RULE_TOL = 0            # tol
+    RULE_PATIENCE = 1       # n_iter_no_change
+    RULE_BEST_STOP = 2      # the lowest stopping loss so far
+    RULE_BEST_LOSS = 3      # best_loss_
+    RULE_COUNT = 4          # epochs without improvement (_no_improvement_count)
+    RULE_SCALE = 5          # the stopping loss is (data / scale + penalty) / n
+    RULE_SCHEDULE = 6       # one of SCHEDULES
+    RULE_LR_INIT = 7        # learning_rate_init
+    RULE_POWER_T = 8        # power_t
+    RULE_T = 9              # samples seen (t_)
+    RULE_STOPPED = 10       # 1 when the rule ended training
+    RULE_SIZE = 11
+    SCHEDULE_CONSTANT = 0   # and adam
+    SCHEDULE_INVSCALING = 1
+    SCHEDULE_ADAPTIVE = 2
+
+RULE_FIELDS = {"tol": RULE_TOL, "patience": RULE_PATIENCE,
+               "best_stop": RULE_BEST_STOP, "best_loss": RULE_BEST_LOSS,
+               "count": RULE_COUNT, "scale": RULE_SCALE, "schedule": RULE_SCHEDULE,
+               "lr_init": RULE_LR_INIT, "power_t": RULE_POWER_T, "t": RULE_T,
+               "stopped": RULE_STOPPED, "size": RULE_SIZE}
+SCHEDULES = {"constant": SCHEDULE_CONSTANT, "invscaling": SCHEDULE_INVSCALING,
+             "adaptive": SCHEDULE_ADAPTIVE}
+
+
+cdef bint _rule_epoch(double* rule, double data_sum, double pen_sum, Py_ssize_t n,
+                      Optim* o, double* loss_out) noexcept nogil:
+    """Account one finished epoch as _BaseMLP's per-epoch bookkeeping does
+    (loss, no-improvement count, best losses, the learning-rate schedule);
+    True when training stops."""
+    cdef double loss = (data_sum + pen_sum) / n
+    cdef double stop_loss = (data_sum / rule[RULE_SCALE] + pen_sum) / n
+    loss_out[0] = loss
+    rule[RULE_T] += n
+    if stop_loss > rule[RULE_BEST_STOP] - rule[RULE_TOL]:
+        rule[RULE_COUNT] += 1
+    else:
+        rule[RULE_COUNT] = 0
+    if stop_loss < rule[RULE_BEST_STOP]:
+        rule[RULE_BEST_STOP] = stop_loss
+    if loss < rule[RULE_BEST_LOSS]:
+        rule[RULE_BEST_LOSS] = loss
+    if rule[RULE_SCHEDULE] == SCHEDULE_INVSCALING:
+        o.lr = rule[RULE_LR_INIT] / pow(rule[RULE_T] + 1, rule[RULE_POWER_T])
+    if rule[RULE_COUNT] > rule[RULE_PATIENCE]:
+        if rule[RULE_SCHEDULE] == SCHEDULE_ADAPTIVE and o.lr > 1e-6:
+            o.lr /= 5.0
+            rule[RULE_COUNT] = 0
+        else:
+            rule[RULE_STOPPED] = 1
+            return True
+    return False
+
+
 def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               const floating[:, ::1] Y, const floating[::1] sw,
-              bint has_sw, const Py_ssize_t[::1] order, dict spec,
+              bint has_sw, Py_ssize_t[::1] order, dict spec,
               const Py_ssize_t[::1] gblocks, const Py_ssize_t[::1] ublocks,
               floating[::1] params, floating[::1] state1, floating[::1] state2,
               floating[::1] grad, floating[::1] acts, floating[::1] deltas,
@@ -1926,7 +2040,9 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               Py_ssize_t nnz_cap, Py_ssize_t batch_size, int n_threads, dict opt,
               object lazy=None, long long step0=0, Py_ssize_t n_keep=0,
               double[::1] tuner=None, floating[::1] w0=None, floating[::1] wt=None,
-              floating[::1] pgrad=None):
+              floating[::1] pgrad=None, Py_ssize_t n_epochs=1, object bitgen=None,
+              bint permute=True, double[::1] rule=None, double[::1] losses=None,
+              floating[::1] snapshot=None):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
     Returns ``(status, data_loss_sum, penalty_sum, n_done)``: the batch losses
@@ -1944,6 +2060,17 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     for the transposed copies of :func:`wt_copy_size`; ``pgrad``
     (mini-batches of dense input): for the chunk-local gradients of
     :func:`chunk_grad_size`, used when given.
+
+    Several epochs in one call (mini-batches only): ``rule`` (``RULE_SIZE``
+    values, see ``RULE_*``) holds the stopping rule's state; each epoch
+    first shuffles ``order`` in place with ``bitgen`` (a RandomState's bit
+    generator capsule, None: no shuffle; ``permute=False``: draw only, as a
+    full pass does), copies the parameters to ``snapshot``, runs its
+    batches, writes its loss to ``losses`` and applies the rule; at most
+    ``n_epochs`` epochs.  Returns ``(status, data_loss_sum, penalty_sum,
+    n_done, epochs_done)``: the sums and ``n_done`` of the last epoch run,
+    ``epochs_done`` the epochs completed (a failed or interrupted one is
+    not; ``snapshot`` then holds the weights before it).
     """
     cdef Net net
     cdef Source src
@@ -1953,6 +2080,11 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef Fuse fz
     cdef bint use_fuse = False
     cdef Py_ssize_t n = order.shape[0], start, nb, k, i, cap, every, n_batches = 0
+    cdef Py_ssize_t n_ep = order.shape[0], epoch, epochs_done = 0
+    cdef bitgen_t* bg = NULL
+    cdef double* rp = NULL
+    cdef double* lossp = NULL
+    cdef floating* snap = NULL
     cdef Py_ssize_t n_gblocks = gblocks.shape[0] // GB_FIELDS
     cdef Py_ssize_t n_ublocks = ublocks.shape[0] // UB_FIELDS
     cdef double data_sum = 0.0, pen_sum = 0.0, loss_sum, sw_sum, pen, dl, ll
@@ -1973,6 +2105,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cap = acts.shape[0] // net.total_units
     _make_spbatch(&sb, spi, spv, cap, nnz_cap, n_features, n_keep, &src, Y.shape[0])
 
+    if batch_size == 1 and (rule is not None or n_epochs != 1):
+        raise ValueError("online training runs one epoch a call")
     if batch_size == 1:
         lz.on = lazy is not None
         lz.l2 = 0.0
@@ -2024,6 +2158,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                 pen_sum += 0.5 * o.alpha * lz.l2
                 if not isfinite(pen_sum):
                     status = STATUS_NONFINITE
+        epochs_done = status == STATUS_OK
     else:
         threads = _threads_for(&net, &src, Y.shape[0], min(batch_size, n), n_threads)
         # The step of a small network is not worth waking threads for
@@ -2045,58 +2180,90 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         fz.pen = &dwork[2 * cap + 2 * n_ublocks]
         use_fuse = FUSE_STEP and o.clip <= 0 and \
             dwork.shape[0] >= 2 * cap + 2 * n_ublocks + n_gblocks + net.n_layers
+        if rule is not None:
+            if rule.shape[0] < RULE_SIZE or losses is None \
+                    or losses.shape[0] < n_epochs or snapshot is None \
+                    or snapshot.shape[0] != params.shape[0]:
+                raise ValueError("several epochs need rule, losses and snapshot")
+            rp = &rule[0]
+            lossp = &losses[0]
+            snap = &snapshot[0]
+            if bitgen is not None:
+                bg = <bitgen_t*>PyCapsule_GetPointer(bitgen, "BitGenerator")
+        elif n_epochs != 1:
+            raise ValueError("several epochs need the stopping rule's state")
         with nogil:
-            start = 0
-            while start < n:
-                nb = min(batch_size, n - start)
-                use = threads
-                if tp != NULL:
-                    use = _tuned_threads(tp, threads)
-                    t0 = omp_get_wtime()
-                fz.done = False
-                status = _accumulate(&net, &params[0], &src, &sb, &order[start], nb,
-                                     start, Yp, swp, &acts[0], &deltas[0], &gates[0],
-                                     &xbuf[0], cap, &grad[0], &dwork[0], &dwork[cap],
-                                     &gblocks[0], n_gblocks, True, use, &loss_sum,
-                                     &sw_sum, True,
-                                     &order[start + nb] if start + nb < n else NULL,
-                                     min(batch_size, n - start - nb),
-                                     &fz if use_fuse else NULL)
+            for epoch in range(n_epochs):
+                if rp != NULL:
+                    if bg != NULL and n_ep > 0:
+                        _legacy_shuffle(bg, &order[0], n_ep, permute)
+                    memcpy(snap, &params[0], params.shape[0] * sizeof(floating))
+                    net.step0 = step0 + epoch * n_ep
+                    if epoch > 0 and _interrupted():
+                        status = STATUS_INTERRUPTED
+                        break
+                data_sum = 0.0
+                pen_sum = 0.0
+                n = n_ep
+                start = 0
+                while start < n:
+                    nb = min(batch_size, n - start)
+                    use = threads
+                    if tp != NULL:
+                        use = _tuned_threads(tp, threads)
+                        t0 = omp_get_wtime()
+                    fz.done = False
+                    status = _accumulate(&net, &params[0], &src, &sb, &order[start], nb,
+                                         start, Yp, swp, &acts[0], &deltas[0], &gates[0],
+                                         &xbuf[0], cap, &grad[0], &dwork[0], &dwork[cap],
+                                         &gblocks[0], n_gblocks, True, use, &loss_sum,
+                                         &sw_sum, True,
+                                         &order[start + nb] if start + nb < n else NULL,
+                                         min(batch_size, n - start - nb),
+                                         &fz if use_fuse else NULL)
+                    if status != STATUS_OK:
+                        break
+                    if fz.done:
+                        # Stepped in the gradient pass: its penalties, task order.
+                        pen = 0.0
+                        for k in range(n_gblocks + net.n_layers):
+                            pen += fz.pen[k]
+                        dl = loss_sum / sw_sum
+                        ll = pen / sw_sum
+                    elif sw_sum > 0:
+                        pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
+                                          &grad[0], sw_sum, &ublocks[0], n_ublocks,
+                                          &dwork[2 * cap], min(step_threads, use))
+                        dl = loss_sum / sw_sum
+                        ll = pen / sw_sum
+                    else:
+                        # A batch whose weights are all zero carries no information:
+                        # skip it rather than divide by zero.
+                        dl = 0.0
+                        ll = 0.0
+                    data_sum += dl * nb
+                    pen_sum += ll * nb
+                    if tp != NULL:
+                        _tuner_record(tp, use, (omp_get_wtime() - t0) / nb)
+                    start += nb
+                    if not (isfinite(dl) and isfinite(ll)):
+                        status = STATUS_NONFINITE
+                        n = start
+                        break
+                    n_batches += 1
+                    if n_batches % every == 0 and start < n and _interrupted():
+                        status = STATUS_INTERRUPTED
+                        break
                 if status != STATUS_OK:
                     break
-                if fz.done:
-                    # Stepped in the gradient pass: its penalties, task order.
-                    pen = 0.0
-                    for k in range(n_gblocks + net.n_layers):
-                        pen += fz.pen[k]
-                    dl = loss_sum / sw_sum
-                    ll = pen / sw_sum
-                elif sw_sum > 0:
-                    pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
-                                      &grad[0], sw_sum, &ublocks[0], n_ublocks,
-                                      &dwork[2 * cap], min(step_threads, use))
-                    dl = loss_sum / sw_sum
-                    ll = pen / sw_sum
-                else:
-                    # A batch whose weights are all zero carries no information:
-                    # skip it rather than divide by zero.
-                    dl = 0.0
-                    ll = 0.0
-                data_sum += dl * nb
-                pen_sum += ll * nb
-                if tp != NULL:
-                    _tuner_record(tp, use, (omp_get_wtime() - t0) / nb)
-                start += nb
-                if not (isfinite(dl) and isfinite(ll)):
-                    status = STATUS_NONFINITE
-                    n = start
-                    break
-                n_batches += 1
-                if n_batches % every == 0 and start < n and _interrupted():
-                    status = STATUS_INTERRUPTED
+                epochs_done = epoch + 1
+                if rp != NULL and _rule_epoch(rp, data_sum, pen_sum, n_ep, &o,
+                                              &lossp[epoch]):
                     break
     opt["t"] = o.t
-    return status, data_sum, pen_sum, n
+    if rp != NULL:
+        opt["lr"] = o.lr
+    return status, data_sum, pen_sum, n, epochs_done
 
 
 def loss_grad(object X, object indices, object indptr, Py_ssize_t n_features,

@@ -7,6 +7,7 @@ rules.  Each epoch, and each lbfgs function evaluation, is one call into a
 ``nogil`` kernel of :mod:`cbackprop._kernels`.
 """
 
+import contextlib
 import os
 import threading
 import warnings
@@ -209,6 +210,18 @@ def _draw_uniform(rng, low, high, out):
     for i in range(0, out.shape[0], _DRAW_CHUNK):
         piece = out[i:i + _DRAW_CHUNK]
         piece[:] = rng.uniform(low, high, piece.shape[0])
+
+
+def _diverged_message(epoch):
+    return (f"Training diverged in epoch {epoch}: the loss became infinite or NaN. "
+            "The weights of the last finite epoch were kept. Lower "
+            "learning_rate_init, scale the inputs (for example with StandardScaler) "
+            "or increase alpha.")
+
+
+# Whether plain stochastic training may run all its epochs in one kernel
+# call (tests switch it off to compare with the epoch-by-epoch loop).
+_EPOCHS_IN_KERNEL = True
 
 
 def _validate(est, X, y="no_validation", **kwargs):
@@ -1415,9 +1428,35 @@ class _BaseMLP(BaseEstimator):
         if not isinstance(self.verbose, bool) and self.verbose >= 2:
             progress = EpochProgress(1 if incremental else self.max_iter, n_samples,
                                      desc=type(self).__name__)
+        # Plain training (no per-epoch Python work: no early stopping,
+        # validation, printing, progress bar or gtol) runs all its epochs in
+        # one kernel call, which shuffles and applies the stopping rule as
+        # the loop below does: 70 us an epoch of Python and call overhead
+        # against 0.3-1 ms of work an epoch on load_digits.
+        rng = getattr(self._random_state, "_bit_generator", None)
+        in_kernel = (
+            batch_size > 1 and not incremental and not early_stopping
+            and validation_loss is None and progress is None
+            and gradient_norm is None and not self._print_lines()
+            and getattr(self, "best_loss_", None) is not None
+            and getattr(self, "_best_stop_loss", None) is not None
+            and (not self.shuffle or (hasattr(rng, "capsule") and hasattr(rng, "lock")))
+            and _EPOCHS_IN_KERNEL)
+
+        def run_epoch(order, tables=None, **multi):
+            return _kernels.run_epoch(
+                ws.data, ws.ind, ws.ptr, ws.n_features, Y, sw, has_sw, order, spec,
+                ws.gblocks, ws.ublocks, params, opt["state1"], opt["state2"],
+                ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf, ws.iwork, ws.dwork,
+                ws.spi, ws.spv, ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
+                self.t_, ws.n_keep, ws.tuner, ws.w0, ws.wt, ws.pgrad, **multi)
+
         try:
             self.n_iter_ = 0
-            for epoch in range(self.max_iter):
+            if in_kernel:
+                self._epochs_in_kernel(run_epoch, sample_idx, params, snapshot, opt,
+                                       rng if self.shuffle else None, full_pass, scale)
+            for epoch in range(0 if in_kernel else self.max_iter):
                 if epoch == 1:
                     ws.settle_input()
                 if self.shuffle:
@@ -1435,13 +1474,7 @@ class _BaseMLP(BaseEstimator):
                 tables = _kernels.lazy_tables(
                     n_samples, opt["lr"] * spec["lr_mult"][0], opt["momentum"],
                     opt["nesterov"], opt["alpha"]) if lazy else None
-                status, data_sum, pen_sum, _ = _kernels.run_epoch(
-                    ws.data, ws.ind, ws.ptr, ws.n_features, Y, sw, has_sw, order, spec,
-                    ws.gblocks, ws.ublocks, params, opt["state1"], opt["state2"],
-                    ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf, ws.iwork, ws.dwork,
-                    ws.spi, ws.spv, ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
-                    self.t_, ws.n_keep, ws.tuner, ws.w0, ws.wt, ws.pgrad,
-                )
+                status, data_sum, pen_sum, _, _ = run_epoch(order, tables)
                 if status == _STATUS_INTERRUPTED:
                     # Back to the end of the last whole epoch, so that the
                     # weights match n_iter_ and loss_curve_.
@@ -1449,12 +1482,7 @@ class _BaseMLP(BaseEstimator):
                     raise KeyboardInterrupt
                 if status == _STATUS_NONFINITE:
                     params[:] = snapshot
-                    raise ValueError(
-                        f"Training diverged in epoch {self.n_iter_ + 1}: the loss "
-                        "became infinite or NaN. The weights of the last finite epoch "
-                        "were kept. Lower learning_rate_init, scale the inputs (for "
-                        "example with StandardScaler) or increase alpha."
-                    )
+                    raise ValueError(_diverged_message(self.n_iter_ + 1))
                 self.n_iter_ += 1
                 self.loss_ = (data_sum + pen_sum) / n_samples
                 stop_loss = (data_sum / scale + pen_sum) / n_samples
@@ -1508,6 +1536,55 @@ class _BaseMLP(BaseEstimator):
 
         if early_stopping:
             params[:] = self._best_params
+
+    def _epochs_in_kernel(self, run_epoch, sample_idx, params, snapshot, opt, rng,
+                          full_pass, scale):
+        """The epoch loop of _fit_stochastic as one kernel call (see there):
+        the same shuffles from ``rng`` (a RandomState's bit generator, None
+        when not shuffling), the same losses, stopping rule and schedule,
+        hence the same weights and attributes."""
+        fields = _kernels.RULE_FIELDS
+        rule = np.zeros(fields["size"])
+        rule[fields["tol"]] = self.tol
+        rule[fields["patience"]] = self.n_iter_no_change
+        rule[fields["best_stop"]] = self._best_stop_loss
+        rule[fields["best_loss"]] = self.best_loss_
+        rule[fields["count"]] = self._no_improvement_count
+        rule[fields["scale"]] = scale
+        schedule = "constant"
+        if opt["kind"] == "sgd" and self.learning_rate in ("invscaling", "adaptive"):
+            schedule = self.learning_rate
+        rule[fields["schedule"]] = _kernels.SCHEDULES[schedule]
+        rule[fields["lr_init"]] = self.learning_rate_init
+        rule[fields["power_t"]] = self.power_t
+        rule[fields["t"]] = self.t_
+        losses = np.empty(max(self.max_iter, 1))
+        order = np.array(sample_idx, dtype=np.intp)
+        with rng.lock if rng is not None else contextlib.nullcontext():
+            status, _, _, _, done = run_epoch(
+                order, n_epochs=self.max_iter,
+                bitgen=rng.capsule if rng is not None else None,
+                permute=not full_pass, rule=rule, losses=losses, snapshot=snapshot)
+        self.n_iter_ = done
+        self.loss_curve_.extend(losses[:done].tolist())
+        if done:
+            self.loss_ = self.loss_curve_[-1]
+        self.t_ = int(rule[fields["t"]])
+        self.best_loss_ = float(rule[fields["best_loss"]])
+        self._best_stop_loss = float(rule[fields["best_stop"]])
+        self._no_improvement_count = int(rule[fields["count"]])
+        if status == _STATUS_INTERRUPTED:
+            params[:] = snapshot
+            raise KeyboardInterrupt
+        if status == _STATUS_NONFINITE:
+            params[:] = snapshot
+            raise ValueError(_diverged_message(self.n_iter_ + 1))
+        if not rule[fields["stopped"]] and self.n_iter_ == self.max_iter:
+            warnings.warn(
+                "Stochastic Optimizer: Maximum iterations (%d) reached and "
+                "the optimization hasn't converged yet." % self.max_iter,
+                ConvergenceWarning, stacklevel=5,
+            )
 
     def _print_lines(self):
         """verbose=True/1 prints scikit-learn's lines; 2 and above a bar."""

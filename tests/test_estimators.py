@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import sklearn
+from hypothesis import given
+from hypothesis import strategies as st
 from sklearn import neural_network as sknn
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
@@ -372,3 +374,115 @@ def test_fitted_weights_start_on_a_cache_line(digits, solver):
     assert clf.coefs_[0].ctypes.data % 64 == 0
     assert all(s.ctypes.data % 64 == 0
                for s in (clf._opt["state1"], clf._opt["state2"]))
+
+
+# ---------------------------------------------------------------------------
+# All epochs in one kernel call
+# ---------------------------------------------------------------------------
+
+def _fit_state(monkeypatch, in_kernel, cls, X, y, sample_weight=None, fits=1, **params):
+    """Everything a fit leaves behind, with the epochs run in one kernel call
+    or one call an epoch (the Python loop)."""
+    import cbackprop._mlp as mlp
+
+    monkeypatch.setattr(mlp, "_EPOCHS_IN_KERNEL", in_kernel)
+    est = cls(**params)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(fits):
+            est.fit(X, y, sample_weight=sample_weight)
+    rs = est._random_state
+    return dict(
+        weights=[a.tobytes() for a in est.coefs_ + est.intercepts_],
+        loss_curve=est.loss_curve_, n_iter=est.n_iter_, t=est.t_, loss=est.loss_,
+        best_loss=est.best_loss_, count=est._no_improvement_count,
+        best_stop=est._best_stop_loss, lr=est._opt["lr"], adam_t=est._opt.get("t"),
+        state=[a.tobytes() for a in (est._opt["state1"], est._opt["state2"])],
+        rng=rs.randint(2**31 - 1, size=4).tolist(),
+        warnings=[str(w.message) for w in caught
+                  if issubclass(w.category, ConvergenceWarning)])
+
+
+@pytest.mark.parametrize("params", [
+    dict(solver="adam"),
+    dict(solver="adam", batch_size=37, shuffle=False),
+    dict(solver="adam", batch_size=1000),                       # one full pass
+    dict(solver="adam", tol=1e-2, n_iter_no_change=2),          # stops early
+    dict(solver="sgd", learning_rate_init=0.05),
+    dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.3, power_t=0.3),
+    dict(solver="sgd", learning_rate="adaptive", learning_rate_init=0.05, tol=0.5,
+         n_iter_no_change=1),                                   # rate / 5, then stop
+    dict(solver="sgd", momentum=0.0, batch_size=64, dropout=0.3),
+    dict(solver="adam", batch_size=50, l1=1e-3, max_grad_norm=1.0),
+    dict(solver="adam", random_state=np.random.RandomState(4)),
+    dict(solver="adam", random_state=np.random.RandomState(np.random.PCG64(4))),
+    dict(solver="adam", warm_start=True, fits=2, max_iter=7),
+])
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_epochs_in_one_kernel_call_change_nothing(monkeypatch, digits, params, kind):
+    # Weights, optimiser state, loss curve, counters, learning rate, the
+    # random stream after the fit and the warnings: all as the epoch loop.
+    X, y = digits
+    params = dict(params)
+    fits = params.pop("fits", 1)
+    params.setdefault("max_iter", 25)
+    params.setdefault("hidden_layer_sizes", (20,))
+    params.setdefault("random_state", 0)
+    cls = MLPClassifier if kind == "classifier" else MLPRegressor
+    target = y if kind == "classifier" else y / 9.0
+    sw = np.random.RandomState(1).uniform(0.5, 2.0, X.shape[0])
+    for Xf, weights in ((X, None), (sp.csr_matrix(X.astype(np.float32)), sw)):
+        states = []
+        for in_kernel in (True, False):
+            p = {k: (pickle.loads(pickle.dumps(v)) if k == "random_state" else v)
+                 for k, v in params.items()}
+            states.append(_fit_state(monkeypatch, in_kernel, cls, Xf, target, weights,
+                                     fits, **p))
+        assert states[0] == states[1]
+
+
+def test_epochs_in_one_kernel_call_stop_where_the_loop_stops(monkeypatch, digits):
+    # The early stop and the divergence of the loop: same epoch, same weights.
+    X, y = digits
+    a = _fit_state(monkeypatch, True, MLPClassifier, X, y, solver="sgd", tol=1e-3,
+                   learning_rate_init=0.1, hidden_layer_sizes=(20,), random_state=0,
+                   max_iter=500)
+    assert a["n_iter"] < 500 and not a["warnings"]
+    b = _fit_state(monkeypatch, False, MLPClassifier, X, y, solver="sgd", tol=1e-3,
+                   learning_rate_init=0.1, hidden_layer_sizes=(20,), random_state=0,
+                   max_iter=500)
+    assert a == b
+    import cbackprop._mlp as mlp
+
+    rng = np.random.RandomState(0)
+    Xd = rng.normal(size=(200, 4)) * 100
+    yd = Xd @ [1e5, -2e5, 3e5, 1e5]
+    errors = []
+    for in_kernel in (True, False):
+        monkeypatch.setattr(mlp, "_EPOCHS_IN_KERNEL", in_kernel)
+        est = MLPRegressor(hidden_layer_sizes=(8,), solver="sgd", batch_size=16,
+                           learning_rate_init=10.0, momentum=0.9, max_iter=50,
+                           random_state=0)
+        with pytest.raises(ValueError, match="diverged in epoch") as e:
+            est.fit(Xd, yd)
+        errors.append((str(e.value), est.n_iter_, list(est.loss_curve_),
+                       [c.tobytes() for c in est.coefs_ + est.intercepts_]))
+    assert errors[0] == errors[1]
+
+
+@given(st.integers(1, 3000), st.integers(0, 2**31 - 1), st.booleans(),
+       st.sampled_from(["MT19937", "PCG64"]))
+def test_legacy_shuffle_is_randomstates(n, seed, permute, bitgen):
+    from cbackprop import _kernels
+
+    def fresh():
+        return np.random.RandomState(getattr(np.random, bitgen)(seed))
+
+    expected = np.arange(n)
+    ref = fresh()
+    ref.shuffle(expected)
+    ours = fresh()
+    a = np.arange(n, dtype=np.intp)
+    _kernels._py_legacy_shuffle(ours._bit_generator.capsule, a, permute)
+    np.testing.assert_array_equal(a, expected if permute else np.arange(n))
+    assert ours.randint(2**31 - 1) == ref.randint(2**31 - 1)
