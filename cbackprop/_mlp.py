@@ -4,7 +4,9 @@ Everything that is not arithmetic happens here: parameter and data
 validation, dtype choice, label binarisation, weight initialisation (the same
 draws as scikit-learn), shuffling, the early-stopping split and the stopping
 rules.  Each epoch, and each lbfgs function evaluation, is one call into a
-``nogil`` kernel of :mod:`cbackprop._kernels`.
+``nogil`` kernel of :mod:`cbackprop._kernels`; plain mini-batch training
+makes one call for all its epochs, the kernel drawing the same shuffles and
+applying the same stopping rule (see ``_BaseMLP._epochs_in_kernel``).
 """
 
 import contextlib
@@ -210,13 +212,6 @@ def _draw_uniform(rng, low, high, out):
     for i in range(0, out.shape[0], _DRAW_CHUNK):
         piece = out[i:i + _DRAW_CHUNK]
         piece[:] = rng.uniform(low, high, piece.shape[0])
-
-
-def _diverged_message(epoch):
-    return (f"Training diverged in epoch {epoch}: the loss became infinite or NaN. "
-            "The weights of the last finite epoch were kept. Lower "
-            "learning_rate_init, scale the inputs (for example with StandardScaler) "
-            "or increase alpha.")
 
 
 # Whether plain stochastic training may run all its epochs in one kernel
@@ -895,7 +890,7 @@ class _BaseMLP(BaseEstimator):
     def _forward_pass_fast(self, X, check_input=True):
         if check_input:
             X = _validate(self, X, accept_sparse=["csr", "csc"], reset=False,
-                              dtype=(np.float64, np.float32))
+                          dtype=(np.float64, np.float32))
         return self._forward_raw(X, self.out_activation_)
 
     # ------------------------------------------------------------------
@@ -1129,7 +1124,7 @@ class _BaseMLP(BaseEstimator):
         X_val, y_val = validation_data[0], validation_data[1]
         sw_val = validation_data[2] if len(validation_data) == 3 else None
         X_val = _validate(self, X_val, accept_sparse=["csr", "csc"], reset=False,
-                              dtype=dtype)
+                          dtype=dtype)
         if X_val.shape[0] == 0:
             raise ValueError("validation_data holds no samples.")
         y_val, Y_val = self._encode_targets(y_val, X_val.shape[0], dtype,
@@ -1475,14 +1470,7 @@ class _BaseMLP(BaseEstimator):
                     n_samples, opt["lr"] * spec["lr_mult"][0], opt["momentum"],
                     opt["nesterov"], opt["alpha"]) if lazy else None
                 status, data_sum, pen_sum, _, _ = run_epoch(order, tables)
-                if status == _STATUS_INTERRUPTED:
-                    # Back to the end of the last whole epoch, so that the
-                    # weights match n_iter_ and loss_curve_.
-                    params[:] = snapshot
-                    raise KeyboardInterrupt
-                if status == _STATUS_NONFINITE:
-                    params[:] = snapshot
-                    raise ValueError(_diverged_message(self.n_iter_ + 1))
+                self._check_epoch_status(status, params, snapshot)
                 self.n_iter_ += 1
                 self.loss_ = (data_sum + pen_sum) / n_samples
                 stop_loss = (data_sum / scale + pen_sum) / n_samples
@@ -1523,11 +1511,7 @@ class _BaseMLP(BaseEstimator):
                 if incremental:
                     break
                 if self.n_iter_ == self.max_iter:
-                    warnings.warn(
-                        "Stochastic Optimizer: Maximum iterations (%d) reached and "
-                        "the optimization hasn't converged yet." % self.max_iter,
-                        ConvergenceWarning, stacklevel=3,
-                    )
+                    self._warn_max_iter(stacklevel=3)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=3)
         finally:
@@ -1573,18 +1557,30 @@ class _BaseMLP(BaseEstimator):
         self.best_loss_ = float(rule[fields["best_loss"]])
         self._best_stop_loss = float(rule[fields["best_stop"]])
         self._no_improvement_count = int(rule[fields["count"]])
+        self._check_epoch_status(status, params, snapshot)
+        if not rule[fields["stopped"]] and self.n_iter_ == self.max_iter:
+            self._warn_max_iter(stacklevel=4)
+
+    def _check_epoch_status(self, status, params, snapshot):
+        """Raise for an epoch the kernel did not finish, with the weights
+        back at the end of the last whole epoch (``snapshot``), so that they
+        match n_iter_ and loss_curve_."""
         if status == _STATUS_INTERRUPTED:
             params[:] = snapshot
             raise KeyboardInterrupt
         if status == _STATUS_NONFINITE:
             params[:] = snapshot
-            raise ValueError(_diverged_message(self.n_iter_ + 1))
-        if not rule[fields["stopped"]] and self.n_iter_ == self.max_iter:
-            warnings.warn(
-                "Stochastic Optimizer: Maximum iterations (%d) reached and "
-                "the optimization hasn't converged yet." % self.max_iter,
-                ConvergenceWarning, stacklevel=5,
-            )
+            raise ValueError(
+                f"Training diverged in epoch {self.n_iter_ + 1}: the loss became "
+                "infinite or NaN. The weights of the last finite epoch were kept. "
+                "Lower learning_rate_init, scale the inputs (for example with "
+                "StandardScaler) or increase alpha.")
+
+    def _warn_max_iter(self, stacklevel):
+        warnings.warn(
+            "Stochastic Optimizer: Maximum iterations (%d) reached and the "
+            "optimization hasn't converged yet." % self.max_iter,
+            ConvergenceWarning, stacklevel=stacklevel + 1)
 
     def _print_lines(self):
         """verbose=True/1 prints scikit-learn's lines; 2 and above a bar."""
@@ -2009,8 +2005,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = _validate(self, X, y, accept_sparse=["csr", "csc"],
-                             multi_output=True, dtype=(np.float64, np.float32),
-                             reset=reset)
+                         multi_output=True, dtype=(np.float64, np.float32),
+                         reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
@@ -2159,7 +2155,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """
         check_is_fitted(self)
         X = _validate(self, X, accept_sparse=["csr", "csc"], reset=False,
-                          dtype=(np.float64, np.float32))
+                      dtype=(np.float64, np.float32))
         z = self._forward_raw(X, "identity")
         if self.out_activation_ == "softmax":
             return log_softmax(z, axis=1)
@@ -2298,8 +2294,8 @@ default='squared_error'
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = _validate(self, X, y, accept_sparse=["csr", "csc"],
-                             multi_output=True, y_numeric=True,
-                             dtype=(np.float64, np.float32), reset=reset)
+                         multi_output=True, y_numeric=True,
+                         dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y

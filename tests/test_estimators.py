@@ -399,7 +399,7 @@ def _fit_state(monkeypatch, in_kernel, cls, X, y, sample_weight=None, fits=1, **
         best_stop=est._best_stop_loss, lr=est._opt["lr"], adam_t=est._opt.get("t"),
         state=[a.tobytes() for a in (est._opt["state1"], est._opt["state2"])],
         rng=rs.randint(2**31 - 1, size=4).tolist(),
-        warnings=[str(w.message) for w in caught
+        warnings=[(str(w.message), w.filename, w.lineno) for w in caught
                   if issubclass(w.category, ConvergenceWarning)])
 
 
