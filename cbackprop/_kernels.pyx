@@ -2041,8 +2041,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               object lazy=None, long long step0=0, Py_ssize_t n_keep=0,
               double[::1] tuner=None, floating[::1] w0=None, floating[::1] wt=None,
               floating[::1] pgrad=None, Py_ssize_t n_epochs=1, object bitgen=None,
-              bint permute=True, double[::1] rule=None, double[::1] losses=None,
-              floating[::1] snapshot=None):
+              object bitgen_lock=None, bint permute=True, double[::1] rule=None,
+              double[::1] losses=None, floating[::1] snapshot=None):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
     Returns ``(status, data_loss_sum, penalty_sum, n_done)``: the batch losses
@@ -2065,8 +2065,10 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     values, see ``RULE_*``) holds the stopping rule's state; each epoch
     first shuffles ``order`` in place with ``bitgen`` (a RandomState's bit
     generator capsule, None: no shuffle; ``permute=False``: draw only, as a
-    full pass does), copies the parameters to ``snapshot``, runs its
-    batches, writes its loss to ``losses`` and applies the rule; at most
+    full pass does) holding ``bitgen_lock`` (its lock) for the shuffle
+    only, as RandomState.shuffle does, copies the parameters to
+    ``snapshot``, runs its batches, writes its loss to ``losses`` and
+    applies the rule; at most
     ``n_epochs`` epochs.  Returns ``(status, data_loss_sum, penalty_sum,
     n_done, epochs_done)``: the sums and ``n_done`` of the last epoch run,
     ``epochs_done`` the epochs completed (a failed or interrupted one is
@@ -2189,6 +2191,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             lossp = &losses[0]
             snap = &snapshot[0]
             if bitgen is not None:
+                if bitgen_lock is None:
+                    raise ValueError("a shared bit generator needs its lock")
                 bg = <bitgen_t*>PyCapsule_GetPointer(bitgen, "BitGenerator")
         elif n_epochs != 1:
             raise ValueError("several epochs need the stopping rule's state")
@@ -2196,7 +2200,12 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             for epoch in range(n_epochs):
                 if rp != NULL:
                     if bg != NULL and n_ep > 0:
-                        _legacy_shuffle(bg, &order[0], n_ep, permute)
+                        # The generator may be shared (random_state=None is
+                        # numpy's global one): hold its lock for the draws
+                        # only, not for the whole fit.
+                        with gil:
+                            with bitgen_lock:
+                                _legacy_shuffle(bg, &order[0], n_ep, permute)
                     memcpy(snap, &params[0], params.shape[0] * sizeof(floating))
                     net.step0 = step0 + epoch * n_ep
                     if epoch > 0 and _interrupted():

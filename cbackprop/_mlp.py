@@ -9,7 +9,6 @@ makes one call for all its epochs, the kernel drawing the same shuffles and
 applying the same stopping rule (see ``_BaseMLP._epochs_in_kernel``).
 """
 
-import contextlib
 import os
 import threading
 import warnings
@@ -1544,11 +1543,11 @@ class _BaseMLP(BaseEstimator):
         rule[fields["t"]] = self.t_
         losses = np.empty(max(self.max_iter, 1))
         order = np.array(sample_idx, dtype=np.intp)
-        with rng.lock if rng is not None else contextlib.nullcontext():
-            status, _, _, _, done = run_epoch(
-                order, n_epochs=self.max_iter,
-                bitgen=rng.capsule if rng is not None else None,
-                permute=not full_pass, rule=rule, losses=losses, snapshot=snapshot)
+        status, _, _, _, done = run_epoch(
+            order, n_epochs=self.max_iter,
+            bitgen=rng.capsule if rng is not None else None,
+            bitgen_lock=rng.lock if rng is not None else None,
+            permute=not full_pass, rule=rule, losses=losses, snapshot=snapshot)
         self.n_iter_ = done
         self.loss_curve_.extend(losses[:done].tolist())
         if done:

@@ -480,3 +480,33 @@ def test_property_kernels_match_reference(n, n_features, hidden, activation, dty
     np.testing.assert_allclose(get(data), get(np.ascontiguousarray(X)),
                                rtol=1e-5 if dtype == np.float32 else 1e-12,
                                atol=1e-6 if dtype == np.float32 else 1e-12)
+
+
+def test_a_fit_holds_the_global_random_state_only_while_it_shuffles():
+    # random_state=None draws from numpy's global RandomState; a fit running
+    # all its epochs in one kernel call takes that generator's lock for each
+    # shuffle only, so another thread's np.random calls do not wait for the
+    # whole fit.
+    X, y = _data(n=4000, n_features=60)
+    clf = MLPClassifier(hidden_layer_sizes=(256, 128), max_iter=40, tol=0,
+                        n_iter_no_change=10**6, batch_size=64)
+    done = threading.Event()
+
+    def fit():
+        _quiet_fit(clf, X, y)
+        done.set()
+
+    worker = threading.Thread(target=fit)
+    t0 = time.perf_counter()
+    worker.start()
+    waits = []
+    while not done.is_set() and time.perf_counter() - t0 < 60:
+        t = time.perf_counter()
+        np.random.random_sample(1000)  # noqa: NPY002 (the legacy global generator is the point)
+        waits.append(time.perf_counter() - t)
+        time.sleep(0.02)
+    worker.join()
+    fit_time = time.perf_counter() - t0
+    assert fit_time > 0.5 and len(waits) > 10, (fit_time, len(waits))
+    assert max(waits) < 0.1, max(waits)
+    assert clf.n_iter_ == 40
