@@ -357,20 +357,27 @@ def test_two_fits_in_two_threads_match_sequential_fits():
         np.testing.assert_array_equal(a.coefs_[0], b.coefs_[0])
 
 
-def test_fit_releases_the_gil():
-    X, y = _data(n=20000, n_features=50)
-    clf = MLPClassifier(hidden_layer_sizes=(200,), solver="sgd", batch_size=1,
-                        max_iter=1, random_state=0)
+def _fit_in_thread(clf, X, y):
+    """Start ``clf.fit(X, y)`` in another thread: (thread, event set when
+    the fit is done)."""
     done = threading.Event()
-    ticks = []
 
     def fit():
         _quiet_fit(clf, X, y)
         done.set()
 
-    t = threading.Thread(target=fit)
+    thread = threading.Thread(target=fit)
+    thread.start()
+    return thread, done
+
+
+def test_fit_releases_the_gil():
+    X, y = _data(n=20000, n_features=50)
+    clf = MLPClassifier(hidden_layer_sizes=(200,), solver="sgd", batch_size=1,
+                        max_iter=1, random_state=0)
+    ticks = []
     t0 = time.perf_counter()
-    t.start()
+    t, done = _fit_in_thread(clf, X, y)
     while not done.is_set():
         ticks.append(time.perf_counter())
         time.sleep(0.001)
@@ -490,15 +497,8 @@ def test_a_fit_holds_the_global_random_state_only_while_it_shuffles():
     X, y = _data(n=4000, n_features=60)
     clf = MLPClassifier(hidden_layer_sizes=(256, 128), max_iter=40, tol=0,
                         n_iter_no_change=10**6, batch_size=64)
-    done = threading.Event()
-
-    def fit():
-        _quiet_fit(clf, X, y)
-        done.set()
-
-    worker = threading.Thread(target=fit)
     t0 = time.perf_counter()
-    worker.start()
+    worker, done = _fit_in_thread(clf, X, y)
     waits = []
     while not done.is_set() and time.perf_counter() - t0 < 60:
         t = time.perf_counter()
