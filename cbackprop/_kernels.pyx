@@ -1102,7 +1102,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     # Chunk-local gradients: dense input, one pass (see _chunk_grad).
     cdef bint local = (net.pgrad != NULL and need_grad and not accumulate
                        and not src.csr)
-    n_chunks = (nb + ch - 1) // ch
+    n_chunks = _n_chunks(nb)
 
     # Dense BLAS input: rows are used in place when they are consecutive in
     # X, otherwise gathered once into the batch-sized buffer.
@@ -2045,11 +2045,13 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               double[::1] losses=None, floating[::1] snapshot=None):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
-    Returns ``(status, data_loss_sum, penalty_sum, n_done)``: the batch losses
-    weighted by batch size (scikit-learn's ``accumulated_loss``), split into
-    the data term and the weight penalty.  Adam's step counter ``opt["t"]``
-    is advanced in place.  ``lazy`` is ``(powers, prefix)`` from
-    :func:`lazy_tables` to defer the data-free steps of online SGD.
+    Returns ``(status, data_loss_sum, penalty_sum, n_done, epochs_done)``:
+    the batch losses weighted by batch size (scikit-learn's
+    ``accumulated_loss``), split into the data term and the weight penalty,
+    the rows run, and 1 when the epoch completed (see below for several
+    epochs).  Adam's step counter ``opt["t"]`` is advanced in place.
+    ``lazy`` is ``(powers, prefix)`` from :func:`lazy_tables` to defer the
+    data-free steps of online SGD.
     ``step0`` numbers the first sample of the epoch for the dropout masks.
     ``n_keep`` > 0 (full batch over CSR X, ``order`` sorted): the by-feature
     copies of the passes' blocks are kept in ``spi`` / ``spv`` between calls.
@@ -2068,11 +2070,10 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     full pass does) holding ``bitgen_lock`` (its lock) for the shuffle
     only, as RandomState.shuffle does, copies the parameters to
     ``snapshot``, runs its batches, writes its loss to ``losses`` and
-    applies the rule; at most
-    ``n_epochs`` epochs.  Returns ``(status, data_loss_sum, penalty_sum,
-    n_done, epochs_done)``: the sums and ``n_done`` of the last epoch run,
-    ``epochs_done`` the epochs completed (a failed or interrupted one is
-    not; ``snapshot`` then holds the weights before it).
+    applies the rule; at most ``n_epochs`` epochs.  The sums and ``n_done``
+    returned are then the last epoch's, ``epochs_done`` the epochs completed
+    (a failed or interrupted one is not; ``snapshot`` then holds the weights
+    before it).
     """
     cdef Net net
     cdef Source src
