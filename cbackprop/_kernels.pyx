@@ -1065,18 +1065,18 @@ cdef inline void _reduce_chunks(const Net* net, floating* grad, Py_ssize_t k0,
 cdef inline void _chunk_task(const Net* net, const floating* params, const Source* src,
                              SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t nb,
                              Py_ssize_t c, long long pos, const floating* Y,
-                             const floating* sw, const floating* xin, bint gather,
+                             const floating* sw, const floating* xin, floating* xbuf,
                              floating* acts, floating* deltas, floating* gates,
                              Py_ssize_t cap, floating* grad, double* closs, double* csw,
                              bint need_grad, bint local) noexcept nogil:
-    """Chunk ``c`` of a block of ``nb`` rows: gather its dense rows (when
-    ``gather``; ``xin`` is then the batch buffer), forward and backward
-    pass, and with ``local`` its partial gradient."""
+    """Chunk ``c`` of a block of ``nb`` rows: gather its dense rows into
+    ``xbuf`` (when not NULL; ``xin`` is then that buffer), forward and
+    backward pass, and with ``local`` its partial gradient."""
     cdef Py_ssize_t ch = _chunk_rows(nb), r0 = c * ch, nr = min(ch, nb - r0), r
     cdef Py_ssize_t nf = src.n_features
-    if gather:
+    if xbuf != NULL:
         for r in range(r0, r0 + nr):
-            memcpy(<floating*>xin + r * nf, (<const floating*>src.x) + rows[r] * nf,
+            memcpy(xbuf + r * nf, (<const floating*>src.x) + rows[r] * nf,
                    nf * sizeof(floating))
     _chunk_backward(net, params, src, sb, rows, nr, xin, Y, sw, acts, deltas,
                     gates, cap, r0, pos, &closs[c], &csw[c], need_grad)
@@ -1175,8 +1175,8 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                 _sort_by_feature(src, rows, nb, sb.fptr, <floating*>sb.fent)
             else:
                 _chunk_task(net, params, src, sb, rows, nb, c - 1, pos, Y, sw, xin,
-                            gather, acts, deltas, gates, cap, grad, closs, csw,
-                            need_grad, local)
+                            xbuf if gather else NULL, acts, deltas, gates, cap, grad,
+                            closs, csw, need_grad, local)
     else:
         # Chunk c on thread c mod n_threads, batch after batch: its row
         # buffers (inputs, activations, deltas, partial gradient) then stay
@@ -1185,8 +1185,9 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         # two threads).
         for c in prange(n_chunks, num_threads=n_threads, schedule="static",
                         chunksize=1):
-            _chunk_task(net, params, src, sb, rows, nb, c, pos, Y, sw, xin, gather,
-                        acts, deltas, gates, cap, grad, closs, csw, need_grad, local)
+            _chunk_task(net, params, src, sb, rows, nb, c, pos, Y, sw, xin,
+                        xbuf if gather else NULL, acts, deltas, gates, cap, grad, closs,
+                        csw, need_grad, local)
     if keep >= 0:
         sb.kept[keep] = nb
     for c in range(n_chunks):
@@ -1345,7 +1346,9 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
     update the parameters in place.  Returns the weight penalty *before* the
     update, which the batch loss needs.  ``pending`` > 1: ``grad`` holds the
     first of that many chunk gradients, which each block sums (in chunk
-    order) before its first use, while it is in cache.
+    order) just before its step, while it is in cache; only without
+    clipping, whose norm needs the whole sum first (run_epoch defers the
+    sum only when it may fuse, which clipping rules out).
 
     ``ublocks`` holds (start, end, layer, is_coef) of every update block:
     blocks never straddle layers, so each has one learning-rate factor.
@@ -1362,8 +1365,6 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
             k0 = ublocks[UB_FIELDS * k]
             k1 = ublocks[UB_FIELDS * k + 1]
             coef = ublocks[UB_FIELDS * k + 3]
-            if pending > 1:
-                _reduce_chunks(net, grad, k0, k1, pending)
             bsq[k] = _gradsq(k1 - k0, grad + k0, params + k0,
                              o.alpha if coef else 0.0, o.l1 if coef else 0.0)
         for k in range(n_ublocks):
@@ -1371,7 +1372,6 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
         norm = sqrt(norm) / sw_sum
         if norm > o.clip:
             c = o.clip / norm
-        pending = 0
     # Static: each thread steps (and sums, when pending) the same blocks
     # batch after batch, so their gradient, weights and moments stay in its
     # cache; the blocks differ in length only at layer ends and the biases.
@@ -2288,7 +2288,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                         pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
                                           &grad[0], sw_sum, &ublocks[0], n_ublocks,
                                           &dwork[2 * cap], min(step_threads, use),
-                                          fz.pending if use_fuse else 0)
+                                          fz.pending)
                         dl = loss_sum / sw_sum
                         ll = pen / sw_sum
                     else:
