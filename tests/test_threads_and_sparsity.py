@@ -185,6 +185,10 @@ CASES = [
     dict(solver="sgd", batch_size=64, hidden_layer_sizes=(130,)),
     dict(solver="adam", batch_size=500, hidden_layer_sizes=(100, 100), activation="tanh"),
     dict(solver="lbfgs", max_iter=15, hidden_layer_sizes=(90,)),
+    # load_digits-sized: chunk-local gradients summed inside a threaded step
+    # (over 4,096 parameters), whose blocks are shared out by size.
+    dict(solver="adam", batch_size=200, hidden_layer_sizes=(60,)),
+    dict(solver="sgd", batch_size=150, hidden_layer_sizes=(70,), momentum=0.8),
     # The toolbox: maxout, dropout (counter-based masks), L1, clipping and
     # per-layer rates must not depend on the thread count either.
     dict(solver="adam", batch_size=100, hidden_layer_sizes=(40, 30),
