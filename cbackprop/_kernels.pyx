@@ -2531,6 +2531,17 @@ def _py_logsumexp(double[::1] z):
     return cbp_logsumexp_d(&z[0], z.shape[0])
 
 
+def _py_row_loss(int loss, const floating[::1] p, const floating[::1] y,
+                 double param=1.0):
+    """Unweighted loss of one output row ``p`` against targets ``y``."""
+    if p.shape[0] != y.shape[0] or p.shape[0] == 0:
+        raise ValueError("p and y need the same, non-zero length")
+    if floating is float:
+        return cbp_row_loss_f(loss, param, &p[0], &y[0], p.shape[0])
+    else:
+        return cbp_row_loss_d(loss, param, &p[0], &y[0], p.shape[0])
+
+
 def _py_rng_uniform(unsigned long long seed, unsigned long long a,
                     unsigned long long b, unsigned long long c):
     """Counter-based uniform draw keyed by (seed, a, b, c)."""

@@ -284,7 +284,23 @@ static inline double cbp_row_loss_##S(int loss, double param, const T *p,    \
             s += d * d;                                                       \
         }                                                                     \
         return 0.5 * s;                                                       \
-    case CBP_LOSS_LOG:                                                        \
+    case CBP_LOSS_LOG: {                                                      \
+        /* A one-hot row (every classifier's) has one term, -log(p_k), and */ \
+        /* sum_j y_j p_j is p_k exactly: found without a branch on each y  */ \
+        /* (its class is random, so that branch was mispredicted once a    */ \
+        /* row; load_digits, 10 classes).                                  */ \
+        T c = (T)0, ys = (T)0;                                                \
+        int ny = 0;                                                           \
+        for (j = 0; j < cols; j++) {                                          \
+            c += y[j] * p[j];                                                 \
+            ys += y[j];                                                       \
+            ny += y[j] != (T)0;                                               \
+        }                                                                     \
+        if (ny == 1 && ys == (T)1) {                                          \
+            T q = c < eps ? eps : (c > (T)1 - eps ? (T)1 - eps : c);          \
+            return -LOG((double)q);                                           \
+        }                                                                     \
+    }                                                                         \
         for (j = 0; j < cols; j++) {                                          \
             if (y[j] != (T)0) {                                               \
                 T q = p[j] < eps ? eps : (p[j] > (T)1 - eps ? (T)1 - eps      \

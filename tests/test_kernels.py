@@ -1,5 +1,7 @@
 """The C helpers and BLAS wrappers, each against NumPy."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -236,3 +238,39 @@ def test_all_finite_agrees_with_numpy(n, dtype, bad, threads, seed):
                      }.get(bad, bad)
             x[edge if rng.random() < 0.5 else rng.integers(n)] = value
     assert _kernels.all_finite(x, threads) == bool(np.isfinite(x).all())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_log_loss_rows_one_hot_and_not(dtype):
+    """The categorical log loss of a row: -sum y log(clip(p)).  One-hot rows
+    take a branch-free path; soft, scaled, empty and NaN rows the general
+    one; both against NumPy, and one-hot rows bit for bit against the
+    general formula."""
+    eps = np.finfo(dtype).eps
+    rng = np.random.RandomState(0)
+    rows = []
+    for k in range(10):
+        p = softmax(rng.normal(scale=3.0, size=7)).astype(dtype)
+        rows.append((p, np.eye(7, dtype=dtype)[k % 7]))
+    p = softmax(rng.normal(size=7)).astype(dtype)
+    rows += [
+        (p, np.full(7, 1 / 7, dtype=dtype)),                     # soft labels
+        (p, (0.5 * np.eye(7)[2]).astype(dtype)),                  # one, not 1
+        (p, (np.eye(7)[1] + np.eye(7)[4]).astype(dtype)),         # two ones
+        (p, np.zeros(7, dtype=dtype)),                            # no class
+        (np.array([1.0, 0.0, 0.0], dtype=dtype),
+         np.array([0.0, 1.0, 0.0], dtype=dtype)),                 # clipped
+    ]
+    for p, y in rows:
+        q = np.clip(p, eps, 1 - eps).astype(np.float64)
+        expected = -np.sum(np.where(y != 0, y * np.log(q), 0.0))
+        got = _kernels._py_row_loss(1, p, y)
+        assert got == pytest.approx(expected, rel=1e-12, abs=1e-300)
+        if np.count_nonzero(y) == 1 and y.sum() == 1:
+            # The general loop's value exactly: 0 - 1 * log(q_k), with the C
+            # library's log (math.log; numpy's own may differ in an ulp).
+            assert got == 0.0 - 1.0 * math.log(q[np.flatnonzero(y)[0]])
+    nan_p = np.array([np.nan, 0.5, 0.5], dtype=dtype)
+    assert np.isnan(_kernels._py_row_loss(1, nan_p, np.eye(3, dtype=dtype)[0]))
+    with pytest.raises(ValueError, match="same"):
+        _kernels._py_row_loss(1, np.ones(3), np.ones(2))
