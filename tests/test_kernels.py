@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from scipy.special import expit, logsumexp, softmax
 
 from cbackprop import _blas, _kernels, _openmp_helpers
+from cbackprop._mlp import LOSSES
 
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
@@ -264,13 +265,14 @@ def test_log_loss_rows_one_hot_and_not(dtype):
     for p, y in rows:
         q = np.clip(p, eps, 1 - eps).astype(np.float64)
         expected = -np.sum(np.where(y != 0, y * np.log(q), 0.0))
-        got = _kernels._py_row_loss(1, p, y)
+        got = _kernels._py_row_loss(LOSSES["log_loss"], p, y)
         assert got == pytest.approx(expected, rel=1e-12, abs=1e-300)
         if np.count_nonzero(y) == 1 and y.sum() == 1:
             # The general loop's value exactly: 0 - 1 * log(q_k), with the C
             # library's log (math.log; numpy's own may differ in an ulp).
             assert got == 0.0 - 1.0 * math.log(q[np.flatnonzero(y)[0]])
     nan_p = np.array([np.nan, 0.5, 0.5], dtype=dtype)
-    assert np.isnan(_kernels._py_row_loss(1, nan_p, np.eye(3, dtype=dtype)[0]))
+    assert np.isnan(_kernels._py_row_loss(LOSSES["log_loss"], nan_p,
+                                          np.eye(3, dtype=dtype)[0]))
     with pytest.raises(ValueError, match="same"):
-        _kernels._py_row_loss(1, np.ones(3), np.ones(2))
+        _kernels._py_row_loss(LOSSES["log_loss"], np.ones(3), np.ones(2))
