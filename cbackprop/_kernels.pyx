@@ -1338,21 +1338,21 @@ cdef inline double _step_range(const Net* net, const Optim* o, Py_ssize_t k0,
 
 
 cdef Py_ssize_t _first_block(const Py_ssize_t* ublocks, Py_ssize_t n_ublocks,
-                             Py_ssize_t t, Py_ssize_t n_threads) noexcept nogil:
+                             Py_ssize_t n_params, Py_ssize_t t,
+                             Py_ssize_t n_threads) noexcept nogil:
     """First update block of thread ``t`` of ``n_threads`` (``n_ublocks``
-    for ``t == n_threads``): the threads take the blocks in order, each
-    those whose middle parameter lies in its equal share of them all.  Only
-    who steps a block depends on this, never a result."""
-    cdef Py_ssize_t k, total = 0, before = 0
+    for ``t == n_threads``): the threads take the blocks (which cover the
+    ``n_params`` parameters) in order, each those whose middle parameter
+    lies in its equal share.  Only who steps a block depends on this, never
+    a result."""
+    cdef Py_ssize_t k, size, before = 0
     if t >= n_threads:
         return n_ublocks
     for k in range(n_ublocks):
-        total += ublocks[UB_FIELDS * k + 1] - ublocks[UB_FIELDS * k]
-    for k in range(n_ublocks):
-        if (2 * before + ublocks[UB_FIELDS * k + 1] - ublocks[UB_FIELDS * k]) \
-                * n_threads >= 2 * t * total:
+        size = ublocks[UB_FIELDS * k + 1] - ublocks[UB_FIELDS * k]
+        if (2 * before + size) * n_threads >= 2 * t * n_params:
             return k
-        before += ublocks[UB_FIELDS * k + 1] - ublocks[UB_FIELDS * k]
+        before += size
     return n_ublocks
 
 
@@ -1398,8 +1398,9 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
     # static split of its ten blocks gave one thread 5,120 parameters, the
     # other 2,390).
     for t in prange(n_threads, num_threads=n_threads, schedule="static"):
-        for k in range(_first_block(ublocks, n_ublocks, t, n_threads),
-                       _first_block(ublocks, n_ublocks, t + 1, n_threads)):
+        for k in range(_first_block(ublocks, n_ublocks, net.n_params, t, n_threads),
+                       _first_block(ublocks, n_ublocks, net.n_params, t + 1,
+                                    n_threads)):
             k0 = ublocks[UB_FIELDS * k]
             k1 = ublocks[UB_FIELDS * k + 1]
             li = ublocks[UB_FIELDS * k + 2]
