@@ -127,6 +127,7 @@ cdef extern from "cbp_loops.h" nogil:
                                Py_ssize_t ldg, float* dz)
     Py_ssize_t cbp_compact_d(Py_ssize_t n, const double* x, cbp_idx* idx, double* val)
     void cbp_prefetch(const void* p, Py_ssize_t nbytes)
+    void cbp_claim(void* p, Py_ssize_t nbytes)
     Py_ssize_t cbp_compact_f(Py_ssize_t n, const float* x, cbp_idx* idx, float* val)
     Py_ssize_t cbp_compact_plain_d(Py_ssize_t n, const double* x, cbp_idx* idx,
                                    double* val)
@@ -747,12 +748,15 @@ cdef void _attach_w0(Net* net, const Source* src, floating[::1] w0,
 
 
 cdef inline void _sync_w0(const Net* net, const floating* params, Py_ssize_t k0,
-                          Py_ssize_t k1) noexcept nogil:
-    """Copy first-layer weights ``k0:k1`` (flat positions) to ``net.w0``."""
+                          Py_ssize_t k1, bint claim) noexcept nogil:
+    """Copy first-layer weights ``k0:k1`` (flat positions) to ``net.w0``
+    (``claim``: see _step_range)."""
     cdef Py_ssize_t m = net.zw[1], i = k0 // m, j = k0 % m, seg
     cdef floating* w0 = <floating*>net.w0
     while k0 < k1:
         seg = min(m - j, k1 - k0)
+        if claim:
+            cbp_claim(w0 + i * net.ldw0 + j, seg * sizeof(floating))
         memcpy(w0 + i * net.ldw0 + j, params + k0, seg * sizeof(floating))
         k0 += seg
         i += 1
@@ -1240,7 +1244,8 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
             if fused:
                 off = net.icpt_off[li]
                 fuse.pen[k] = _step_range(net, fuse.o, off, off + m, li, False, fp, fs1,
-                                          fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t)
+                                          fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t,
+                                          n_threads > 1)
         else:
             li = gblocks[GB_FIELDS * k]
             i0 = gblocks[GB_FIELDS * k + 1]
@@ -1264,7 +1269,8 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                 off = net.coef_off[li]
                 if j0 == 0 and j1 == m:
                     fpen = _step_range(net, fuse.o, off + i0 * m, off + i1 * m, li, True,
-                                       fp, fs1, fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t)
+                                       fp, fs1, fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t,
+                                       n_threads > 1)
                 else:
                     # A block of columns: row by row, penalties in row order.
                     fpen = 0.0
@@ -1272,7 +1278,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                         fpen = fpen + _step_range(net, fuse.o, off + i * m + j0,
                                                   off + i * m + j1, li, True, fp, fs1,
                                                   fs2, grad, 1.0, fuse.sw_sum,
-                                                  fuse.lr_t)
+                                                  fuse.lr_t, n_threads > 1)
                 fuse.pen[k] = fpen
     if ahead_task:
         sb.ahead = rows_next
@@ -1317,11 +1323,14 @@ cdef inline double _step_range(const Net* net, const Optim* o, Py_ssize_t k0,
                                Py_ssize_t k1, Py_ssize_t li, bint coef,
                                floating* params, floating* s1, floating* s2,
                                const floating* grad, double c, double sw_sum,
-                               double lr_t) noexcept nogil:
+                               double lr_t, bint claim) noexcept nogil:
     """Optimiser step of parameters ``k0:k1`` of layer ``li`` (weights when
     ``coef``, else biases) with the gradient scaled by the clipping factor
-    ``c``; returns their weight penalty before the step."""
+    ``c``; returns their weight penalty before the step.  ``claim``: other
+    threads have read these weights since the last step (see cbp_claim)."""
     cdef double pen
+    if claim:
+        cbp_claim(params + k0, (k1 - k0) * sizeof(floating))
     if o.kind == OPT_SGD and o.l1 == 0:
         # The penalty is read in the same pass as the step.
         pen = (0.5 * o.alpha if coef else 0.0) * _sgd_ssq(
@@ -1333,7 +1342,7 @@ cdef inline double _step_range(const Net* net, const Optim* o, Py_ssize_t k0,
               o.alpha * c if coef else 0.0, o.l1 * c if coef else 0.0, sw_sum,
               _rate(o, lr_t, net.lr_mult[li]))
     if net.w0 != NULL and li == 0 and coef:
-        _sync_w0(net, params, k0, k1)
+        _sync_w0(net, params, k0, k1, claim)
     return pen
 
 
@@ -1408,7 +1417,7 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
             if pending > 1:
                 _reduce_chunks(net, grad, k0, k1, pending)
             bpen[k] = _step_range(net, o, k0, k1, li, coef, params, s1, s2, grad, c,
-                                  sw_sum, lr_t)
+                                  sw_sum, lr_t, n_threads > 1)
     for k in range(n_ublocks):
         pen += bpen[k]
     return pen

@@ -70,6 +70,46 @@ static inline void cbp_prefetch(const void *p, ptrdiff_t bytes)
     }
 }
 
+/* Ask for the cache lines of p[0:bytes) in the state that allows writing,
+ * all at once, before a loop writes them.  A mini-batch step writes
+ * weights that every thread has just read in the forward pass, so each
+ * store waits for the other core's copy to be invalidated.  In a
+ * 784-512-256-10 fit on two threads, rewriting each thread's half of the
+ * weights took as long as rewriting all of them on one thread (moments,
+ * which only the step touches, scaled 2.1x), and the separate step took
+ * 20-37 ms a fit against 25-27 on one thread; with the lines claimed
+ * first, 16.6-17.8 ms (Intel Xeon VM).  PREFETCHW only where CPUID
+ * reports it; a no-op on other x86 and under MSVC. */
+#if (defined(__GNUC__) || defined(__clang__)) &&                               \
+    (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+static int cbp_has_prefetchw(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        known = __get_cpuid(0x80000001u, &a, &b, &c, &d) && ((c >> 8) & 1u);
+    }
+    return known;
+}
+#endif
+
+static inline void cbp_claim(void *p, ptrdiff_t bytes)
+{
+    char *c = (char *)p;
+#if (defined(__GNUC__) || defined(__clang__)) &&                               \
+    (defined(__x86_64__) || defined(__i386__))
+    if (!cbp_has_prefetchw()) return;
+    for (ptrdiff_t o = 0; o < bytes; o += 64)
+        __asm__ __volatile__("prefetchw %0" : : "m"(*(c + o)));
+#elif defined(__GNUC__) || defined(__clang__)
+    for (ptrdiff_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o, 1, 3);
+#else
+    (void)c;
+    (void)bytes;
+#endif
+}
+
 /* sign(x) as -1, 0 or 1 of type T, branch-free. */
 #define CBP_SIGN(T, x) ((T)(((x) > (T)0) - ((x) < (T)0)))
 
