@@ -134,6 +134,7 @@ cdef extern from "cbp_loops.h" nogil:
     Py_ssize_t cbp_compact_plain_f(Py_ssize_t n, const float* x, cbp_idx* idx,
                                    float* val)
     int cbp_has_avx512()
+    int cbp_has_prefetchw()
     void cbp_sprows_d(Py_ssize_t nr, const Py_ssize_t* rs, const Py_ssize_t* re,
                       const cbp_idx* idx, const double* val, const double* W,
                       Py_ssize_t m, Py_ssize_t ldw, Py_ssize_t wlen, const double* b,
@@ -1852,6 +1853,9 @@ def dense_to_csr(const floating[:, ::1] X, const Py_ssize_t[::1] row_nnz,
 
 # The CPU check caches its answer; ask once here, before any thread can.
 HAS_AVX512 = bool(cbp_has_avx512())
+# The same for the write prefetch of multithreaded optimiser steps (see
+# cbp_claim).
+HAS_PREFETCHW = bool(cbp_has_prefetchw())
 
 
 def _compact(const floating[::1] x, bint plain):

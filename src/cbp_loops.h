@@ -83,6 +83,7 @@ static inline void cbp_prefetch(const void *p, ptrdiff_t bytes)
 #if (defined(__GNUC__) || defined(__clang__)) &&                               \
     (defined(__x86_64__) || defined(__i386__))
 #include <cpuid.h>
+/* 1 when the CPU has PREFETCHW (CPUID 0x80000001, ECX bit 8). */
 static int cbp_has_prefetchw(void)
 {
     static int known = -1;
@@ -92,6 +93,8 @@ static int cbp_has_prefetchw(void)
     }
     return known;
 }
+#else
+static int cbp_has_prefetchw(void) { return 0; }
 #endif
 
 static inline void cbp_claim(void *p, ptrdiff_t bytes)

@@ -1,6 +1,7 @@
 """The C helpers and BLAS wrappers, each against NumPy."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -200,6 +201,20 @@ def test_compaction_finds_the_nonzeros_in_order(n, density, dtype, seed):
         idx, val = _kernels._compact(x, plain)
         np.testing.assert_array_equal(idx, expected)
         np.testing.assert_array_equal(val, x[expected])
+
+
+def test_cpu_feature_checks_agree_with_the_kernel():
+    # The CPUID reads behind the AVX-512 compaction and the claimed
+    # (PREFETCHW) optimiser step report what Linux reports for this CPU.
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64") or \
+            not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("needs Linux on x86-64")
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    assert _kernels.HAS_PREFETCHW == ("3dnowprefetch" in flags)
+    assert _kernels.HAS_AVX512 == ("avx512f" in flags)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
