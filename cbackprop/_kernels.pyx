@@ -1802,9 +1802,12 @@ def row_nonzeros(const floating[:, ::1] X, int n_threads):
 
 
 def dense_to_csr(const floating[:, ::1] X, const Py_ssize_t[::1] row_nnz,
-                 int n_threads):
+                 int n_threads, object data_out=None, object ind_out=None):
     """CSR arrays ``(data, indices, indptr)`` of the non-zeros of ``X``, whose
     rows hold ``row_nnz`` non-zeros each; rows are filled in parallel.
+    ``data_out`` / ``ind_out`` (optional): 1-D arrays of X's dtype and of
+    int32, at least ``max(1, row_nnz.sum())`` long, written instead of new
+    ones (``data`` and ``indices`` are then their first elements).
 
     One pass over X without the temporaries of scipy's conversion, which
     would cost more than a few epochs of training on the result.  The
@@ -1820,8 +1823,12 @@ def dense_to_csr(const floating[:, ::1] X, const Py_ssize_t[::1] row_nnz,
     cdef Py_ssize_t total = indptr[n]
     if nf > INT32_MAX:
         raise ValueError("more than 2**31 - 1 features: column indices are 32-bit")
-    data_arr = np.empty(max(total, 1), dtype=np.asarray(X).dtype)
-    ind_arr = np.empty(max(total, 1), dtype=np.int32)
+    data_arr = np.empty(max(total, 1), dtype=np.asarray(X).dtype) \
+        if data_out is None else data_out
+    ind_arr = np.empty(max(total, 1), dtype=np.int32) if ind_out is None else ind_out
+    if data_arr.shape[0] < max(total, 1) or ind_arr.shape[0] < max(total, 1):
+        raise ValueError("dense_to_csr: the output arrays hold fewer than the "
+                         f"{total} non-zeros")
     cdef floating[::1] data = data_arr
     cdef int32_t[::1] ind = ind_arr
     n_threads = max(1, n_threads)

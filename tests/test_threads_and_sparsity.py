@@ -699,3 +699,80 @@ def test_step_in_the_gradient_pass_changes_no_weight_bit(kind, params):
         np.testing.assert_array_equal(u, v)
     np.testing.assert_allclose(fused.loss_curve_, plain.loss_curve_, rtol=1e-12)
 
+
+
+@pytest.mark.parametrize("params", [
+    dict(solver="sgd", batch_size=50, momentum=0.9),             # mini-batches
+    dict(solver="sgd", batch_size=1, learning_rate_init=0.01),   # online: copy deferred
+    dict(solver="adam", batch_size=160),                         # full batch, kept blocks
+])
+def test_csr_copy_memory_is_lent_to_the_next_fit(monkeypatch, params):
+    # The memory of a dense X's CSR copy goes to the next fit: poisoned with
+    # NaN bytes in between, the next fit must still equal the first, bit for
+    # bit, and give the same memory back.
+    memory = _mlp._CsrMemory(keep_bytes=2**30)
+    monkeypatch.setattr(_mlp, "_CSR_MEMORY", memory)
+    X, y = _sparse_dense_data(n=160, n_features=30, seed=4)
+    common = dict(hidden_layer_sizes=(12, 7), max_iter=4, random_state=0, tol=0.0,
+                  n_threads=2, **params)
+    first = _fit(MLPClassifier, X, y, **common)
+    held = memory._held
+    assert held is not None and held[0].shape[0] >= np.count_nonzero(X)
+    for a in held:
+        a.view(np.uint8)[:] = 0xFF
+    second = _fit(MLPClassifier, X, y, **common)
+    assert memory._held is held
+    for u, v in zip(first.coefs_ + first.intercepts_, second.coefs_ + second.intercepts_):
+        np.testing.assert_array_equal(u, v)
+    assert first.loss_curve_ == second.loss_curve_
+    # Larger data: the held memory is too small and new memory replaces it.
+    X2, y2 = _sparse_dense_data(n=400, n_features=30, seed=5)
+    _fit(MLPClassifier, X2, y2, **common)
+    assert memory._held is not held and memory._held[0].shape[0] >= np.count_nonzero(X2)
+    # Over the limit nothing is kept.
+    memory.keep_bytes = 0
+    memory._held = None
+    _fit(MLPClassifier, X, y, **common)
+    assert memory._held is None and memory.held_bytes() == 0
+
+
+def test_concurrent_fits_do_not_share_csr_memory(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(_mlp, "_CSR_MEMORY", _mlp._CsrMemory(keep_bytes=2**30))
+    X, y = _sparse_dense_data(n=300, n_features=40, seed=6)
+    configs = [dict(hidden_layer_sizes=(16,), solver="adam", batch_size=20),
+               dict(hidden_layer_sizes=(9, 5), solver="sgd", batch_size=40)]
+    alone = [_fit(MLPClassifier, X, y, max_iter=4, random_state=1, tol=0.0,
+                  n_threads=1, **c) for c in configs]
+    results = [[None] * 4 for _ in configs]
+
+    def work(i):
+        for r in range(4):
+            results[i][r] = _fit(MLPClassifier, X, y, max_iter=4, random_state=1,
+                                 tol=0.0, n_threads=1, **configs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for ref, runs in zip(alone, results):
+        for est in runs:
+            for u, v in zip(ref.coefs_, est.coefs_):
+                np.testing.assert_array_equal(u, v)
+
+
+def test_dense_to_csr_into_given_arrays():
+    X, _ = _sparse_dense_data(n=50, n_features=20, seed=7)
+    counts = _kernels.row_nonzeros(X, 2)
+    nnz = int(counts.sum())
+    ref = _kernels.dense_to_csr(X, counts, 2)
+    data_out = np.full(nnz + 5, np.nan)
+    ind_out = np.full(nnz + 5, -1, dtype=np.int32)
+    data, ind, ptr = _kernels.dense_to_csr(X, counts, 2, data_out, ind_out)
+    assert np.shares_memory(data, data_out) and np.shares_memory(ind, ind_out)
+    for u, v in zip((data, ind, ptr), ref):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(ValueError, match="fewer than"):
+        _kernels.dense_to_csr(X, counts, 2, data_out[:nnz - 1], ind_out)
