@@ -86,9 +86,10 @@ class _CsrMemory:
     MB each: filling the copy of 8,000 MNIST rows (two 4.7 MB arrays) took
     3-12 ms a fit in fresh memory against 1-2 ms in reused memory.  Fits in
     a loop (a grid search, cross-validation, warm restarts) reuse it: adam
-    784-512-256-10, 2-epoch fits on two threads, 1.048-1.049x (paired
+    784-512-256-10, 2-epoch fits on two threads, 1.028x and 1.043x (paired
     medians of 80 rounds).  At most ``keep_bytes`` stay between fits; a
-    concurrent fit allocates its own.
+    concurrent fit allocates its own.  Fits by lbfgs and rprop take the
+    held memory without giving it back (their objective owns the copy).
     """
 
     def __init__(self, keep_bytes):
