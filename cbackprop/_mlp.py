@@ -88,8 +88,10 @@ class _CsrMemory:
     a loop (a grid search, cross-validation, warm restarts) reuse it: adam
     784-512-256-10, 2-epoch fits on two threads, 1.028x and 1.043x (paired
     medians of 80 rounds).  At most ``keep_bytes`` stay between fits; a
-    concurrent fit allocates its own.  Fits by lbfgs and rprop take the
-    held memory without giving it back (their objective owns the copy).
+    concurrent fit allocates its own.  Only workspaces that give the memory
+    back borrow it (the stochastic solvers' training workspace); the
+    full-batch objectives of lbfgs, rprop, gtol and validation_data keep
+    their copies for as long as their closures live and allocate their own.
     """
 
     def __init__(self, keep_bytes):
@@ -298,9 +300,11 @@ class _Workspace:
     ``spec`` is the network description of :meth:`_BaseMLP._net_spec`.
     """
 
-    def __init__(self, X, dtype, spec, cap, n_threads, online=False, full_pass=False):
-        # Memory of a CSR copy of X, lent by _CSR_MEMORY (see release).
-        self._csr_memory = []
+    def __init__(self, X, dtype, spec, cap, n_threads, online=False, full_pass=False,
+                 borrow=False):
+        # borrow: a CSR copy of X goes to memory lent by _CSR_MEMORY, which
+        # the owner gives back with release() when the fit ends.
+        self._csr_memory = [] if borrow else None
         self.data, self.ind, self.ptr, self.skip_zeros, row_nnz = _kernel_input(
             X, dtype, "online" if online else "batch", n_threads, defer=online,
             csr_memory=self._csr_memory)
@@ -400,12 +404,12 @@ class _Workspace:
             self.data, self.ind, self.ptr, self.skip_zeros = data, ind, ptr, False
 
     def release(self):
-        """At the end of a fit: give the CSR copy's memory back for the next
+        """At the end of a fit: give borrowed CSR memory back for the next
         one.  The workspace's input arrays are unusable afterwards."""
         self.data = self.ind = self.ptr = None
-        for pair in self._csr_memory:
+        for pair in self._csr_memory or ():
             _CSR_MEMORY.give(pair)
-        self._csr_memory.clear()
+        self._csr_memory = None
 
     @staticmethod
     def _grad_blocks(spec):
@@ -1463,7 +1467,8 @@ class _BaseMLP(BaseEstimator):
         # the first layer's by-feature copies can be kept between epochs).
         full_pass = batch_size >= n_samples
         ws = _Workspace(X_train, dtype, spec, min(batch_size, _kernels.SUPER_BLOCK_ROWS),
-                        self._n_threads(), online=batch_size == 1, full_pass=full_pass)
+                        self._n_threads(), online=batch_size == 1, full_pass=full_pass,
+                        borrow=True)
         Y = np.ascontiguousarray(y_train, dtype=dtype)
         has_sw = sw_train is not None
         sw = np.ascontiguousarray(sw_train, dtype=dtype) if has_sw \

@@ -700,7 +700,6 @@ def test_step_in_the_gradient_pass_changes_no_weight_bit(kind, params):
     np.testing.assert_allclose(fused.loss_curve_, plain.loss_curve_, rtol=1e-12)
 
 
-
 @pytest.mark.parametrize("params", [
     dict(solver="sgd", batch_size=50, momentum=0.9),             # mini-batches
     dict(solver="sgd", batch_size=1, learning_rate_init=0.01),   # online: copy deferred
@@ -734,6 +733,26 @@ def test_csr_copy_memory_is_lent_to_the_next_fit(monkeypatch, params):
     memory._held = None
     _fit(MLPClassifier, X, y, **common)
     assert memory._held is None and memory.held_bytes() == 0
+
+
+def test_full_batch_objectives_do_not_drain_the_lent_csr_memory(monkeypatch):
+    # validation_data's loss (built before the training workspace) and
+    # lbfgs make their own CSR copies: the training fit still gets the held
+    # memory back, and lbfgs leaves it held.
+    memory = _mlp._CsrMemory(keep_bytes=2**30)
+    monkeypatch.setattr(_mlp, "_CSR_MEMORY", memory)
+    X, y = _sparse_dense_data(n=160, n_features=30, seed=4)
+    common = dict(hidden_layer_sizes=(12,), max_iter=3, random_state=0, tol=0.0)
+    _fit(MLPClassifier, X, y, solver="adam", batch_size=40, **common)
+    held = memory._held
+    assert held is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPClassifier(solver="adam", batch_size=40, **common).fit(
+            X, y, validation_data=(X[:60], y[:60]))
+    assert memory._held is held
+    _fit(MLPClassifier, X, y, solver="lbfgs", **common)
+    assert memory._held is held
 
 
 def test_concurrent_fits_do_not_share_csr_memory(monkeypatch):
