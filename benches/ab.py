@@ -46,6 +46,8 @@ def _worker(args):
     else:
         X, y = load_mnist10k(dtype=np.dtype(args.dtype))
         X, y = X[:8000], y[:8000]
+        if args.data == "mnist-dense":
+            X = X + X.dtype.type(0.01)
         params = dict(hidden_layer_sizes=tuple(int(h) for h in args.hidden.split(",")),
                       solver=args.solver, batch_size=args.batch_size,
                       max_iter=args.epochs, tol=0.0, n_iter_no_change=10**9,
@@ -65,9 +67,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("old", help="source tree of the old build")
     ap.add_argument("new", help="source tree of the new build")
-    ap.add_argument("--data", default="mnist", choices=["mnist", "digits"],
+    ap.add_argument("--data", default="mnist", choices=["mnist", "mnist-dense", "digits"],
                     help="digits: scikit-learn's defaults on load_digits (the "
-                         "options below but --threads are ignored)")
+                         "options below but --threads are ignored); mnist-dense: "
+                         "MNIST with 0.01 added to every pixel, so that no input "
+                         "is zero and the first layer runs on BLAS")
     ap.add_argument("--hidden", default="100")
     ap.add_argument("--batch-size", type=int, default=200)
     ap.add_argument("--solver", default="sgd", choices=["adam", "sgd"])
