@@ -22,7 +22,8 @@ gradients in blocks of ``GRAD_BLOCK`` input units (narrow layers also cut by
 output columns, from the shapes alone) or, for small networks on dense
 mini-batches, chunk by chunk (see _chunk_grad), updates in blocks of at most
 ``UPDATE_BLOCK`` parameters (finer for small networks, from the shapes
-alone).  Each piece is computed by one thread in a fixed order and
+alone); a wide single hidden layer on dense mini-batches in blocks of its
+units (see split_bounds and _split_batch).  Each piece is computed by one thread in a fixed order and
 reductions over pieces run in index order, so the fitted weights are
 bitwise the same for any thread count.
 
@@ -45,7 +46,7 @@ loss.
 Every entry point returns an integer status; Python turns it into an exception.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, parallel
 from libc.math cimport sqrt, pow, isfinite
 from libc.stdint cimport int32_t, INT32_MAX, uint32_t, uint64_t
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -54,6 +55,13 @@ from libc.string cimport memset, memcpy
 from cbackprop._blas cimport mm_rowmajor, NoTrans, Trans
 
 import numpy as np
+
+cdef extern from "cbp_omp.h" nogil:
+    int omp_get_thread_num()
+    int omp_get_num_threads()
+    double omp_get_wtime()
+    void cbp_barrier()
+
 
 cdef extern from "cbp_math.h" nogil:
     void cbp_hidden_forward_d(int code, double param, double* z, Py_ssize_t n)
@@ -265,6 +273,18 @@ def _set_fused_step(bint on):
     global FUSE_STEP
     old = FUSE_STEP
     FUSE_STEP = on
+    return old
+
+
+cdef bint UNIT_SPLIT = True
+
+
+def _set_unit_split(bint on):
+    """Turn unit-split batches (see _split_batch) on or off; returns the old
+    setting."""
+    global UNIT_SPLIT
+    old = UNIT_SPLIT
+    UNIT_SPLIT = on
     return old
 
 
@@ -1428,6 +1448,361 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
 
 
 # ---------------------------------------------------------------------------
+# Unit-split mini-batches: one hidden layer, its units cut into blocks.
+# ---------------------------------------------------------------------------
+
+# Hidden units a block aims at.  Every block's products read the whole
+# batch of inputs again, so blocks must be wide: with 784 inputs (dense
+# MNIST, batch 200) blocks of about 50 units made one-hidden-layer fits of
+# 256 units 0.84x as fast as without blocks, of 128 units 1.12-1.24x, of 256
+# units (on 512) 1.20-1.38x; see split_bounds.
+cdef Py_ssize_t SPLIT_UNITS = 256
+# Most blocks, and the widest output layer (each block's partial output
+# pre-activations are summed row by row).
+cdef Py_ssize_t SPLIT_MAX_BLOCKS = 8
+cdef Py_ssize_t SPLIT_MAX_OUT = 32
+# Each block's private region starts on a new page: a core's prefetchers
+# read ahead into the next lines and would take them from the core that
+# writes them.
+cdef Py_ssize_t SPLIT_ALIGN = 4096
+
+
+def split_bounds(Py_ssize_t n_hidden, Py_ssize_t itemsize):
+    """Bounds of the hidden-unit blocks of a unit-split network (see
+    :func:`_split_batch`): ``n_blocks + 1`` increasing unit indices from 0
+    to ``n_hidden``, or an empty array for no blocks.
+
+    ``n_hidden // SPLIT_UNITS`` blocks (at most ``SPLIT_MAX_BLOCKS``), and
+    two from 256 units in float32 (paired fits on dense MNIST, 784-256-10,
+    two threads: 1.15-1.38x as fast) but only from 512 in float64 (256
+    units: 0.88-0.99x).  A function of the shapes alone, never of the
+    thread count.
+    """
+    cdef Py_ssize_t n_blocks = min(n_hidden // SPLIT_UNITS, SPLIT_MAX_BLOCKS), p
+    if n_hidden >= SPLIT_UNITS * (1 if itemsize <= 4 else 2):
+        n_blocks = max(n_blocks, 2)
+    if n_blocks < 2:
+        return np.empty(0, dtype=np.intp)
+    bounds = np.empty(n_blocks + 1, dtype=np.intp)
+    for p in range(n_blocks + 1):
+        bounds[p] = n_hidden * p // n_blocks
+    return bounds
+
+
+cdef inline Py_ssize_t _round_up(Py_ssize_t n, Py_ssize_t to) noexcept nogil:
+    return (n + to - 1) // to * to
+
+
+cdef struct SplitBlock:
+    # Offsets (elements) of one block's private region; ``ld`` is its
+    # padded width.  The parameter packs (weights, the two optimiser states
+    # and the gradient) each hold, ``pack`` apart: the block's columns of
+    # W0 (n_in x ld), its part of b0 (ld), its rows of W1 (bw x n_out,
+    # padded) and the output bias (block 0 only; room in every block).
+    Py_ssize_t ld
+    Py_ssize_t w           # first pack (weights); then s1, s2, grad
+    Py_ssize_t act         # cap x ld activations
+    Py_ssize_t dlt         # cap x ld deltas
+    Py_ssize_t part        # cap x n_out share of the output pre-activations
+    Py_ssize_t wt          # n_out x ld: its rows of W1, transposed
+    Py_ssize_t size        # elements of the whole region
+
+
+cdef struct Split:
+    Py_ssize_t n_blocks
+    const Py_ssize_t* bounds    # n_blocks + 1 hidden-unit bounds
+    void* base                  # floating*: the page-aligned block regions
+    SplitBlock blk[8]           # SPLIT_MAX_BLOCKS
+    Py_ssize_t pack             # elements between two packs of a block
+    Py_ssize_t o_b0, o_w1, o_b1  # offsets of the parts within a pack
+    double* closs               # per row chunk: weighted loss, a line apart
+    double* pen                 # per block: penalty before the step, a line apart
+
+
+cdef Py_ssize_t _split_plan(Split* sp, const Py_ssize_t* bounds, Py_ssize_t n_blocks,
+                            Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t cap,
+                            Py_ssize_t itemsize) noexcept nogil:
+    """Lay out the block regions; returns the elements they take in all
+    (without the slack for aligning the base)."""
+    cdef Py_ssize_t per = LINE_BYTES // itemsize, page = SPLIT_ALIGN // itemsize
+    cdef Py_ssize_t p, ld, off = 0, wmax = 0
+    sp.n_blocks = n_blocks
+    sp.bounds = bounds
+    for p in range(n_blocks):
+        wmax = max(wmax, bounds[p + 1] - bounds[p])
+    # One pack size for every block (the widest's), so the offsets within a
+    # pack are shared.
+    ld = _round_up(wmax, per)
+    sp.o_b0 = n_in * ld
+    sp.o_w1 = sp.o_b0 + ld
+    sp.o_b1 = sp.o_w1 + _round_up(wmax * n_out, per)
+    sp.pack = sp.o_b1 + _round_up(n_out, per)
+    for p in range(n_blocks):
+        sp.blk[p].ld = ld
+        sp.blk[p].w = off
+        sp.blk[p].act = off + 4 * sp.pack
+        sp.blk[p].dlt = sp.blk[p].act + cap * ld
+        sp.blk[p].part = sp.blk[p].dlt + cap * ld
+        sp.blk[p].wt = sp.blk[p].part + _round_up(cap * n_out, per)
+        sp.blk[p].size = _round_up(sp.blk[p].wt + n_out * ld - off, page)
+        off += sp.blk[p].size
+    return off
+
+
+def split_scratch_size(const Py_ssize_t[::1] bounds, Py_ssize_t n_in, Py_ssize_t n_out,
+                       Py_ssize_t cap, Py_ssize_t itemsize):
+    """Elements of the zeroed scratch a unit-split network needs for
+    batches of at most ``cap`` rows (0 without blocks): every block's
+    private copy of its parameters, optimiser state and gradient, its
+    activations and deltas, and its share of the output pre-activations."""
+    cdef Split sp
+    if bounds.shape[0] < 3:
+        return 0
+    return _split_plan(&sp, &bounds[0], bounds.shape[0] - 1, n_in, n_out, cap,
+                       itemsize) + SPLIT_ALIGN // itemsize
+
+
+cdef void _split_move(const Net* net, const Split* sp, floating* params, floating* s1,
+                      floating* s2, bint to_blocks) noexcept nogil:
+    """Copy the parameters and both optimiser states into the blocks'
+    packs (``to_blocks``) or back; with ``to_blocks`` also fill each
+    block's transposed copy of its rows of W1."""
+    cdef Py_ssize_t n_in = net.units[0], H = net.units[1], n_out = net.units[2]
+    cdef Py_ssize_t p, k, i, j, h0, bw, ld
+    cdef floating* flat
+    cdef floating* pk
+    cdef floating* wt
+    for p in range(sp.n_blocks):
+        h0 = sp.bounds[p]
+        bw = sp.bounds[p + 1] - h0
+        ld = sp.blk[p].ld
+        for k in range(3):
+            flat = params if k == 0 else (s1 if k == 1 else s2)
+            pk = (<floating*>sp.base) + sp.blk[p].w + k * sp.pack
+            for i in range(n_in):
+                if to_blocks:
+                    memcpy(pk + i * ld, flat + net.coef_off[0] + i * H + h0,
+                           bw * sizeof(floating))
+                else:
+                    memcpy(flat + net.coef_off[0] + i * H + h0, pk + i * ld,
+                           bw * sizeof(floating))
+            if to_blocks:
+                memcpy(pk + sp.o_b0, flat + net.icpt_off[0] + h0, bw * sizeof(floating))
+                memcpy(pk + sp.o_w1, flat + net.coef_off[1] + h0 * n_out,
+                       bw * n_out * sizeof(floating))
+                if p == 0:
+                    memcpy(pk + sp.o_b1, flat + net.icpt_off[1],
+                           n_out * sizeof(floating))
+            else:
+                memcpy(flat + net.icpt_off[0] + h0, pk + sp.o_b0, bw * sizeof(floating))
+                memcpy(flat + net.coef_off[1] + h0 * n_out, pk + sp.o_w1,
+                       bw * n_out * sizeof(floating))
+                if p == 0:
+                    memcpy(flat + net.icpt_off[1], pk + sp.o_b1,
+                           n_out * sizeof(floating))
+        if to_blocks:
+            pk = (<floating*>sp.base) + sp.blk[p].w
+            wt = (<floating*>sp.base) + sp.blk[p].wt
+            for i in range(bw):
+                for j in range(n_out):
+                    wt[j * ld + i] = pk[sp.o_w1 + i * n_out + j]
+
+
+cdef inline void _split_gather(const Source* src, const Py_ssize_t* rows,
+                               Py_ssize_t nb, floating* xbuf) noexcept nogil:
+    cdef Py_ssize_t r, nf = src.n_features
+    for r in range(nb):
+        memcpy(xbuf + r * nf, (<const floating*>src.x) + rows[r] * nf,
+               nf * sizeof(floating))
+
+
+cdef void _split_forward(const Net* net, const Split* sp, Py_ssize_t p,
+                         const floating* xin, Py_ssize_t nb) noexcept nogil:
+    """Block ``p``: its hidden activations ``f(x W0[:, h0:h1] + b0[h0:h1])``
+    and its share ``a[:, h0:h1] W1[h0:h1, :]`` of the output
+    pre-activations."""
+    cdef Py_ssize_t nf = net.units[0], n_out = net.units[2], r
+    cdef Py_ssize_t bw = sp.bounds[p + 1] - sp.bounds[p], ld = sp.blk[p].ld
+    cdef floating* base = <floating*>sp.base
+    cdef const floating* w = base + sp.blk[p].w
+    cdef floating* a = base + sp.blk[p].act
+    mm_rowmajor(NoTrans, NoTrans, <int>nb, <int>bw, <int>nf, <floating>1, xin,
+                <int>nf, w, <int>ld, <floating>0, a, <int>ld)
+    for r in range(nb):
+        _axpy(bw, <floating>1, w + sp.o_b0, a + r * ld)
+        _hidden_forward(net, 1, a + r * ld, bw)
+    mm_rowmajor(NoTrans, NoTrans, <int>nb, <int>n_out, <int>bw, <floating>1, a,
+                <int>ld, w + sp.o_w1, <int>n_out, <floating>0, base + sp.blk[p].part,
+                <int>n_out)
+
+
+cdef void _split_output(const Net* net, const Split* sp, Py_ssize_t q,
+                        const Py_ssize_t* rows, Py_ssize_t nb, const floating* Y,
+                        const floating* sw, floating* out, floating* d) noexcept nogil:
+    """Row chunk ``q`` of ``n_blocks``: output pre-activations (the bias,
+    then the blocks' shares in block order), outputs, weighted loss (to
+    ``closs``) and output deltas."""
+    cdef Py_ssize_t n_out = net.units[2], P = sp.n_blocks, r, j, p
+    cdef Py_ssize_t r0 = nb * q // P, r1 = nb * (q + 1) // P
+    cdef const floating* base = <const floating*>sp.base
+    cdef const floating* b1 = base + sp.blk[0].w + sp.o_b1
+    cdef const floating* yrow
+    cdef floating w
+    cdef double loss = 0.0
+    if r1 <= r0:
+        sp.closs[LINE_BYTES // sizeof(double) * q] = 0.0
+        return
+    for r in range(r0, r1):
+        memcpy(out + r * n_out, b1, n_out * sizeof(floating))
+        for p in range(P):
+            _axpy(n_out, <floating>1, base + sp.blk[p].part + r * n_out,
+                  out + r * n_out)
+    _output_forward(net.out_act, out + r0 * n_out, r1 - r0, n_out)
+    for r in range(r0, r1):
+        yrow = Y + rows[r] * n_out
+        w = sw[rows[r]] if sw != NULL else <floating>1
+        loss += (<double>w) * _row_loss(net, out + r * n_out, yrow, n_out)
+        _output_delta(net, out + r * n_out, yrow, d + r * n_out, n_out)
+        if sw != NULL:
+            for j in range(n_out):
+                d[r * n_out + j] *= w
+    sp.closs[LINE_BYTES // sizeof(double) * q] = loss
+
+
+cdef void _split_backward(const Net* net, const Split* sp, Py_ssize_t p, Optim* o,
+                          const floating* xin, Py_ssize_t nb, const floating* d2,
+                          double sw_sum, double lr_t) noexcept nogil:
+    """Block ``p``: its hidden deltas, the gradient of every parameter it
+    owns (``W0[:, h0:h1]``, ``b0[h0:h1]``, ``W1[h0:h1, :]``, and block 0 the
+    output bias) and their optimiser step, in its packs; ``pen`` gets
+    their weight penalty before the step."""
+    cdef Py_ssize_t nf = net.units[0], n_out = net.units[2], r, i, j
+    cdef Py_ssize_t bw = sp.bounds[p + 1] - sp.bounds[p], ld = sp.blk[p].ld
+    cdef floating* base = <floating*>sp.base
+    cdef floating* w = base + sp.blk[p].w
+    cdef floating* m1 = w + sp.pack
+    cdef floating* m2 = w + 2 * sp.pack
+    cdef floating* g = w + 3 * sp.pack
+    cdef const floating* a = base + sp.blk[p].act
+    cdef floating* dl = base + sp.blk[p].dlt
+    cdef floating* wt = base + sp.blk[p].wt
+    cdef double pen = 0.0
+    mm_rowmajor(NoTrans, NoTrans, <int>nb, <int>bw, <int>n_out, <floating>1, d2,
+                <int>n_out, wt, <int>ld, <floating>0, dl, <int>ld)
+    for r in range(nb):
+        _hidden_backward(net, 1, a + r * ld, dl + r * ld, bw)
+    mm_rowmajor(Trans, NoTrans, <int>nf, <int>bw, <int>nb, <floating>1, xin, <int>nf,
+                dl, <int>ld, <floating>0, g, <int>ld)
+    _bias_grad(bw, dl, ld, nb, g + sp.o_b0, False)
+    mm_rowmajor(Trans, NoTrans, <int>bw, <int>n_out, <int>nb, <floating>1, a, <int>ld,
+                d2, <int>n_out, <floating>0, g + sp.o_w1, <int>n_out)
+    if p == 0:
+        _bias_grad(n_out, d2, n_out, nb, g + sp.o_b1, False)
+    # The packs' padding holds zeros in all four arrays, which every
+    # optimiser leaves at zero; stepping it keeps the calls few.
+    pen += _step_range(net, o, 0, nf * ld, 0, True, w, m1, m2, g, 1.0, sw_sum, lr_t,
+                       False)
+    pen += _step_range(net, o, sp.o_b0, sp.o_b0 + bw, 0, False, w, m1, m2, g, 1.0,
+                       sw_sum, lr_t, False)
+    pen += _step_range(net, o, sp.o_w1, sp.o_w1 + bw * n_out, 1, True, w, m1, m2, g,
+                       1.0, sw_sum, lr_t, False)
+    if p == 0:
+        pen += _step_range(net, o, sp.o_b1, sp.o_b1 + n_out, 1, False, w, m1, m2, g,
+                           1.0, sw_sum, lr_t, False)
+    for i in range(bw):
+        for j in range(n_out):
+            wt[j * ld + i] = w[sp.o_w1 + i * n_out + j]
+    sp.pen[LINE_BYTES // sizeof(double) * p] = pen
+
+
+cdef void _split_batch(const Net* net, const Split* sp, Optim* o, const Source* src,
+                       const Py_ssize_t* rows, Py_ssize_t nb, const floating* Y,
+                       const floating* sw, floating* acts, floating* deltas,
+                       floating* xbuf, Py_ssize_t cap, int n_threads,
+                       double* loss_sum, double* sw_sum, double* pen) noexcept nogil:
+    """One mini-batch of a network with one hidden layer whose units are cut
+    into ``sp.n_blocks`` blocks (dense input, no dropout, no clipping): loss,
+    gradient and optimiser step, on the blocks' packs (see _split_move).
+
+    Each block owns its columns of the first layer and its rows of the
+    second: its activations, deltas, gradient and step need no other
+    block's, so a thread keeps the same parameters in its cache batch after
+    batch, and the threads meet only twice a batch: when every block's
+    share of the output pre-activations is made, and when the output deltas
+    are (and, for scattered rows, once they are gathered).  Nothing is
+    reduced over rows in pieces, so the sums do not depend on the thread
+    count.
+    ``loss_sum`` and ``sw_sum`` get the weighted loss and the batch's
+    weight; with no weight nothing is computed or stepped, and ``pen`` gets
+    the weight penalty before the step.
+    """
+    cdef Py_ssize_t P = sp.n_blocks, r, q, p, nf = src.n_features
+    cdef Py_ssize_t stride = LINE_BYTES // sizeof(double)
+    cdef const floating* X = <const floating*>src.x
+    cdef const floating* xin
+    cdef floating* out = acts + cap * net.stride[1]
+    cdef floating* d2 = deltas + cap * net.stride[1]
+    cdef bint consecutive = True
+    cdef double lr_t = 0.0, ws = 0.0
+    cdef int t, nt
+    if sw != NULL:
+        for r in range(nb):
+            ws += <double>sw[rows[r]]
+    else:
+        ws = <double>nb
+    sw_sum[0] = ws
+    loss_sum[0] = 0.0
+    pen[0] = 0.0
+    if not ws > 0:
+        return
+    for r in range(1, nb):
+        if rows[r] != rows[0] + r:
+            consecutive = False
+            break
+    xin = X + rows[0] * nf if consecutive else xbuf
+    if o.kind == OPT_ADAM:
+        lr_t = _adam_rate(o)
+    if n_threads > P:
+        n_threads = <int>P
+    if n_threads <= 1:
+        if not consecutive:
+            _split_gather(src, rows, nb, xbuf)
+        for p in range(P):
+            _split_forward(net, sp, p, xin, nb)
+        for q in range(P):
+            _split_output(net, sp, q, rows, nb, Y, sw, out, d2)
+        for p in range(P):
+            _split_backward(net, sp, p, o, xin, nb, d2, ws, lr_t)
+    else:
+        with parallel(num_threads=n_threads):
+            t = omp_get_thread_num()
+            nt = omp_get_num_threads()
+            if not consecutive:
+                # Each thread gathers a share of the rows.
+                r = nb * t // nt
+                _split_gather(src, rows + r, nb * (t + 1) // nt - r, xbuf + r * nf)
+                cbp_barrier()
+            p = t
+            while p < P:
+                _split_forward(net, sp, p, xin, nb)
+                p = p + nt
+            cbp_barrier()
+            q = t
+            while q < P:
+                _split_output(net, sp, q, rows, nb, Y, sw, out, d2)
+                q = q + nt
+            cbp_barrier()
+            p = t
+            while p < P:
+                _split_backward(net, sp, p, o, xin, nb, d2, ws, lr_t)
+                p = p + nt
+    for q in range(P):
+        loss_sum[0] += sp.closs[stride * q]
+    for p in range(P):
+        pen[0] += sp.pen[stride * p]
+
+
+# ---------------------------------------------------------------------------
 # Online mode: one sample at a time, updated in place, no gradient buffer.
 # ---------------------------------------------------------------------------
 
@@ -2133,7 +2508,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               double[::1] tuner=None, floating[::1] w0=None, floating[::1] wt=None,
               floating[::1] pgrad=None, Py_ssize_t n_epochs=1, object bitgen=None,
               object bitgen_lock=None, bint permute=True, double[::1] rule=None,
-              double[::1] losses=None, floating[::1] snapshot=None):
+              double[::1] losses=None, floating[::1] snapshot=None,
+              const Py_ssize_t[::1] hsplit=None, floating[::1] hscratch=None):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
     Returns ``(status, data_loss_sum, penalty_sum, n_done, epochs_done)``:
@@ -2152,7 +2528,12 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     room for the aligned first-layer copy of :func:`w0_copy_size`; ``wt``:
     for the transposed copies of :func:`wt_copy_size`; ``pgrad``
     (mini-batches of dense input): for the chunk-local gradients of
-    :func:`chunk_grad_size`, used when given.
+    :func:`chunk_grad_size`, used when given.  ``hsplit`` (bounds from
+    :func:`split_bounds`) and ``hscratch`` (:func:`split_scratch_size`
+    elements): run the batches of a one-hidden-layer network unit-split
+    (see :func:`_split_batch`) when nothing rules it out (sparse input,
+    dropout, maxout, clipping, a wide output layer, batches of several
+    passes); that choice never depends on the thread count.
 
     Several epochs in one call (mini-batches only): ``rule`` (``RULE_SIZE``
     values, see ``RULE_*``) holds the stopping rule's state; each epoch
@@ -2192,6 +2573,9 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef const double[:, ::1] prefix
     cdef floating[::1] nzv
     cdef floating[::1] xdense
+    cdef Split sp
+    cdef double split_work[2 * 8 * 8]  # 2 x SPLIT_MAX_BLOCKS lines
+    cdef bint split = False
 
     _make_net(&net, spec, params.shape[0], True, step0)
     _make_source(&src, X, n_features, indices, indptr, params)
@@ -2274,6 +2658,23 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         fz.pen = &dwork[2 * cap + 2 * n_ublocks]
         use_fuse = FUSE_STEP and o.clip <= 0 and \
             dwork.shape[0] >= 2 * cap + 2 * n_ublocks + n_gblocks + net.n_layers
+        # Every batch must fit one pass: the blocks hold the weights for
+        # the whole call.
+        if UNIT_SPLIT and hsplit is not None and hscratch is not None \
+                and hsplit.shape[0] >= 3 and min(batch_size, n) <= cap \
+                and hsplit.shape[0] <= SPLIT_MAX_BLOCKS + 1 and net.n_layers == 2 \
+                and not src.csr and net.drop <= 0 and net.act[1] != ACT_MAXOUT \
+                and o.clip <= 0 and net.units[2] <= SPLIT_MAX_OUT \
+                and hsplit[0] == 0 and hsplit[hsplit.shape[0] - 1] == net.units[1] \
+                and hscratch.shape[0] >= split_scratch_size(
+                    hsplit, net.units[0], net.units[2], cap, sizeof(floating)):
+            split = True
+            _split_plan(&sp, &hsplit[0], hsplit.shape[0] - 1, net.units[0],
+                        net.units[2], cap, sizeof(floating))
+            k = <Py_ssize_t>(<size_t>&hscratch[0] % <size_t>SPLIT_ALIGN)
+            sp.base = (<char*>&hscratch[0]) + (SPLIT_ALIGN - k) % SPLIT_ALIGN
+            sp.closs = &split_work[0]
+            sp.pen = &split_work[SPLIT_MAX_BLOCKS * LINE_BYTES // sizeof(double)]
         if rule is not None:
             if rule.shape[0] < RULE_SIZE or losses is None \
                     or losses.shape[0] < n_epochs or snapshot is None \
@@ -2289,6 +2690,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         elif n_epochs != 1:
             raise ValueError("several epochs need the stopping rule's state")
         with nogil:
+            if split:
+                _split_move(&net, &sp, &params[0], &state1[0], &state2[0], True)
             for epoch in range(n_epochs):
                 if rp != NULL:
                     if bg != NULL and n_ep > 0:
@@ -2313,37 +2716,48 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                     if tp != NULL:
                         use = _tuned_threads(tp, threads)
                         t0 = omp_get_wtime()
-                    fz.done = False
-                    fz.pending = 0
-                    status = _accumulate(&net, &params[0], &src, &sb, &order[start], nb,
-                                         start, Yp, swp, &acts[0], &deltas[0], &gates[0],
-                                         &xbuf[0], cap, &grad[0], &dwork[0], &dwork[cap],
-                                         &gblocks[0], n_gblocks, True, use, &loss_sum,
-                                         &sw_sum, True,
-                                         &order[start + nb] if start + nb < n else NULL,
-                                         min(batch_size, n - start - nb),
-                                         &fz if use_fuse else NULL)
-                    if status != STATUS_OK:
-                        break
-                    if fz.done:
-                        # Stepped in the gradient pass: its penalties, task order.
-                        pen = 0.0
-                        for k in range(n_gblocks + net.n_layers):
-                            pen += fz.pen[k]
-                        dl = loss_sum / sw_sum
-                        ll = pen / sw_sum
-                    elif sw_sum > 0:
-                        pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
-                                          &grad[0], sw_sum, &ublocks[0], n_ublocks,
-                                          &dwork[2 * cap], min(step_threads, use),
-                                          fz.pending)
-                        dl = loss_sum / sw_sum
-                        ll = pen / sw_sum
+                    if split:
+                        _split_batch(&net, &sp, &o, &src, &order[start], nb, Yp, swp,
+                                     &acts[0], &deltas[0], &xbuf[0], cap, use,
+                                     &loss_sum, &sw_sum, &pen)
+                        if sw_sum > 0:
+                            dl = loss_sum / sw_sum
+                            ll = pen / sw_sum
+                        else:
+                            dl = 0.0
+                            ll = 0.0
                     else:
-                        # A batch whose weights are all zero carries no information:
-                        # skip it rather than divide by zero.
-                        dl = 0.0
-                        ll = 0.0
+                        fz.done = False
+                        fz.pending = 0
+                        status = _accumulate(&net, &params[0], &src, &sb, &order[start], nb,
+                                             start, Yp, swp, &acts[0], &deltas[0], &gates[0],
+                                             &xbuf[0], cap, &grad[0], &dwork[0], &dwork[cap],
+                                             &gblocks[0], n_gblocks, True, use, &loss_sum,
+                                             &sw_sum, True,
+                                             &order[start + nb] if start + nb < n else NULL,
+                                             min(batch_size, n - start - nb),
+                                             &fz if use_fuse else NULL)
+                        if status != STATUS_OK:
+                            break
+                        if fz.done:
+                            # Stepped in the gradient pass: its penalties, task order.
+                            pen = 0.0
+                            for k in range(n_gblocks + net.n_layers):
+                                pen += fz.pen[k]
+                            dl = loss_sum / sw_sum
+                            ll = pen / sw_sum
+                        elif sw_sum > 0:
+                            pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
+                                              &grad[0], sw_sum, &ublocks[0], n_ublocks,
+                                              &dwork[2 * cap], min(step_threads, use),
+                                              fz.pending)
+                            dl = loss_sum / sw_sum
+                            ll = pen / sw_sum
+                        else:
+                            # A batch whose weights are all zero carries no information:
+                            # skip it rather than divide by zero.
+                            dl = 0.0
+                            ll = 0.0
                     data_sum += dl * nb
                     pen_sum += ll * nb
                     if tp != NULL:
@@ -2357,6 +2771,10 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                     if n_batches % every == 0 and start < n and _interrupted():
                         status = STATUS_INTERRUPTED
                         break
+                if split:
+                    # The epoch's weights where the caller (and the next
+                    # epoch's snapshot) reads them.
+                    _split_move(&net, &sp, &params[0], &state1[0], &state2[0], False)
                 if status != STATUS_OK:
                     break
                 epochs_done = epoch + 1
@@ -2513,11 +2931,6 @@ cdef void _predict_chunk(const Net* net, const floating* params, const Source* s
     # Without dropout the gate buffer is never touched.
     _forward_rows(net, params, src, &sb, nr, xin, acts, acts, cap, 0, 0)
     memcpy(out, acts + _layer_base(net, cap, L), nr * net.units[L] * sizeof(floating))
-
-
-cdef extern from "cbp_omp.h" nogil:
-    int omp_get_thread_num()
-    double omp_get_wtime()
 
 
 cdef inline Py_ssize_t _thread_id() noexcept nogil:

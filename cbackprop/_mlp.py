@@ -369,6 +369,19 @@ class _Workspace:
                 and _kernels.chunk_rows(cap) >= _CHUNK_GRAD_MIN_ROWS:
             n_pg = _kernels.chunk_grad_size(cap, n_params, np.dtype(dtype).itemsize)
         self.pgrad = _aligned_empty(n_pg, dtype)
+        # One wide hidden layer on dense mini-batches: the hidden units'
+        # blocks of the unit-split batches (see _kernels._split_batch; the
+        # kernel still falls back for dropout, maxout and clipping).  Shapes
+        # and dtype only, so the weights do not depend on the thread count.
+        units = spec["units"]
+        self.hsplit = np.empty(0, dtype=np.intp)
+        if dense_blas and not online and len(units) == 3:
+            self.hsplit = _kernels.split_bounds(int(units[1]),
+                                                np.dtype(dtype).itemsize)
+        # Zeros: the blocks' padding is stepped along and must stay zero.
+        self.hscratch = np.zeros(
+            _kernels.split_scratch_size(self.hsplit, int(units[0]), int(units[-1]),
+                                        cap, np.dtype(dtype).itemsize), dtype=dtype)
 
     def _keep_sorted_blocks(self, X, cap, dtype):
         """Full passes (full batch, lbfgs, rprop) over CSR data: keep every
@@ -1515,7 +1528,8 @@ class _BaseMLP(BaseEstimator):
                 ws.gblocks, ws.ublocks, params, opt["state1"], opt["state2"],
                 ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf, ws.iwork, ws.dwork,
                 ws.spi, ws.spv, ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
-                self.t_, ws.n_keep, ws.tuner, ws.w0, ws.wt, ws.pgrad, **multi)
+                self.t_, ws.n_keep, ws.tuner, ws.w0, ws.wt, ws.pgrad,
+                hsplit=ws.hsplit, hscratch=ws.hscratch, **multi)
 
         try:
             self.n_iter_ = 0
