@@ -52,6 +52,28 @@ class FitMiniBatch:
              learning_rate_init=0.01)
 
 
+class FitDense:
+    """One epoch of adam on dense inputs (no zeros: the first layer runs on
+    BLAS), one hidden layer: 512 units train unit-split, 100 in row
+    chunks."""
+
+    params = (["float32", "float64"], [1, 2], [(100,), (512,)])
+    param_names = ["dtype", "n_threads", "hidden"]
+    timeout = 300
+
+    def setup(self, dtype, n_threads, hidden):
+        X, self.y = _mnist_like(8000, np.dtype(dtype))
+        self.X = X + X.dtype.type(0.01)
+
+    def time_fit(self, dtype, n_threads, hidden):
+        _fit(self.X, self.y, hidden_layer_sizes=hidden, solver="adam",
+             batch_size=200, max_iter=1, n_threads=n_threads)
+
+    def peakmem_fit(self, dtype, n_threads, hidden):
+        _fit(self.X, self.y, hidden_layer_sizes=hidden, solver="adam",
+             batch_size=200, max_iter=1, n_threads=n_threads)
+
+
 class FitLbfgs:
     """Full-batch loss and gradient evaluations through L-BFGS."""
 
