@@ -23,9 +23,9 @@ output columns, from the shapes alone) or, for small networks on dense
 mini-batches, chunk by chunk (see _chunk_grad), updates in blocks of at most
 ``UPDATE_BLOCK`` parameters (finer for small networks, from the shapes
 alone); a wide single hidden layer on dense mini-batches in blocks of its
-units (see split_bounds and _split_batch).  Each piece is computed by one thread in a fixed order and
-reductions over pieces run in index order, so the fitted weights are
-bitwise the same for any thread count.
+units (see split_bounds and _split_batch).  Each piece is computed by one
+thread in a fixed order and reductions over pieces run in index order, so
+the fitted weights are bitwise the same for any thread count.
 
 Layer 0 and zeros
 -----------------
