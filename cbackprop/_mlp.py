@@ -371,11 +371,14 @@ class _Workspace:
         self.pgrad = _aligned_empty(n_pg, dtype)
         # One wide hidden layer on dense mini-batches: the hidden units'
         # blocks of the unit-split batches (see _kernels._split_batch; the
-        # kernel still falls back for dropout, maxout and clipping).  Shapes
-        # and dtype only, so the weights do not depend on the thread count.
+        # kernel also falls back for clipping and batches of several
+        # passes).  Shapes and dtype only, so the weights do not depend on
+        # the thread count.
         units = spec["units"]
         self.hsplit = np.empty(0, dtype=np.intp)
-        if dense_blas and not online and len(units) == 3:
+        if dense_blas and not online and len(units) == 3 \
+                and spec["dropout"] == 0 \
+                and spec["act"][1] != HIDDEN_ACTIVATIONS["maxout"]:
             self.hsplit = _kernels.split_bounds(int(units[1]),
                                                 np.dtype(dtype).itemsize)
         # Zeros: the blocks' padding is stepped along and must stay zero.
