@@ -73,6 +73,7 @@ def test_split_bounds_depend_on_the_shape_only():
          alpha=1e-2, sample_weight=True),
     dict(solver="adam", batch_size=64, shuffle=False, activation="tanh"),
     dict(solver="adam", batch_size=300),     # full batch: rows in place
+    dict(solver="sgd", batch_size=50, l1=1e-3, momentum=0.9),
 ])
 def test_unit_split_is_thread_invariant_and_matches_the_unsplit_path(dtype, params):
     params = dict(params)
