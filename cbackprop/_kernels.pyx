@@ -949,6 +949,40 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
             _output_forward(net.out_act, z, nr, m)
 
 
+cdef double _rows_loss_delta(const Net* net, const Py_ssize_t* rows, Py_ssize_t nr,
+                             const floating* Y, const floating* sw, const floating* out,
+                             floating* d, double* sw_out) noexcept nogil:
+    """Weighted loss of ``nr`` output rows ``out`` (targets ``Y`` and
+    weights ``sw`` of samples ``rows``), and with ``d`` (else NULL) their
+    weighted output deltas; ``sw_out`` gets the rows' weight."""
+    cdef Py_ssize_t n_out = net.units[net.n_layers], r, j
+    cdef const floating* yrow
+    cdef floating w
+    cdef double loss = 0.0, wsum = 0.0
+    for r in range(nr):
+        yrow = Y + rows[r] * n_out
+        w = sw[rows[r]] if sw != NULL else <floating>1
+        loss += (<double>w) * _row_loss(net, out + r * n_out, yrow, n_out)
+        wsum += <double>w
+        if d != NULL:
+            _output_delta(net, out + r * n_out, yrow, d + r * n_out, n_out)
+            if sw != NULL:
+                for j in range(n_out):
+                    d[r * n_out + j] *= w
+    sw_out[0] = wsum
+    return loss
+
+
+cdef inline void _gather_rows(const Source* src, const Py_ssize_t* rows,
+                              Py_ssize_t r0, Py_ssize_t r1,
+                              floating* xbuf) noexcept nogil:
+    """Dense rows ``rows[r0:r1]`` of X to rows ``r0:r1`` of ``xbuf``."""
+    cdef Py_ssize_t r, nf = src.n_features
+    for r in range(r0, r1):
+        memcpy(xbuf + r * nf, (<const floating*>src.x) + rows[r] * nf,
+               nf * sizeof(floating))
+
+
 cdef void _chunk_backward(const Net* net, const floating* params, const Source* src,
                           const SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t nr,
                           const floating* xin,
@@ -957,30 +991,15 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
                           Py_ssize_t r0, long long pos, double* loss_out,
                           double* sw_out, bint need_grad) noexcept nogil:
     """Forward pass, loss, and (``need_grad``) every delta of one row chunk."""
-    cdef Py_ssize_t L = net.n_layers, li, r, j, u, m, s, s_next, off
+    cdef Py_ssize_t L = net.n_layers, li, u, m, s, s_next, off
     cdef Py_ssize_t n_out = net.units[L]
-    cdef floating* out
     cdef floating* d
     cdef floating* g
-    cdef const floating* yrow
-    cdef floating w
-    cdef double loss = 0.0, wsum = 0.0
 
     _forward_rows(net, params, src, sb, nr, xin, acts, gates, cap, r0, pos)
-    out = acts + _layer_base(net, cap, L) + r0 * n_out
-    d = deltas + _layer_base(net, cap, L) + r0 * n_out
-    for r in range(nr):
-        yrow = Y + rows[r0 + r] * n_out
-        w = sw[rows[r0 + r]] if sw != NULL else <floating>1
-        loss += (<double>w) * _row_loss(net, out + r * n_out, yrow, n_out)
-        wsum += <double>w
-        if need_grad:
-            _output_delta(net, out + r * n_out, yrow, d + r * n_out, n_out)
-            if sw != NULL:
-                for j in range(n_out):
-                    d[r * n_out + j] *= w
-    loss_out[0] = loss
-    sw_out[0] = wsum
+    loss_out[0] = _rows_loss_delta(
+        net, rows + r0, nr, Y, sw, acts + _layer_base(net, cap, L) + r0 * n_out,
+        deltas + _layer_base(net, cap, L) + r0 * n_out if need_grad else NULL, sw_out)
     if not need_grad:
         return
     for li in range(L - 1, 0, -1):
@@ -1097,12 +1116,9 @@ cdef inline void _chunk_task(const Net* net, const floating* params, const Sourc
     """Chunk ``c`` of a block of ``nb`` rows: gather its dense rows into
     ``xbuf`` (when not NULL; ``xin`` is then that buffer), forward and
     backward pass, and with ``local`` its partial gradient."""
-    cdef Py_ssize_t ch = _chunk_rows(nb), r0 = c * ch, nr = min(ch, nb - r0), r
-    cdef Py_ssize_t nf = src.n_features
+    cdef Py_ssize_t ch = _chunk_rows(nb), r0 = c * ch, nr = min(ch, nb - r0)
     if xbuf != NULL:
-        for r in range(r0, r0 + nr):
-            memcpy(xbuf + r * nf, (<const floating*>src.x) + rows[r] * nf,
-                   nf * sizeof(floating))
+        _gather_rows(src, rows, r0, r0 + nr, xbuf)
     _chunk_backward(net, params, src, sb, rows, nr, xin, Y, sw, acts, deltas,
                     gates, cap, r0, pos, &closs[c], &csw[c], need_grad)
     if local:
@@ -1489,23 +1505,17 @@ def split_bounds(Py_ssize_t n_hidden, Py_ssize_t itemsize):
     return bounds
 
 
-cdef inline Py_ssize_t _round_up(Py_ssize_t n, Py_ssize_t to) noexcept nogil:
-    return (n + to - 1) // to * to
-
-
 cdef struct SplitBlock:
-    # Offsets (elements) of one block's private region; ``ld`` is its
-    # padded width.  The parameter packs (weights, the two optimiser states
-    # and the gradient) each hold, ``pack`` apart: the block's columns of
-    # W0 (n_in x ld), its part of b0 (ld), its rows of W1 (bw x n_out,
-    # padded) and the output bias (block 0 only; room in every block).
-    Py_ssize_t ld
+    # Offsets (elements) of one block's private region.  The parameter
+    # packs (weights, the two optimiser states and the gradient) each hold,
+    # ``pack`` apart: the block's columns of W0 (n_in x ld), its part of b0
+    # (ld), its rows of W1 (bw x n_out, padded) and the output bias (block 0
+    # only; room in every block).
     Py_ssize_t w           # first pack (weights); then s1, s2, grad
     Py_ssize_t act         # cap x ld activations
     Py_ssize_t dlt         # cap x ld deltas
     Py_ssize_t part        # cap x n_out share of the output pre-activations
     Py_ssize_t wt          # n_out x ld: its rows of W1, transposed
-    Py_ssize_t size        # elements of the whole region
 
 
 cdef struct Split:
@@ -1513,6 +1523,7 @@ cdef struct Split:
     const Py_ssize_t* bounds    # n_blocks + 1 hidden-unit bounds
     void* base                  # floating*: the page-aligned block regions
     SplitBlock blk[8]           # SPLIT_MAX_BLOCKS
+    Py_ssize_t ld               # padded width of every block's rows
     Py_ssize_t pack             # elements between two packs of a block
     Py_ssize_t o_b0, o_w1, o_b1  # offsets of the parts within a pack
     double* closs               # per row chunk: weighted loss, a line apart
@@ -1524,7 +1535,7 @@ cdef Py_ssize_t _split_plan(Split* sp, const Py_ssize_t* bounds, Py_ssize_t n_bl
                             Py_ssize_t itemsize) noexcept nogil:
     """Lay out the block regions; returns the elements they take in all
     (without the slack for aligning the base)."""
-    cdef Py_ssize_t per = LINE_BYTES // itemsize, page = SPLIT_ALIGN // itemsize
+    cdef Py_ssize_t page = SPLIT_ALIGN // itemsize
     cdef Py_ssize_t p, ld, off = 0, wmax = 0
     sp.n_blocks = n_blocks
     sp.bounds = bounds
@@ -1532,20 +1543,19 @@ cdef Py_ssize_t _split_plan(Split* sp, const Py_ssize_t* bounds, Py_ssize_t n_bl
         wmax = max(wmax, bounds[p + 1] - bounds[p])
     # One pack size for every block (the widest's), so the offsets within a
     # pack are shared.
-    ld = _round_up(wmax, per)
+    sp.ld = ld = _aligned_ld(wmax, itemsize)
     sp.o_b0 = n_in * ld
     sp.o_w1 = sp.o_b0 + ld
-    sp.o_b1 = sp.o_w1 + _round_up(wmax * n_out, per)
-    sp.pack = sp.o_b1 + _round_up(n_out, per)
+    sp.o_b1 = sp.o_w1 + _aligned_ld(wmax * n_out, itemsize)
+    sp.pack = sp.o_b1 + _aligned_ld(n_out, itemsize)
     for p in range(n_blocks):
-        sp.blk[p].ld = ld
         sp.blk[p].w = off
         sp.blk[p].act = off + 4 * sp.pack
         sp.blk[p].dlt = sp.blk[p].act + cap * ld
         sp.blk[p].part = sp.blk[p].dlt + cap * ld
-        sp.blk[p].wt = sp.blk[p].part + _round_up(cap * n_out, per)
-        sp.blk[p].size = _round_up(sp.blk[p].wt + n_out * ld - off, page)
-        off += sp.blk[p].size
+        sp.blk[p].wt = sp.blk[p].part + _aligned_ld(cap * n_out, itemsize)
+        # Whole pages.
+        off = (sp.blk[p].wt + n_out * ld + page - 1) // page * page
     return off
 
 
@@ -1562,20 +1572,30 @@ def split_scratch_size(const Py_ssize_t[::1] bounds, Py_ssize_t n_in, Py_ssize_t
                        itemsize) + SPLIT_ALIGN // itemsize
 
 
+cdef void _split_transpose(const Split* sp, Py_ssize_t p, Py_ssize_t n_out,
+                           floating* base) noexcept nogil:
+    """Block ``p``'s transposed copy of its rows of W1 (for the product
+    with the output deltas), from its weight pack."""
+    cdef Py_ssize_t i, j, bw = sp.bounds[p + 1] - sp.bounds[p]
+    cdef const floating* w1 = base + sp.blk[p].w + sp.o_w1
+    cdef floating* wt = base + sp.blk[p].wt
+    for i in range(bw):
+        for j in range(n_out):
+            wt[j * sp.ld + i] = w1[i * n_out + j]
+
+
 cdef void _split_move(const Net* net, const Split* sp, floating* params, floating* s1,
                       floating* s2, bint to_blocks) noexcept nogil:
     """Copy the parameters and both optimiser states into the blocks'
     packs (``to_blocks``) or back; with ``to_blocks`` also fill each
     block's transposed copy of its rows of W1."""
     cdef Py_ssize_t n_in = net.units[0], H = net.units[1], n_out = net.units[2]
-    cdef Py_ssize_t p, k, i, j, h0, bw, ld
+    cdef Py_ssize_t p, k, i, h0, bw, ld = sp.ld
     cdef floating* flat
     cdef floating* pk
-    cdef floating* wt
     for p in range(sp.n_blocks):
         h0 = sp.bounds[p]
         bw = sp.bounds[p + 1] - h0
-        ld = sp.blk[p].ld
         for k in range(3):
             flat = params if k == 0 else (s1 if k == 1 else s2)
             pk = (<floating*>sp.base) + sp.blk[p].w + k * sp.pack
@@ -1601,19 +1621,7 @@ cdef void _split_move(const Net* net, const Split* sp, floating* params, floatin
                     memcpy(flat + net.icpt_off[1], pk + sp.o_b1,
                            n_out * sizeof(floating))
         if to_blocks:
-            pk = (<floating*>sp.base) + sp.blk[p].w
-            wt = (<floating*>sp.base) + sp.blk[p].wt
-            for i in range(bw):
-                for j in range(n_out):
-                    wt[j * ld + i] = pk[sp.o_w1 + i * n_out + j]
-
-
-cdef inline void _split_gather(const Source* src, const Py_ssize_t* rows,
-                               Py_ssize_t nb, floating* xbuf) noexcept nogil:
-    cdef Py_ssize_t r, nf = src.n_features
-    for r in range(nb):
-        memcpy(xbuf + r * nf, (<const floating*>src.x) + rows[r] * nf,
-               nf * sizeof(floating))
+            _split_transpose(sp, p, n_out, <floating*>sp.base)
 
 
 cdef void _split_forward(const Net* net, const Split* sp, Py_ssize_t p,
@@ -1622,7 +1630,7 @@ cdef void _split_forward(const Net* net, const Split* sp, Py_ssize_t p,
     and its share ``a[:, h0:h1] W1[h0:h1, :]`` of the output
     pre-activations."""
     cdef Py_ssize_t nf = net.units[0], n_out = net.units[2], r
-    cdef Py_ssize_t bw = sp.bounds[p + 1] - sp.bounds[p], ld = sp.blk[p].ld
+    cdef Py_ssize_t bw = sp.bounds[p + 1] - sp.bounds[p], ld = sp.ld
     cdef floating* base = <floating*>sp.base
     cdef const floating* w = base + sp.blk[p].w
     cdef floating* a = base + sp.blk[p].act
@@ -1642,13 +1650,11 @@ cdef void _split_output(const Net* net, const Split* sp, Py_ssize_t q,
     """Row chunk ``q`` of ``n_blocks``: output pre-activations (the bias,
     then the blocks' shares in block order), outputs, weighted loss (to
     ``closs``) and output deltas."""
-    cdef Py_ssize_t n_out = net.units[2], P = sp.n_blocks, r, j, p
+    cdef Py_ssize_t n_out = net.units[2], P = sp.n_blocks, r, p
     cdef Py_ssize_t r0 = nb * q // P, r1 = nb * (q + 1) // P
     cdef const floating* base = <const floating*>sp.base
     cdef const floating* b1 = base + sp.blk[0].w + sp.o_b1
-    cdef const floating* yrow
-    cdef floating w
-    cdef double loss = 0.0
+    cdef double wsum
     if r1 <= r0:
         sp.closs[LINE_BYTES // sizeof(double) * q] = 0.0
         return
@@ -1658,15 +1664,8 @@ cdef void _split_output(const Net* net, const Split* sp, Py_ssize_t q,
             _axpy(n_out, <floating>1, base + sp.blk[p].part + r * n_out,
                   out + r * n_out)
     _output_forward(net.out_act, out + r0 * n_out, r1 - r0, n_out)
-    for r in range(r0, r1):
-        yrow = Y + rows[r] * n_out
-        w = sw[rows[r]] if sw != NULL else <floating>1
-        loss += (<double>w) * _row_loss(net, out + r * n_out, yrow, n_out)
-        _output_delta(net, out + r * n_out, yrow, d + r * n_out, n_out)
-        if sw != NULL:
-            for j in range(n_out):
-                d[r * n_out + j] *= w
-    sp.closs[LINE_BYTES // sizeof(double) * q] = loss
+    sp.closs[LINE_BYTES // sizeof(double) * q] = _rows_loss_delta(
+        net, rows + r0, r1 - r0, Y, sw, out + r0 * n_out, d + r0 * n_out, &wsum)
 
 
 cdef void _split_backward(const Net* net, const Split* sp, Py_ssize_t p, Optim* o,
@@ -1676,8 +1675,8 @@ cdef void _split_backward(const Net* net, const Split* sp, Py_ssize_t p, Optim* 
     owns (``W0[:, h0:h1]``, ``b0[h0:h1]``, ``W1[h0:h1, :]``, and block 0 the
     output bias) and their optimiser step, in its packs; ``pen`` gets
     their weight penalty before the step."""
-    cdef Py_ssize_t nf = net.units[0], n_out = net.units[2], r, i, j
-    cdef Py_ssize_t bw = sp.bounds[p + 1] - sp.bounds[p], ld = sp.blk[p].ld
+    cdef Py_ssize_t nf = net.units[0], n_out = net.units[2], r
+    cdef Py_ssize_t bw = sp.bounds[p + 1] - sp.bounds[p], ld = sp.ld
     cdef floating* base = <floating*>sp.base
     cdef floating* w = base + sp.blk[p].w
     cdef floating* m1 = w + sp.pack
@@ -1709,9 +1708,7 @@ cdef void _split_backward(const Net* net, const Split* sp, Py_ssize_t p, Optim* 
     if p == 0:
         pen += _step_range(net, o, sp.o_b1, sp.o_b1 + n_out, 1, False, w, m1, m2, g,
                            1.0, sw_sum, lr_t, False)
-    for i in range(bw):
-        for j in range(n_out):
-            wt[j * ld + i] = w[sp.o_w1 + i * n_out + j]
+    _split_transpose(sp, p, n_out, base)
     sp.pen[LINE_BYTES // sizeof(double) * p] = pen
 
 
@@ -1766,7 +1763,7 @@ cdef void _split_batch(const Net* net, const Split* sp, Optim* o, const Source* 
         n_threads = <int>P
     if n_threads <= 1:
         if not consecutive:
-            _split_gather(src, rows, nb, xbuf)
+            _gather_rows(src, rows, 0, nb, xbuf)
         for p in range(P):
             _split_forward(net, sp, p, xin, nb)
         for q in range(P):
@@ -1779,8 +1776,7 @@ cdef void _split_batch(const Net* net, const Split* sp, Optim* o, const Source* 
             nt = omp_get_num_threads()
             if not consecutive:
                 # Each thread gathers a share of the rows.
-                r = nb * t // nt
-                _split_gather(src, rows + r, nb * (t + 1) // nt - r, xbuf + r * nf)
+                _gather_rows(src, rows, nb * t // nt, nb * (t + 1) // nt, xbuf)
                 cbp_barrier()
             p = t
             while p < P:
