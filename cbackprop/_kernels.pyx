@@ -973,6 +973,15 @@ cdef double _rows_loss_delta(const Net* net, const Py_ssize_t* rows, Py_ssize_t 
     return loss
 
 
+cdef inline bint _consecutive(const Py_ssize_t* rows, Py_ssize_t nb) noexcept nogil:
+    """Whether ``rows[0:nb]`` are consecutive rows of X (usable in place)."""
+    cdef Py_ssize_t r
+    for r in range(1, nb):
+        if rows[r] != rows[0] + r:
+            return False
+    return True
+
+
 cdef inline void _gather_rows(const Source* src, const Py_ssize_t* rows,
                               Py_ssize_t r0, Py_ssize_t r1,
                               floating* xbuf) noexcept nogil:
@@ -1155,7 +1164,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     parameters block by block in the gradient pass (see Fuse) when this is
     the only pass of the batch and its weights do not sum to zero."""
     cdef Py_ssize_t n_chunks, c, k, li, i0, i1, j0, j1
-    cdef Py_ssize_t nf = src.n_features, m, s_next, r
+    cdef Py_ssize_t nf = src.n_features, m, s_next
     cdef const floating* xin = NULL
     cdef const floating* X = <const floating*>src.x
     cdef const floating* a_in
@@ -1175,10 +1184,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
 
     # Dense BLAS input: rows are used in place when they are consecutive in
     # X, otherwise gathered once into the batch-sized buffer.
-    for r in range(1, nb):
-        if rows[r] != rows[0] + r:
-            consecutive = False
-            break
+    consecutive = _consecutive(rows, nb)
     if src.csr:
         _sparse_rows(src, sb, rows, nb)
     else:
@@ -1473,9 +1479,11 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
 # 256 units 0.84x as fast as without blocks, of 128 units 1.12-1.24x, of 256
 # units (on 512) 1.20-1.38x; see split_bounds.
 cdef Py_ssize_t SPLIT_UNITS = 256
-# Most blocks, and the widest output layer (each block's partial output
-# pre-activations are summed row by row).
-cdef Py_ssize_t SPLIT_MAX_BLOCKS = 8
+# Most blocks (also the size of the arrays below), and the widest output
+# layer (each block's partial output pre-activations are summed row by row).
+cdef enum:
+    SPLIT_MAX_BLOCKS = 8
+    LINE_DOUBLES = LINE_BYTES // 8    # a per-block sum a cache line apart
 cdef Py_ssize_t SPLIT_MAX_OUT = 32
 # Each block's private region starts on a new page: a core's prefetchers
 # read ahead into the next lines and would take them from the core that
@@ -1522,7 +1530,7 @@ cdef struct Split:
     Py_ssize_t n_blocks
     const Py_ssize_t* bounds    # n_blocks + 1 hidden-unit bounds
     void* base                  # floating*: the page-aligned block regions
-    SplitBlock blk[8]           # SPLIT_MAX_BLOCKS
+    SplitBlock blk[SPLIT_MAX_BLOCKS]
     Py_ssize_t ld               # padded width of every block's rows
     Py_ssize_t pack             # elements between two packs of a block
     Py_ssize_t o_b0, o_w1, o_b1  # offsets of the parts within a pack
@@ -1584,13 +1592,21 @@ cdef void _split_transpose(const Split* sp, Py_ssize_t p, Py_ssize_t n_out,
             wt[j * sp.ld + i] = w1[i * n_out + j]
 
 
+cdef inline void _move(floating* pk, floating* flat, Py_ssize_t n,
+                       bint to_blocks) noexcept nogil:
+    if to_blocks:
+        memcpy(pk, flat, n * sizeof(floating))
+    else:
+        memcpy(flat, pk, n * sizeof(floating))
+
+
 cdef void _split_move(const Net* net, const Split* sp, floating* params, floating* s1,
                       floating* s2, bint to_blocks) noexcept nogil:
     """Copy the parameters and both optimiser states into the blocks'
     packs (``to_blocks``) or back; with ``to_blocks`` also fill each
     block's transposed copy of its rows of W1."""
     cdef Py_ssize_t n_in = net.units[0], H = net.units[1], n_out = net.units[2]
-    cdef Py_ssize_t p, k, i, h0, bw, ld = sp.ld
+    cdef Py_ssize_t p, k, i, h0, bw
     cdef floating* flat
     cdef floating* pk
     for p in range(sp.n_blocks):
@@ -1600,26 +1616,13 @@ cdef void _split_move(const Net* net, const Split* sp, floating* params, floatin
             flat = params if k == 0 else (s1 if k == 1 else s2)
             pk = (<floating*>sp.base) + sp.blk[p].w + k * sp.pack
             for i in range(n_in):
-                if to_blocks:
-                    memcpy(pk + i * ld, flat + net.coef_off[0] + i * H + h0,
-                           bw * sizeof(floating))
-                else:
-                    memcpy(flat + net.coef_off[0] + i * H + h0, pk + i * ld,
-                           bw * sizeof(floating))
-            if to_blocks:
-                memcpy(pk + sp.o_b0, flat + net.icpt_off[0] + h0, bw * sizeof(floating))
-                memcpy(pk + sp.o_w1, flat + net.coef_off[1] + h0 * n_out,
-                       bw * n_out * sizeof(floating))
-                if p == 0:
-                    memcpy(pk + sp.o_b1, flat + net.icpt_off[1],
-                           n_out * sizeof(floating))
-            else:
-                memcpy(flat + net.icpt_off[0] + h0, pk + sp.o_b0, bw * sizeof(floating))
-                memcpy(flat + net.coef_off[1] + h0 * n_out, pk + sp.o_w1,
-                       bw * n_out * sizeof(floating))
-                if p == 0:
-                    memcpy(flat + net.icpt_off[1], pk + sp.o_b1,
-                           n_out * sizeof(floating))
+                _move(pk + i * sp.ld, flat + net.coef_off[0] + i * H + h0, bw,
+                      to_blocks)
+            _move(pk + sp.o_b0, flat + net.icpt_off[0] + h0, bw, to_blocks)
+            _move(pk + sp.o_w1, flat + net.coef_off[1] + h0 * n_out, bw * n_out,
+                  to_blocks)
+            if p == 0:
+                _move(pk + sp.o_b1, flat + net.icpt_off[1], n_out, to_blocks)
         if to_blocks:
             _split_transpose(sp, p, n_out, <floating*>sp.base)
 
@@ -1656,7 +1659,7 @@ cdef void _split_output(const Net* net, const Split* sp, Py_ssize_t q,
     cdef const floating* b1 = base + sp.blk[0].w + sp.o_b1
     cdef double wsum
     if r1 <= r0:
-        sp.closs[LINE_BYTES // sizeof(double) * q] = 0.0
+        sp.closs[LINE_DOUBLES * q] = 0.0
         return
     for r in range(r0, r1):
         memcpy(out + r * n_out, b1, n_out * sizeof(floating))
@@ -1664,7 +1667,7 @@ cdef void _split_output(const Net* net, const Split* sp, Py_ssize_t q,
             _axpy(n_out, <floating>1, base + sp.blk[p].part + r * n_out,
                   out + r * n_out)
     _output_forward(net.out_act, out + r0 * n_out, r1 - r0, n_out)
-    sp.closs[LINE_BYTES // sizeof(double) * q] = _rows_loss_delta(
+    sp.closs[LINE_DOUBLES * q] = _rows_loss_delta(
         net, rows + r0, r1 - r0, Y, sw, out + r0 * n_out, d + r0 * n_out, &wsum)
 
 
@@ -1709,7 +1712,7 @@ cdef void _split_backward(const Net* net, const Split* sp, Py_ssize_t p, Optim* 
         pen += _step_range(net, o, sp.o_b1, sp.o_b1 + n_out, 1, False, w, m1, m2, g,
                            1.0, sw_sum, lr_t, False)
     _split_transpose(sp, p, n_out, base)
-    sp.pen[LINE_BYTES // sizeof(double) * p] = pen
+    sp.pen[LINE_DOUBLES * p] = pen
 
 
 cdef void _split_batch(const Net* net, const Split* sp, Optim* o, const Source* src,
@@ -1734,7 +1737,6 @@ cdef void _split_batch(const Net* net, const Split* sp, Optim* o, const Source* 
     the weight penalty before the step.
     """
     cdef Py_ssize_t P = sp.n_blocks, r, q, p, nf = src.n_features
-    cdef Py_ssize_t stride = LINE_BYTES // sizeof(double)
     cdef const floating* X = <const floating*>src.x
     cdef const floating* xin
     cdef floating* out = acts + cap * net.stride[1]
@@ -1752,10 +1754,7 @@ cdef void _split_batch(const Net* net, const Split* sp, Optim* o, const Source* 
     pen[0] = 0.0
     if not ws > 0:
         return
-    for r in range(1, nb):
-        if rows[r] != rows[0] + r:
-            consecutive = False
-            break
+    consecutive = _consecutive(rows, nb)
     xin = X + rows[0] * nf if consecutive else xbuf
     if o.kind == OPT_ADAM:
         lr_t = _adam_rate(o)
@@ -1793,9 +1792,9 @@ cdef void _split_batch(const Net* net, const Split* sp, Optim* o, const Source* 
                 _split_backward(net, sp, p, o, xin, nb, d2, ws, lr_t)
                 p = p + nt
     for q in range(P):
-        loss_sum[0] += sp.closs[stride * q]
+        loss_sum[0] += sp.closs[LINE_DOUBLES * q]
     for p in range(P):
-        pen[0] += sp.pen[stride * p]
+        pen[0] += sp.pen[LINE_DOUBLES * p]
 
 
 # ---------------------------------------------------------------------------
@@ -2570,7 +2569,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     cdef floating[::1] nzv
     cdef floating[::1] xdense
     cdef Split sp
-    cdef double split_work[2 * 8 * 8]  # 2 x SPLIT_MAX_BLOCKS lines
+    cdef double split_work[2 * SPLIT_MAX_BLOCKS * LINE_DOUBLES]
     cdef bint split = False
 
     _make_net(&net, spec, params.shape[0], True, step0)
@@ -2670,7 +2669,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
             k = <Py_ssize_t>(<size_t>&hscratch[0] % <size_t>SPLIT_ALIGN)
             sp.base = (<char*>&hscratch[0]) + (SPLIT_ALIGN - k) % SPLIT_ALIGN
             sp.closs = &split_work[0]
-            sp.pen = &split_work[SPLIT_MAX_BLOCKS * LINE_BYTES // sizeof(double)]
+            sp.pen = &split_work[SPLIT_MAX_BLOCKS * LINE_DOUBLES]
         if rule is not None:
             if rule.shape[0] < RULE_SIZE or losses is None \
                     or losses.shape[0] < n_epochs or snapshot is None \
