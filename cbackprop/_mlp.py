@@ -18,6 +18,7 @@ from numbers import Integral, Real
 import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
+import threadpoolctl
 from scipy.special import log_expit, log_softmax
 from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
@@ -502,6 +503,7 @@ def _blas_single_thread():
         if _BLAS_STATE["depth"] == 0:
             if _BLAS_STATE["controller"] is None:
                 _BLAS_STATE["controller"] = ThreadpoolController()
+            _release_openblas_control()
             _BLAS_STATE["limiter"] = _BLAS_STATE["controller"].limit(
                 limits=1, user_api="blas")
         _BLAS_STATE["depth"] += 1
@@ -511,8 +513,31 @@ def _blas_single_thread():
         with _BLAS_LOCK:
             _BLAS_STATE["depth"] -= 1
             if _BLAS_STATE["depth"] == 0:
+                _release_openblas_control()
                 _BLAS_STATE["limiter"].restore_original_limits()
                 _BLAS_STATE["limiter"] = None
+                _release_openblas_control()
+
+
+def _release_openblas_control():
+    """Let the calling thread set OpenBLAS's thread count.
+
+    threadpoolctl 3.8 lets only one Python thread (the first to set a
+    limit, for good unless it set it in a ``with`` block) change the
+    process-wide count of a pthreads OpenBLAS; from any other thread the
+    change is silently skipped.  Our limit is a plain call, so after a
+    first fit in the main thread every fit in another thread (a thread
+    pool, a server's worker) kept OpenBLAS's own threads: products
+    threaded inside our OpenMP regions, and two concurrent one-thread fits
+    of MNIST 784-512-256-10 ran 3.4x as long as one.  Setting and lifting
+    our limit happens under _BLAS_LOCK, so the thread doing it may take
+    control, and gives it up after.  Older threadpoolctl has no such
+    control: nothing to do.
+    """
+    controller = getattr(threadpoolctl, "OpenBLASController", None)
+    clear = getattr(controller, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
 
 
 def _check_scalar(name, value, kind, low=None, high=None, closed="left",

@@ -357,6 +357,89 @@ def test_two_fits_in_two_threads_match_sequential_fits():
         np.testing.assert_array_equal(a.coefs_[0], b.coefs_[0])
 
 
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+    return sorted(pool["num_threads"] for pool in threadpool_info()
+                  if pool["user_api"] == "blas")
+
+
+def _run_in_thread(fn):
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def test_blas_held_to_one_thread_in_any_python_thread():
+    # threadpoolctl 3.8 skips, silently, a thread-count change from any
+    # Python thread but the one that first made one (a fit in the main
+    # thread): a fit in a worker thread then ran its products on
+    # OpenBLAS's threads inside our OpenMP regions.
+    from threadpoolctl import threadpool_limits
+
+    from cbackprop._mlp import _blas_single_thread
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        with _blas_single_thread():
+            assert set(_blas_threads()) == {1}
+        assert set(_blas_threads()) == {2}
+
+        def inside():
+            with _blas_single_thread():
+                return _blas_threads()
+
+        assert set(_run_in_thread(inside)) == {1}
+        assert set(_blas_threads()) == {2}
+
+
+def test_blas_limit_lifted_by_the_last_fit_in_another_thread():
+    # First in, first out: the thread that set the limit leaves while a fit
+    # in another thread still runs; the limit holds until that one leaves,
+    # which then restores the original count from its own thread.
+    from threadpoolctl import threadpool_limits
+
+    from cbackprop._mlp import _blas_single_thread
+
+    entered, first_left, seen = threading.Event(), threading.Event(), []
+
+    def second():
+        with _blas_single_thread():
+            entered.set()
+            first_left.wait(10)
+            seen.append(_blas_threads())
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        with _blas_single_thread():
+            thread = threading.Thread(target=second)
+            thread.start()
+            assert entered.wait(10)
+        first_left.set()
+        thread.join()
+        assert set(seen[0]) == {1}
+        assert set(_blas_threads()) == {2}
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_concurrent_fits_in_worker_threads_after_a_main_thread_fit():
+    # The situation of the threadpoolctl 3.8 bug: the same weights as
+    # sequential fits (two threads, each its own estimator).  The warning
+    # filter is the test's: catch_warnings in threads is not thread-safe.
+    X, y = _data(n=1500, n_features=20)
+    params = dict(hidden_layer_sizes=(40,), max_iter=3, random_state=0,
+                  n_threads=1)
+    expected = MLPClassifier(**params).fit(X, y)
+    par = [MLPClassifier(**params) for _ in range(2)]
+    threads = [threading.Thread(target=m.fit, args=(X, y)) for m in par]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for m in par:
+        for a, b in zip(expected.coefs_, m.coefs_):
+            np.testing.assert_array_equal(a, b)
+
+
 def _fit_in_thread(clf, X, y):
     """Start ``clf.fit(X, y)`` in another thread: (thread, event set when
     the fit is done)."""
