@@ -88,6 +88,14 @@ cdef extern from "cbp_loops.h" nogil:
     int cbp_all_finite_f(Py_ssize_t n, const float* x)
     void cbp_axpy_d(Py_ssize_t n, double a, const double* x, double* y)
     void cbp_axpy_f(Py_ssize_t n, float a, const float* x, float* y)
+    void cbp_add_rows_d(Py_ssize_t nr, Py_ssize_t m, const double* b, double* z,
+                        Py_ssize_t ldz)
+    void cbp_add_rows_f(Py_ssize_t nr, Py_ssize_t m, const float* b, float* z,
+                        Py_ssize_t ldz)
+    void cbp_sum_rows_d(Py_ssize_t nr, Py_ssize_t m, const double* d, Py_ssize_t ldd,
+                        double* g, int accumulate)
+    void cbp_sum_rows_f(Py_ssize_t nr, Py_ssize_t m, const float* d, Py_ssize_t ldd,
+                        float* g, int accumulate)
     double cbp_dot_d(Py_ssize_t n, const double* x, const double* y)
     float cbp_dot_f(Py_ssize_t n, const float* x, const float* y)
     double cbp_sumsq_d(Py_ssize_t n, const double* x)
@@ -490,6 +498,15 @@ cdef inline void _axpy(Py_ssize_t n, floating a, const floating* x,
         cbp_axpy_d(n, a, x, y)
 
 
+cdef inline void _add_rows(Py_ssize_t nr, Py_ssize_t m, const floating* b, floating* z,
+                           Py_ssize_t ldz) noexcept nogil:
+    """``z[r, :m] += b`` for ``nr`` rows ``ldz`` apart (a layer's bias)."""
+    if floating is float:
+        cbp_add_rows_f(nr, m, b, z, ldz)
+    else:
+        cbp_add_rows_d(nr, m, b, z, ldz)
+
+
 cdef inline floating _dot(Py_ssize_t n, const floating* x,
                           const floating* y) noexcept nogil:
     if floating is float:
@@ -682,7 +699,7 @@ cdef void _layer0_forward(const Net* net, const floating* params, const Source* 
                           const floating* xin, floating* z,
                           Py_ssize_t ldz) noexcept nogil:
     """``z[r, :] = x_r W0 + b0`` for rows ``r0 .. r0 + nr`` (no activation)."""
-    cdef Py_ssize_t u_in = net.units[0], m = net.zw[1], r
+    cdef Py_ssize_t u_in = net.units[0], m = net.zw[1]
     cdef const floating* b = params + net.icpt_off[0]
     cdef const floating* W = params
     cdef Py_ssize_t ldw = m, wlen = net.n_params
@@ -700,8 +717,7 @@ cdef void _layer0_forward(const Net* net, const floating* params, const Source* 
         return
     mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>u_in, <floating>1,
                 xin + r0 * u_in, <int>u_in, params, <int>m, <floating>0, z, <int>ldz)
-    for r in range(nr):
-        _axpy(m, <floating>1, b, z + r * ldz)
+    _add_rows(nr, m, b, z, ldz)
 
 
 cdef void _layer0_grad_block(const Net* net, const Source* src, const SpBatch* sb,
@@ -924,7 +940,7 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
                         long long pos) noexcept nogil:
     """Activations of layers 1..L for rows ``r0 .. r0 + nr`` of a block whose
     first row is at epoch position ``pos``."""
-    cdef Py_ssize_t L = net.n_layers, li, r, u_in, m, s_in, s_out, base
+    cdef Py_ssize_t L = net.n_layers, li, u_in, m, s_in, s_out, base
     cdef floating* z
     cdef const floating* a_in
     for li in range(L):
@@ -941,8 +957,7 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
             mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>u_in,
                         <floating>1, a_in, <int>s_in, params + net.coef_off[li],
                         <int>m, <floating>0, z, <int>s_out)
-            for r in range(nr):
-                _axpy(m, <floating>1, params + net.icpt_off[li], z + r * s_out)
+            _add_rows(nr, m, params + net.icpt_off[li], z, s_out)
         if li < L - 1:
             _hidden_layer_forward(net, li + 1, acts + base, gates + base, nr, pos + r0)
         else:
@@ -1036,11 +1051,10 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
 cdef inline void _bias_grad(Py_ssize_t m, const floating* d, Py_ssize_t ldd,
                             Py_ssize_t nr, floating* gb, bint accumulate) noexcept nogil:
     """``gb (+)=`` the column sums of the ``nr`` rows of ``d``, in row order."""
-    cdef Py_ssize_t r
-    if not accumulate:
-        memset(gb, 0, m * sizeof(floating))
-    for r in range(nr):
-        _axpy(m, <floating>1, d + r * ldd, gb)
+    if floating is float:
+        cbp_sum_rows_f(nr, m, d, ldd, gb, accumulate)
+    else:
+        cbp_sum_rows_d(nr, m, d, ldd, gb, accumulate)
 
 
 cdef void _chunk_grad(const Net* net, const floating* xin, const floating* acts,
@@ -1639,8 +1653,8 @@ cdef void _split_forward(const Net* net, const Split* sp, Py_ssize_t p,
     cdef floating* a = base + sp.blk[p].act
     mm_rowmajor(NoTrans, NoTrans, <int>nb, <int>bw, <int>nf, <floating>1, xin,
                 <int>nf, w, <int>ld, <floating>0, a, <int>ld)
+    _add_rows(nb, bw, w + sp.o_b0, a, ld)
     for r in range(nb):
-        _axpy(bw, <floating>1, w + sp.o_b0, a + r * ld)
         _hidden_forward(net, 1, a + r * ld, bw)
     mm_rowmajor(NoTrans, NoTrans, <int>nb, <int>n_out, <int>bw, <floating>1, a,
                 <int>ld, w + sp.o_w1, <int>n_out, <floating>0, base + sp.blk[p].part,

@@ -183,6 +183,27 @@ CBP_CLONES static void cbp_axpy_##S(ptrdiff_t n, T a, const T *CBP_RESTRICT x, \
     for (ptrdiff_t j = 0; j < n; j++) y[j] += a * x[j];                        \
 }                                                                              \
                                                                                \
+/* z[r, :] += b for each of nr rows ldz apart: one call for a block rather */ \
+/* than one a row (a dispatched call costs as much as a short row's adds). */ \
+CBP_CLONES static void cbp_add_rows_##S(ptrdiff_t nr, ptrdiff_t m,             \
+                                        const T *CBP_RESTRICT b,               \
+                                        T *CBP_RESTRICT z, ptrdiff_t ldz)      \
+{                                                                              \
+    for (ptrdiff_t r = 0; r < nr; r++)                                         \
+        for (ptrdiff_t j = 0; j < m; j++) z[r * ldz + j] += b[j];              \
+}                                                                              \
+                                                                               \
+/* g (+)= the sum of nr rows of d (ldd apart), added in row order. */          \
+CBP_CLONES static void cbp_sum_rows_##S(ptrdiff_t nr, ptrdiff_t m,             \
+                                        const T *CBP_RESTRICT d, ptrdiff_t ldd,\
+                                        T *CBP_RESTRICT g, int accumulate)     \
+{                                                                              \
+    if (!accumulate)                                                           \
+        for (ptrdiff_t j = 0; j < m; j++) g[j] = 0;                            \
+    for (ptrdiff_t r = 0; r < nr; r++)                                         \
+        for (ptrdiff_t j = 0; j < m; j++) g[j] += d[r * ldd + j];              \
+}                                                                              \
+                                                                               \
 /* x . y */                                                                    \
 CBP_INLINE T cbp_dot_inl_##S(ptrdiff_t n, const T *CBP_RESTRICT x,          \
                                 const T *CBP_RESTRICT y)                       \
