@@ -216,6 +216,27 @@ def test_searches_with_two_jobs(search):
     assert isinstance(s.best_estimator_, MLPClassifier)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_search_on_threads_equals_sequential_search():
+    # joblib's threading backend: the fits run in worker threads, one
+    # OpenMP thread each, after a fit in the main thread (the situation in
+    # which threadpoolctl 3.8 dropped our BLAS limit).
+    import joblib
+
+    X, y = _blobs(300)
+    MLPClassifier(max_iter=2, random_state=0).fit(X, y)
+    grid = {"hidden_layer_sizes": [(8,), (16,)], "alpha": [1e-4, 1e-2]}
+    est = MLPClassifier(max_iter=20, random_state=0, n_threads=1)
+    seq = GridSearchCV(est, grid, cv=3).fit(X, y)
+    with joblib.parallel_backend("threading"):
+        par = GridSearchCV(est, grid, cv=3, n_jobs=2).fit(X, y)
+    assert par.best_params_ == seq.best_params_
+    np.testing.assert_array_equal(par.cv_results_["mean_test_score"],
+                                  seq.cv_results_["mean_test_score"])
+    for a, b in zip(par.best_estimator_.coefs_, seq.best_estimator_.coefs_):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_cross_val_calibration_ensembles_and_clone():
     X, y = _blobs(240)
     base = MLPClassifier(hidden_layer_sizes=(10,), max_iter=30, random_state=0)
