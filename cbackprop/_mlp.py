@@ -529,9 +529,9 @@ def _release_openblas_control():
     first fit in the main thread every fit in another thread (a thread
     pool, a server's worker) kept OpenBLAS's own threads: products
     threaded inside our OpenMP regions, and two concurrent one-thread fits
-    of MNIST 784-512-256-10 took 2.03 s against 0.69 s for one alone (0.72
-    s for both once each fit's thread may set the limit).  Setting and lifting
-    our limit happens under _BLAS_LOCK, so the thread doing it may take
+    of MNIST 784-512-256-10 took 2.46-2.57 s against 0.69 s for one alone
+    (0.72-0.73 s once each fit's thread may set the limit).  Setting and
+    lifting our limit happens under _BLAS_LOCK, so the thread doing it may take
     control, and gives it up after.  Older threadpoolctl has no such
     control: nothing to do.
     """
