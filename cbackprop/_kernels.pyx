@@ -1527,6 +1527,26 @@ def split_bounds(Py_ssize_t n_hidden, Py_ssize_t itemsize):
     return bounds
 
 
+cdef bint _split_shape_ok(const Net* net, bint csr) noexcept nogil:
+    """Whether a network's shape lets its mini-batches run unit-split: dense
+    input, one hidden layer without dropout or maxout, at most
+    SPLIT_MAX_OUT outputs.  run_epoch also needs clipping off and batches
+    of one pass."""
+    return (not csr and net.n_layers == 2 and net.drop <= 0
+            and net.act[1] != ACT_MAXOUT and net.units[2] <= SPLIT_MAX_OUT)
+
+
+def split_blocks(dict spec, bint csr, Py_ssize_t itemsize):
+    """:func:`split_bounds` of a network's hidden layer, or an empty array
+    when its shape rules the split out (see _split_shape_ok), so that no
+    scratch is reserved for blocks the kernel would never use."""
+    cdef Net net
+    _make_net(&net, spec, int(spec["n_params"]), True, 0)
+    if not _split_shape_ok(&net, csr):
+        return np.empty(0, dtype=np.intp)
+    return split_bounds(net.units[1], itemsize)
+
+
 cdef struct SplitBlock:
     # Offsets (elements) of one block's private region.  The parameter
     # packs (weights, the two optimiser states and the gradient) each hold,
@@ -2671,9 +2691,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         # the whole call.
         if UNIT_SPLIT and hsplit is not None and hscratch is not None \
                 and hsplit.shape[0] >= 3 and min(batch_size, n) <= cap \
-                and hsplit.shape[0] <= SPLIT_MAX_BLOCKS + 1 and net.n_layers == 2 \
-                and not src.csr and net.drop <= 0 and net.act[1] != ACT_MAXOUT \
-                and o.clip <= 0 and net.units[2] <= SPLIT_MAX_OUT \
+                and hsplit.shape[0] <= SPLIT_MAX_BLOCKS + 1 \
+                and _split_shape_ok(&net, src.csr) and o.clip <= 0 \
                 and hsplit[0] == 0 and hsplit[hsplit.shape[0] - 1] == net.units[1] \
                 and hscratch.shape[0] >= split_scratch_size(
                     hsplit, net.units[0], net.units[2], cap, sizeof(floating)):

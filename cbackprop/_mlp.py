@@ -377,10 +377,8 @@ class _Workspace:
         # the thread count.
         units = spec["units"]
         self.hsplit = np.empty(0, dtype=np.intp)
-        if dense_blas and not online and len(units) == 3 \
-                and spec["dropout"] == 0 \
-                and spec["act"][1] != HIDDEN_ACTIVATIONS["maxout"]:
-            self.hsplit = _kernels.split_bounds(int(units[1]),
+        if not online:
+            self.hsplit = _kernels.split_blocks(spec, not dense_blas,
                                                 np.dtype(dtype).itemsize)
         # Zeros: the blocks' padding is stepped along and must stay zero.
         self.hscratch = np.zeros(

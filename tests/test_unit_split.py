@@ -64,6 +64,33 @@ def test_split_bounds_depend_on_the_shape_only():
     assert n % 1024 == 0 and n >= 2 * 4 * (30 * 256 + 256 + 256 * 4 + 16) + 1024
 
 
+def test_split_blocks_only_for_shapes_the_kernel_splits():
+    # The workspace reserves block scratch from split_blocks, which shares
+    # the kernel's shape test: none for sparse input, two hidden layers,
+    # dropout, maxout or more than SPLIT_MAX_OUT outputs (a 40-output
+    # network reserved scratch the kernel never used before).
+    X, y = _data(n=40)
+
+    def blocks(csr=False, dtype=np.float32, n_out=3, **params):
+        est = MLPRegressor(max_iter=1, **params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X.astype(dtype), np.tile(y[:, None], (1, n_out)).astype(float))
+        units = [X.shape[1], *est.hidden_layer_sizes, n_out]
+        spec = est._net_spec(units, est._layer_zw())
+        return _kernels.split_blocks(spec, csr, np.dtype(dtype).itemsize).tolist()
+
+    wide = dict(hidden_layer_sizes=(512,))
+    assert blocks(**wide) == [0, 256, 512]
+    assert blocks(n_out=32, **wide) == [0, 256, 512]
+    assert blocks(n_out=33, **wide) == []
+    assert blocks(csr=True, **wide) == []
+    assert blocks(dtype=np.float64, hidden_layer_sizes=(256,)) == []
+    assert blocks(hidden_layer_sizes=(512, 16)) == []
+    assert blocks(dropout=0.2, **wide) == []
+    assert blocks(activation="maxout", **wide) == []
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("params", [
     dict(solver="adam", batch_size=50),
