@@ -2748,12 +2748,6 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                         _split_batch(&net, &sp, &o, &src, &order[start], nb, Yp, swp,
                                      &acts[0], &deltas[0], &xbuf[0], cap, use,
                                      &loss_sum, &sw_sum, &pen)
-                        if sw_sum > 0:
-                            dl = loss_sum / sw_sum
-                            ll = pen / sw_sum
-                        else:
-                            dl = 0.0
-                            ll = 0.0
                     else:
                         fz.done = False
                         fz.pending = 0
@@ -2772,20 +2766,19 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                             pen = 0.0
                             for k in range(n_gblocks + net.n_layers):
                                 pen += fz.pen[k]
-                            dl = loss_sum / sw_sum
-                            ll = pen / sw_sum
                         elif sw_sum > 0:
                             pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
                                               &grad[0], sw_sum, &ublocks[0], n_ublocks,
                                               &dwork[2 * cap], min(step_threads, use),
                                               fz.pending)
-                            dl = loss_sum / sw_sum
-                            ll = pen / sw_sum
-                        else:
-                            # A batch whose weights are all zero carries no information:
-                            # skip it rather than divide by zero.
-                            dl = 0.0
-                            ll = 0.0
+                    if sw_sum > 0:
+                        dl = loss_sum / sw_sum
+                        ll = pen / sw_sum
+                    else:
+                        # A batch whose weights are all zero carries no information
+                        # (nothing was stepped): skip it rather than divide by zero.
+                        dl = 0.0
+                        ll = 0.0
                     data_sum += dl * nb
                     pen_sum += ll * nb
                     if tp != NULL:
