@@ -1697,9 +1697,11 @@ cdef void _split_output(const Net* net, const Split* sp, Py_ssize_t q,
         return
     for r in range(r0, r1):
         memcpy(out + r * n_out, b1, n_out * sizeof(floating))
-        for p in range(P):
-            _axpy(n_out, <floating>1, base + sp.blk[p].part + r * n_out,
-                  out + r * n_out)
+    # The chunk's rows are contiguous in every share: one call a block,
+    # each element still summed in block order.
+    for p in range(P):
+        _axpy((r1 - r0) * n_out, <floating>1, base + sp.blk[p].part + r0 * n_out,
+              out + r0 * n_out)
     _output_forward(net.out_act, out + r0 * n_out, r1 - r0, n_out)
     sp.closs[LINE_DOUBLES * q] = _rows_loss_delta(
         net, rows + r0, r1 - r0, Y, sw, out + r0 * n_out, d + r0 * n_out, &wsum)
