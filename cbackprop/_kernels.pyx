@@ -61,6 +61,9 @@ cdef extern from "cbp_omp.h" nogil:
     int omp_get_num_threads()
     double omp_get_wtime()
     void cbp_barrier()
+    void cbp_flag_raise(int* flag, int level)
+    void cbp_flags_wait(const int* flags, int n, int stride, int level)
+    bint cbp_flags_reached(const int* flags, int n, int stride, int level)
 
 
 cdef extern from "cbp_math.h" nogil:
@@ -282,6 +285,31 @@ def _set_fused_step(bint on):
     old = FUSE_STEP
     FUSE_STEP = on
     return old
+
+
+# Sparse mini-batches on several threads in one region (see _merged_pass):
+# 0 off, 1 on, 2 on with every step of a layer above the first put off to
+# after the tasks (for the tests: the path that real runs take only when a
+# chunk is slow).  MERGED_PASSES counts the merged passes run, PUT_OFF the
+# steps they put off.
+cdef int MERGE_MODE = 1
+cdef long long MERGED_PASSES = 0
+cdef long long PUT_OFF = 0
+
+
+def _set_merged_pass(int mode):
+    """Set the merged-pass mode (0 off, 1 on, 2 on, steps of layers >= 1
+    put off); returns the old mode."""
+    global MERGE_MODE
+    old = MERGE_MODE
+    MERGE_MODE = mode
+    return old
+
+
+def _merged_passes():
+    """How many merged passes have run in this process, and how many
+    steps they put off."""
+    return MERGED_PASSES, PUT_OFF
 
 
 cdef bint UNIT_SPLIT = True
@@ -1013,8 +1041,11 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
                           const floating* Y, const floating* sw, floating* acts,
                           floating* deltas, floating* gates, Py_ssize_t cap,
                           Py_ssize_t r0, long long pos, double* loss_out,
-                          double* sw_out, bint need_grad) noexcept nogil:
-    """Forward pass, loss, and (``need_grad``) every delta of one row chunk."""
+                          double* sw_out, bint need_grad,
+                          int* ready=NULL) noexcept nogil:
+    """Forward pass, loss, and (``need_grad``) every delta of one row chunk.
+    ``ready`` (or NULL): the chunk's progress flag, raised to ``L - l + 1``
+    once the deltas of layer ``l`` are written (see _merged_pass)."""
     cdef Py_ssize_t L = net.n_layers, li, u, m, s, s_next, off
     cdef Py_ssize_t n_out = net.units[L]
     cdef floating* d
@@ -1026,6 +1057,8 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
         deltas + _layer_base(net, cap, L) + r0 * n_out if need_grad else NULL, sw_out)
     if not need_grad:
         return
+    if ready != NULL:
+        cbp_flag_raise(ready, 1)
     for li in range(L - 1, 0, -1):
         u = net.units[li]
         s = net.stride[li]
@@ -1046,6 +1079,8 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
                         g, <int>s)
         _hidden_layer_backward(net, li, acts + _layer_base(net, cap, li) + r0 * s,
                                gates + _layer_base(net, cap, li) + r0 * s, g, nr)
+        if ready != NULL:
+            cbp_flag_raise(ready, <int>(L - li + 1))
 
 
 cdef inline void _bias_grad(Py_ssize_t m, const floating* d, Py_ssize_t ldd,
@@ -1135,7 +1170,7 @@ cdef inline void _chunk_task(const Net* net, const floating* params, const Sourc
                              const floating* sw, const floating* xin, floating* xbuf,
                              floating* acts, floating* deltas, floating* gates,
                              Py_ssize_t cap, floating* grad, double* closs, double* csw,
-                             bint need_grad, bint local) noexcept nogil:
+                             bint need_grad, bint local, int* ready=NULL) noexcept nogil:
     """Chunk ``c`` of a block of ``nb`` rows: gather its dense rows into
     ``xbuf`` (when not NULL; ``xin`` is then that buffer), forward and
     backward pass, and with ``local`` its partial gradient."""
@@ -1143,7 +1178,7 @@ cdef inline void _chunk_task(const Net* net, const floating* params, const Sourc
     if xbuf != NULL:
         _gather_rows(src, rows, r0, r0 + nr, xbuf)
     _chunk_backward(net, params, src, sb, rows, nr, xin, Y, sw, acts, deltas,
-                    gates, cap, r0, pos, &closs[c], &csw[c], need_grad)
+                    gates, cap, r0, pos, &closs[c], &csw[c], need_grad, ready)
     if local:
         # The first chunk's gradient goes straight into grad.
         _chunk_grad(net, xin, acts, deltas, cap, r0, nr,
@@ -1153,6 +1188,196 @@ cdef inline void _chunk_task(const Net* net, const floating* params, const Sourc
 
 # Values a thread adds up per task when the chunk gradients are reduced.
 cdef Py_ssize_t REDUCE_BLOCK = 1024
+
+
+cdef inline Py_ssize_t _task_layer(const Py_ssize_t* gblocks, Py_ssize_t n_gblocks,
+                                   Py_ssize_t k) noexcept nogil:
+    """Layer of gradient task ``k``: weight block ``k`` (``k < n_gblocks``),
+    else the biases of layer ``k - n_gblocks``."""
+    return gblocks[GB_FIELDS * k] if k < n_gblocks else k - n_gblocks
+
+
+cdef void _grad_task(const Net* net, const Source* src, const SpBatch* sb,
+                     Py_ssize_t nb, const floating* xin, const floating* acts,
+                     const floating* deltas, Py_ssize_t cap, floating* grad,
+                     const Py_ssize_t* gblocks, Py_ssize_t n_gblocks, Py_ssize_t k,
+                     bint accumulate) noexcept nogil:
+    """Gradient task ``k`` over the ``nb`` rows of a block: weight block ``k``
+    (``A^T delta``), or a layer's bias gradient (column sums of ``delta``),
+    written to (``accumulate``: added to) ``grad``.  Each element is summed
+    over the rows in row order by exactly one task."""
+    cdef Py_ssize_t li = _task_layer(gblocks, n_gblocks, k)
+    cdef Py_ssize_t m = net.zw[li + 1], s_next = net.stride[li + 1]
+    cdef Py_ssize_t i0, i1, j0, j1
+    cdef const floating* d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
+    if k >= n_gblocks:
+        _bias_grad(m, d, s_next, nb, grad + net.icpt_off[li], accumulate)
+        return
+    i0 = gblocks[GB_FIELDS * k + 1]
+    i1 = gblocks[GB_FIELDS * k + 2]
+    j0 = gblocks[GB_FIELDS * k + 3]
+    j1 = gblocks[GB_FIELDS * k + 4]
+    if li == 0:
+        _layer0_grad_block(net, src, sb, nb, xin, d, s_next,
+                           cap * net.total_units - (d - deltas), grad, i0, i1, j0, j1,
+                           accumulate)
+    else:
+        mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>(j1 - j0), <int>nb,
+                    <floating>1, acts + _layer_base(net, cap, li) + i0,
+                    <int>net.stride[li], d + j0, <int>s_next,
+                    <floating>1 if accumulate else <floating>0,
+                    grad + net.coef_off[li] + i0 * m + j0, <int>m)
+
+
+cdef double _task_step(const Net* net, const Fuse* fuse, const floating* grad,
+                       const Py_ssize_t* gblocks, Py_ssize_t n_gblocks, Py_ssize_t k,
+                       bint claim) noexcept nogil:
+    """The optimiser step (see Fuse) of the parameters of gradient task
+    ``k``; returns their weight penalty before the step."""
+    cdef Py_ssize_t li = _task_layer(gblocks, n_gblocks, k)
+    cdef Py_ssize_t m = net.zw[li + 1], off, i0, i1, j0, j1, i
+    cdef floating* fp = <floating*>fuse.params
+    cdef floating* fs1 = <floating*>fuse.s1
+    cdef floating* fs2 = <floating*>fuse.s2
+    cdef double pen
+    if k >= n_gblocks:
+        off = net.icpt_off[li]
+        return _step_range(net, fuse.o, off, off + m, li, False, fp, fs1, fs2, grad,
+                           1.0, fuse.sw_sum, fuse.lr_t, claim)
+    off = net.coef_off[li]
+    i0 = gblocks[GB_FIELDS * k + 1]
+    i1 = gblocks[GB_FIELDS * k + 2]
+    j0 = gblocks[GB_FIELDS * k + 3]
+    j1 = gblocks[GB_FIELDS * k + 4]
+    if j0 == 0 and j1 == m:
+        return _step_range(net, fuse.o, off + i0 * m, off + i1 * m, li, True, fp, fs1,
+                           fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t, claim)
+    # A block of columns: row by row, penalties in row order.
+    pen = 0.0
+    for i in range(i0, i1):
+        pen = pen + _step_range(net, fuse.o, off + i * m + j0, off + i * m + j1, li,
+                                True, fp, fs1, fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t,
+                                claim)
+    return pen
+
+
+# Most row chunks and gradient tasks of a merged pass (see _merged_pass);
+# progress flags a cache line apart.
+cdef enum:
+    MERGE_MAX_CHUNKS = 16
+    MERGE_MAX_TASKS = 1024
+    FLAG_STRIDE = 16
+
+
+cdef inline Py_ssize_t _layer_tasks(const Py_ssize_t* gblocks,
+                                    Py_ssize_t n_gblocks, Py_ssize_t li,
+                                    Py_ssize_t* order,
+                                    Py_ssize_t n_order) noexcept nogil:
+    """Append the weight blocks of layer ``li`` to ``order[:n_order]``;
+    returns the new length."""
+    cdef Py_ssize_t k
+    for k in range(n_gblocks):
+        if gblocks[GB_FIELDS * k] == li:
+            order[n_order] = k
+            n_order += 1
+    return n_order
+
+
+cdef void _merged_pass(const Net* net, const floating* params, const Source* src,
+                       SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t nb,
+                       long long pos, const floating* Y, const floating* sw,
+                       const floating* xin, floating* acts, floating* deltas,
+                       floating* gates, Py_ssize_t cap, floating* grad, double* closs,
+                       double* csw, const Py_ssize_t* gblocks, Py_ssize_t n_gblocks,
+                       bint accumulate, int n_threads, const Py_ssize_t* rows_next,
+                       Py_ssize_t nb_next, int slot, floating* xbuf,
+                       const Fuse* fuse) noexcept nogil:
+    """The row chunks and the gradient tasks of one block of sparse rows in
+    one parallel region: a thread that has finished its chunks goes on to
+    the gradient tasks whose deltas every chunk has written, instead of
+    waiting for the other chunks at the end of a region.
+
+    Chunk c still runs on thread c mod n_threads, and every task computes
+    what it computes in _block_grad's two regions, over the same rows, so
+    the results are the same bit for bit; only when the work is done
+    changes.  Chunks raise a progress flag as their deltas appear, layer by
+    layer from the output (see _chunk_backward).  A gradient task of layer
+    l waits for the deltas of layer l + 1 of every chunk; the tasks of the
+    upper layers come first, because the lower layers' deltas are written
+    last.  ``fuse`` (or NULL): the step as in _block_grad, except that the
+    weights of a layer l >= 1 are read by the chunks' backward pass until
+    they have written the deltas of layer l, so a block whose gradient is
+    ready before that is stepped after the region's tasks.
+
+    Two cores of one VM can differ in speed by 10-30% for a whole fit (the
+    host's clocks and neighbours); a two-thread row split then waits at
+    every batch for the slower core's chunk.  Here that wait is spent on
+    the gradient of the upper layers and the next batch's sort.
+    """
+    cdef Py_ssize_t n_chunks = _n_chunks(nb), L = net.n_layers
+    cdef Py_ssize_t n_tasks = n_gblocks + L, c = 0, j, k, li
+    cdef Py_ssize_t ahead = 1 if rows_next != NULL else 0
+    # Initialised: the region copies them in (a prange inside it).
+    cdef int t = 0, nt = 1
+    cdef int ready[MERGE_MAX_CHUNKS * FLAG_STRIDE]
+    cdef unsigned char deferred[MERGE_MAX_TASKS]
+    cdef Py_ssize_t order[MERGE_MAX_TASKS]
+    cdef Py_ssize_t n_order = 0
+    cdef bint any_deferred = False
+    global MERGED_PASSES
+    MERGED_PASSES += 1
+    for c in range(n_chunks):
+        ready[c * FLAG_STRIDE] = 0
+    for k in range(n_tasks):
+        deferred[k] = 0
+    # Task order: the weight blocks of the hidden-to-hidden layers from the
+    # top (their deltas are ready first, while the last chunks still run),
+    # then the first layer's, then the output layer's and the biases (small
+    # tasks last, to even out the threads' finish).
+    for li in range(L - 2, 0, -1):
+        n_order = _layer_tasks(gblocks, n_gblocks, li, order, n_order)
+    n_order = _layer_tasks(gblocks, n_gblocks, 0, order, n_order)
+    if L >= 2:
+        n_order = _layer_tasks(gblocks, n_gblocks, L - 1, order, n_order)
+    for k in range(n_gblocks, n_tasks):
+        order[n_order] = k
+        n_order += 1
+    with parallel(num_threads=n_threads):
+        t = omp_get_thread_num()
+        nt = omp_get_num_threads()
+        c = t
+        while c < n_chunks:
+            _chunk_task(net, params, src, sb, rows, nb, c, pos, Y, sw, xin, NULL,
+                        acts, deltas, gates, cap, grad, closs, csw, True, False,
+                        &ready[c * FLAG_STRIDE])
+            c = c + nt
+        for j in prange(-ahead, n_tasks, schedule="dynamic"):
+            if j < 0:
+                _sort_into_slot(src, sb, rows_next, nb_next, 1 - slot, xbuf)
+            else:
+                k = order[j]
+                li = _task_layer(gblocks, n_gblocks, k)
+                cbp_flags_wait(ready, <int>n_chunks, FLAG_STRIDE, <int>(L - li))
+                _grad_task(net, src, sb, nb, xin, acts, deltas, cap, grad, gblocks,
+                           n_gblocks, k, accumulate)
+                if fuse != NULL:
+                    if li == 0 or k >= n_gblocks or (MERGE_MODE == 1 and cbp_flags_reached(
+                            ready, <int>n_chunks, FLAG_STRIDE, <int>(L - li + 1))):
+                        fuse.pen[k] = _task_step(net, fuse, grad, gblocks, n_gblocks,
+                                                 k, True)
+                    else:
+                        deferred[k] = 1
+    if fuse == NULL:
+        return
+    global PUT_OFF
+    for k in range(n_tasks):
+        if deferred[k]:
+            any_deferred = True
+            PUT_OFF += 1
+    if any_deferred:
+        for k in prange(n_tasks, num_threads=n_threads, schedule="dynamic"):
+            if deferred[k]:
+                fuse.pen[k] = _task_step(net, fuse, grad, gblocks, n_gblocks, k, True)
 
 
 # ---------------------------------------------------------------------------
@@ -1177,20 +1402,14 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     beside the gradient (see SpBatch).  ``fuse`` (or NULL): step the
     parameters block by block in the gradient pass (see Fuse) when this is
     the only pass of the batch and its weights do not sum to zero."""
-    cdef Py_ssize_t n_chunks, c, k, li, i0, i1, j0, j1
-    cdef Py_ssize_t nf = src.n_features, m, s_next
+    cdef Py_ssize_t n_chunks, c, k, i0, i1
+    cdef Py_ssize_t nf = src.n_features
     cdef const floating* xin = NULL
     cdef const floating* X = <const floating*>src.x
-    cdef const floating* a_in
-    cdef floating* d
     cdef bint consecutive = True, gather = False
     cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0, n_red, i
     cdef int slot = 0
-    cdef bint fused = False
-    cdef floating* fp = NULL
-    cdef floating* fs1 = NULL
-    cdef floating* fs2 = NULL
-    cdef double fpen
+    cdef bint fused = False, merge
     # Chunk-local gradients: dense input, one pass (see _chunk_grad).
     cdef bint local = (net.pgrad != NULL and need_grad and not accumulate
                        and not src.csr)
@@ -1238,7 +1457,21 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                 _chunk_task(net, params, src, sb, rows, nb, c - 1, pos, Y, sw, xin,
                             xbuf if gather else NULL, acts, deltas, gates, cap, grad,
                             closs, csw, need_grad, local)
-    else:
+    # Sparse mini-batches on several threads: chunks and gradient tasks in
+    # one region (see _merged_pass).
+    merge = (MERGE_MODE > 0 and src.csr and need_grad and not sort_task and keep < 0
+             and sb.n_keep == 0 and n_threads > 1 and n_chunks <= MERGE_MAX_CHUNKS
+             and n_gblocks + net.n_layers <= MERGE_MAX_TASKS)
+    if merge:
+        # The pass steps only a batch of non-zero weight: its chunks' weights
+        # now, summed as the chunks sum them.
+        for c in range(n_chunks):
+            i0 = c * _chunk_rows(nb)
+            i1 = min(i0 + _chunk_rows(nb), nb)
+            csw[c] = 0.0
+            for i in range(i0, i1):
+                csw[c] += <double>(sw[rows[i]] if sw != NULL else <floating>1)
+    elif not sort_task:
         # Chunk c on thread c mod n_threads, batch after batch: its row
         # buffers (inputs, activations, deltas, partial gradient) then stay
         # in one core's cache instead of moving to the other core whenever a
@@ -1252,7 +1485,8 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     if keep >= 0:
         sb.kept[keep] = nb
     for c in range(n_chunks):
-        loss_sum[0] += closs[c]
+        if not merge:
+            loss_sum[0] += closs[c]
         sw_sum[0] += csw[c]
     sb.ahead = NULL
     if not need_grad:
@@ -1285,58 +1519,24 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
             fuse.done = True
             fuse.sw_sum = sw_sum[0]
             fuse.lr_t = _adam_rate(fuse.o) if fuse.o.kind == OPT_ADAM else 0.0
-            fp = <floating*>fuse.params
-            fs1 = <floating*>fuse.s1
-            fs2 = <floating*>fuse.s2
-    for k in prange(-ahead_task, n_gblocks + net.n_layers, num_threads=n_threads,
-                    schedule="dynamic"):
-        if k < 0:
-            _sort_into_slot(src, sb, rows_next, nb_next, 1 - slot, xbuf)
-        elif k >= n_gblocks:
-            li = k - n_gblocks
-            m = net.zw[li + 1]
-            s_next = net.stride[li + 1]
-            d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
-            _bias_grad(m, d, s_next, nb, grad + net.icpt_off[li], accumulate)
-            if fused:
-                off = net.icpt_off[li]
-                fuse.pen[k] = _step_range(net, fuse.o, off, off + m, li, False, fp, fs1,
-                                          fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t,
-                                          n_threads > 1)
-        else:
-            li = gblocks[GB_FIELDS * k]
-            i0 = gblocks[GB_FIELDS * k + 1]
-            i1 = gblocks[GB_FIELDS * k + 2]
-            j0 = gblocks[GB_FIELDS * k + 3]
-            j1 = gblocks[GB_FIELDS * k + 4]
-            m = net.zw[li + 1]
-            s_next = net.stride[li + 1]
-            d = deltas + _layer_base(net, cap, li + 1) + net.zoff[li + 1]
-            if li == 0:
-                _layer0_grad_block(net, src, sb, nb, xin, d, s_next,
-                                   cap * net.total_units - (d - deltas), grad, i0, i1,
-                                   j0, j1, accumulate)
+    if merge:
+        _merged_pass(net, params, src, sb, rows, nb, pos, Y, sw, xin, acts, deltas,
+                     gates, cap, grad, closs, csw, gblocks, n_gblocks, accumulate,
+                     n_threads, rows_next if ahead_task else NULL, nb_next, slot,
+                     xbuf, fuse if fused else NULL)
+        for c in range(n_chunks):
+            loss_sum[0] += closs[c]
+    else:
+        for k in prange(-ahead_task, n_gblocks + net.n_layers, num_threads=n_threads,
+                        schedule="dynamic"):
+            if k < 0:
+                _sort_into_slot(src, sb, rows_next, nb_next, 1 - slot, xbuf)
             else:
-                a_in = acts + _layer_base(net, cap, li)
-                mm_rowmajor(Trans, NoTrans, <int>(i1 - i0), <int>(j1 - j0), <int>nb,
-                            <floating>1, a_in + i0, <int>net.stride[li], d + j0,
-                            <int>s_next, <floating>1 if accumulate else <floating>0,
-                            grad + net.coef_off[li] + i0 * m + j0, <int>m)
-            if fused:
-                off = net.coef_off[li]
-                if j0 == 0 and j1 == m:
-                    fpen = _step_range(net, fuse.o, off + i0 * m, off + i1 * m, li, True,
-                                       fp, fs1, fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t,
-                                       n_threads > 1)
-                else:
-                    # A block of columns: row by row, penalties in row order.
-                    fpen = 0.0
-                    for i in range(i0, i1):
-                        fpen = fpen + _step_range(net, fuse.o, off + i * m + j0,
-                                                  off + i * m + j1, li, True, fp, fs1,
-                                                  fs2, grad, 1.0, fuse.sw_sum,
-                                                  fuse.lr_t, n_threads > 1)
-                fuse.pen[k] = fpen
+                _grad_task(net, src, sb, nb, xin, acts, deltas, cap, grad, gblocks,
+                           n_gblocks, k, accumulate)
+                if fused:
+                    fuse.pen[k] = _task_step(net, fuse, grad, gblocks, n_gblocks, k,
+                                             n_threads > 1)
     if ahead_task:
         sb.ahead = rows_next
         sb.ahead_nb = nb_next

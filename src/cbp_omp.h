@@ -34,4 +34,74 @@ static inline void cbp_barrier(void)
 #endif
 }
 
+/* Progress flags between the threads of one parallel region.  A thread
+ * that has written some data raises a flag with cbp_flag_raise (release: the
+ * data is visible before the flag); another thread that needs the data
+ * waits with cbp_flag_wait (acquire) until the flag reaches a level.  Flags
+ * only rise.  Waiting spins: the threads of a region run at the same time,
+ * and the producer is inside a few milliseconds of work at most. */
+#if defined(_MSC_VER) && !defined(__clang__)
+#include <intrin.h>
+#endif
+
+static inline void cbp_flag_raise(volatile int *flag, int level)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    __atomic_store_n(flag, level, __ATOMIC_RELEASE);
+#else
+#ifdef _OPENMP
+#pragma omp flush
+#endif
+    *flag = level;
+#ifdef _OPENMP
+#pragma omp flush
+#endif
+#endif
+}
+
+static inline int cbp_flag_read(const volatile int *flag)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return __atomic_load_n(flag, __ATOMIC_ACQUIRE);
+#else
+    int level = *flag;
+#ifdef _OPENMP
+#pragma omp flush
+#endif
+    return level;
+#endif
+}
+
+static inline void cbp_spin_pause(void)
+{
+#if (defined(__GNUC__) || defined(__clang__)) && \
+    (defined(__x86_64__) || defined(__i386__))
+    __builtin_ia32_pause();
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+    _mm_pause();
+#endif
+}
+
+/* Wait until each of the n flags flags[0], flags[stride], ... is at least
+ * `level`. */
+static inline void cbp_flags_wait(const volatile int *flags, int n, int stride,
+                                  int level)
+{
+    for (int i = 0; i < n; i++)
+        while (cbp_flag_read(flags + (long)i * stride) < level)
+            cbp_spin_pause();
+}
+
+/* Whether each of the n flags is at least `level` now. */
+static inline int cbp_flags_reached(const volatile int *flags, int n, int stride,
+                                    int level)
+{
+    for (int i = 0; i < n; i++)
+        if (cbp_flag_read(flags + (long)i * stride) < level)
+            return 0;
+    return 1;
+}
+
 #endif /* CBP_OMP_H */

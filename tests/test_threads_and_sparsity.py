@@ -795,3 +795,64 @@ def test_dense_to_csr_into_given_arrays():
         np.testing.assert_array_equal(u, v)
     with pytest.raises(ValueError, match="fewer than"):
         _kernels.dense_to_csr(X, counts, 2, data_out[:nnz - 1], ind_out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("params", [
+    dict(hidden_layer_sizes=(150, 60), solver="adam", batch_size=100, alpha=1e-3),
+    dict(hidden_layer_sizes=(40, 30, 20), solver="sgd", batch_size=64, momentum=0.9,
+         sample_weight="zero first batch"),
+    dict(hidden_layer_sizes=(70,), solver="sgd", batch_size=50,
+         nesterovs_momentum=False, l1=1e-4),
+    dict(hidden_layer_sizes=(20, 40), solver="adam", batch_size=300,
+         activation="tanh", sample_weight="uniform"),
+])
+def test_merged_pass_changes_no_bit(dtype, params):
+    # Sparse mini-batches on several threads run their row chunks and
+    # gradient tasks in one region, the tasks waiting on the chunks'
+    # progress flags; steps of upper layers may be put off until after the
+    # tasks.  None of it may change a bit of the weights or the loss curve:
+    # against the two-region pass, the forced put-off, and one thread.
+    from cbackprop import _kernels
+
+    params = dict(params)
+    weights = params.pop("sample_weight", None)
+    X, y = _sparse_dense_data(n=700, n_features=120, density=0.1, seed=3)
+    X = sp.csr_matrix(X.astype(dtype))
+    sw = None
+    if weights == "uniform":
+        sw = np.random.RandomState(0).uniform(0.2, 2, size=X.shape[0])
+    elif weights == "zero first batch":
+        # The first batch (no shuffle) weighs nothing: no step there.
+        sw = np.ones(X.shape[0])
+        sw[:params["batch_size"]] = 0.0
+    common = dict(max_iter=3, random_state=0, tol=0.0, shuffle=weights is None,
+                  **params)
+    old_work = _kernels._set_parallel_min_work(0.0)
+    old_mode = _kernels._set_merged_pass(1)
+    try:
+        one = _fit(MLPClassifier, X, y, sample_weight=sw, n_threads=1, **common)
+        fits = {}
+        for mode in (0, 1, 2):
+            _kernels._set_merged_pass(mode)
+            for n in (2, 3):
+                passes, put_off = _kernels._merged_passes()
+                fits[mode, n] = _fit(MLPClassifier, X, y, sample_weight=sw,
+                                     n_threads=n, **common)
+                passes = _kernels._merged_passes()[0] - passes
+                put_off = _kernels._merged_passes()[1] - put_off
+                # Every batch whose by-feature copy an earlier batch made
+                # takes the merged pass, when on; the forced put-off puts
+                # off at least one step a pass (a batch of zero weight has
+                # none).
+                assert (passes > 0) == (mode > 0)
+                assert (put_off > 0) == (mode == 2)
+                if mode == 2 and weights != "zero first batch":
+                    assert put_off >= passes
+    finally:
+        _kernels._set_merged_pass(old_mode)
+        _kernels._set_parallel_min_work(old_work)
+    for fit in fits.values():
+        for u, v in zip(fit.coefs_ + fit.intercepts_, one.coefs_ + one.intercepts_):
+            np.testing.assert_array_equal(u, v)
+        np.testing.assert_array_equal(fit.loss_curve_, one.loss_curve_)
