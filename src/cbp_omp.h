@@ -43,6 +43,11 @@ static inline void cbp_barrier(void)
 #if defined(_MSC_VER) && !defined(__clang__)
 #include <intrin.h>
 #endif
+#if defined(_WIN32)
+__declspec(dllimport) int __stdcall SwitchToThread(void);
+#else
+#include <sched.h>
+#endif
 
 static inline void cbp_flag_raise(volatile int *flag, int level)
 {
@@ -84,14 +89,31 @@ static inline void cbp_spin_pause(void)
 #endif
 }
 
+/* Give the core to another thread: a waiting thread that has spun for a
+ * while may be sharing its core with the thread it waits for (more threads
+ * than cores). */
+static inline void cbp_yield(void)
+{
+#if defined(_WIN32)
+    SwitchToThread();
+#else
+    sched_yield();
+#endif
+}
+
 /* Wait until each of the n flags flags[0], flags[stride], ... is at least
- * `level`. */
+ * `level`: spin (a few tens of microseconds), then yield between looks. */
 static inline void cbp_flags_wait(const volatile int *flags, int n, int stride,
                                   int level)
 {
+    long spins = 0;
     for (int i = 0; i < n; i++)
-        while (cbp_flag_read(flags + (long)i * stride) < level)
-            cbp_spin_pause();
+        while (cbp_flag_read(flags + (long)i * stride) < level) {
+            if (++spins < 4096)
+                cbp_spin_pause();
+            else
+                cbp_yield();
+        }
 }
 
 /* Whether each of the n flags is at least `level` now. */
