@@ -287,7 +287,7 @@ def _set_fused_step(bint on):
     return old
 
 
-# Sparse mini-batches on several threads in one region (see _merged_pass):
+# Mini-batches on several threads in one region (see _merged_pass):
 # 0 off, 1 on, 2 on with every step of a layer above the first put off to
 # after the tasks (for the tests: the path that real runs take only when a
 # chunk is slow).  MERGED_PASSES counts the merged passes run, PUT_OFF the
@@ -1290,29 +1290,32 @@ cdef void _merged_pass(const Net* net, const floating* params, const Source* src
                        floating* gates, Py_ssize_t cap, floating* grad, double* closs,
                        double* csw, const Py_ssize_t* gblocks, Py_ssize_t n_gblocks,
                        bint accumulate, int n_threads, const Py_ssize_t* rows_next,
-                       Py_ssize_t nb_next, int slot, floating* xbuf,
+                       Py_ssize_t nb_next, int slot, floating* xbuf, bint gather,
                        const Fuse* fuse) noexcept nogil:
-    """The row chunks and the gradient tasks of one block of sparse rows in
-    one parallel region: a thread that has finished its chunks goes on to
-    the gradient tasks whose deltas every chunk has written, instead of
-    waiting for the other chunks at the end of a region.
+    """The row chunks and the gradient tasks of one block of rows (sparse,
+    or dense without chunk-local gradients) in one parallel region: a
+    thread that has finished its chunks goes on to the gradient tasks whose
+    deltas every chunk has written, instead of waiting for the other chunks
+    at the end of a region.  ``gather``: each chunk first copies its dense
+    rows into ``xbuf`` (see _chunk_task).
 
     Chunk c still runs on thread c mod n_threads, and every task computes
     what it computes in _block_grad's two regions, over the same rows, so
     the results are the same bit for bit; only when the work is done
     changes.  Chunks raise a progress flag as their deltas appear, layer by
     layer from the output (see _chunk_backward).  A gradient task of layer
-    l waits for the deltas of layer l + 1 of every chunk; the tasks of the
-    upper layers come first, because the lower layers' deltas are written
-    last.  ``fuse`` (or NULL): the step as in _block_grad, except that the
+    l waits for the deltas of layer l + 1 of every chunk, so the tasks that
+    can start while chunks still run come first (see the task order
+    below).  ``fuse`` (or NULL): the step as in _block_grad, except that the
     weights of a layer l >= 1 are read by the chunks' backward pass until
     they have written the deltas of layer l, so a block whose gradient is
     ready before that is stepped after the region's tasks.
 
-    Two cores of one VM can differ in speed by 10-30% for a whole fit (the
-    host's clocks and neighbours); a two-thread row split then waits at
-    every batch for the slower core's chunk.  Here that wait is spent on
-    the gradient of the upper layers and the next batch's sort.
+    Two cores of one VM can differ in speed by 10-20% for a whole fit (the
+    host's clocks and neighbours; measured in two-thread fits of the MNIST
+    adam case); an equal row split then waits at every batch for the
+    slower core's chunk.  Here that wait goes into the gradient of the
+    upper layers and the next batch's sort.
     """
     cdef Py_ssize_t n_chunks = _n_chunks(nb), L = net.n_layers
     cdef Py_ssize_t n_tasks = n_gblocks + L, c = 0, j, k, li
@@ -1347,8 +1350,9 @@ cdef void _merged_pass(const Net* net, const floating* params, const Source* src
         nt = omp_get_num_threads()
         c = t
         while c < n_chunks:
-            _chunk_task(net, params, src, sb, rows, nb, c, pos, Y, sw, xin, NULL,
-                        acts, deltas, gates, cap, grad, closs, csw, True, False,
+            _chunk_task(net, params, src, sb, rows, nb, c, pos, Y, sw, xin,
+                        xbuf if gather else NULL, acts, deltas, gates, cap, grad,
+                        closs, csw, True, False,
                         &ready[c * FLAG_STRIDE])
             c = c + nt
         for j in prange(-ahead, n_tasks, schedule="dynamic"):
@@ -1457,10 +1461,11 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                 _chunk_task(net, params, src, sb, rows, nb, c - 1, pos, Y, sw, xin,
                             xbuf if gather else NULL, acts, deltas, gates, cap, grad,
                             closs, csw, need_grad, local)
-    # Sparse mini-batches on several threads: chunks and gradient tasks in
-    # one region (see _merged_pass).
-    merge = (MERGE_MODE > 0 and src.csr and need_grad and not sort_task and keep < 0
-             and sb.n_keep == 0 and n_threads > 1 and n_chunks <= MERGE_MAX_CHUNKS
+    # Mini-batches on several threads, unless chunk-local: chunks and
+    # gradient tasks in one region (see _merged_pass).
+    merge = (MERGE_MODE > 0 and need_grad and not local and not sort_task
+             and keep < 0 and (not src.csr or sb.n_keep == 0)
+             and n_threads > 1 and n_chunks <= MERGE_MAX_CHUNKS
              and n_gblocks + net.n_layers <= MERGE_MAX_TASKS)
     if merge:
         # The pass steps only a batch of non-zero weight: its chunks' weights
@@ -1523,7 +1528,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         _merged_pass(net, params, src, sb, rows, nb, pos, Y, sw, xin, acts, deltas,
                      gates, cap, grad, closs, csw, gblocks, n_gblocks, accumulate,
                      n_threads, rows_next if ahead_task else NULL, nb_next, slot,
-                     xbuf, fuse if fused else NULL)
+                     xbuf, gather, fuse if fused else NULL)
         for c in range(n_chunks):
             loss_sum[0] += closs[c]
     else:

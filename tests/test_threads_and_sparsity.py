@@ -808,7 +808,27 @@ def test_dense_to_csr_into_given_arrays():
          activation="tanh", sample_weight="uniform"),
 ])
 def test_merged_pass_changes_no_bit(dtype, params):
-    # Sparse mini-batches on several threads run their row chunks and
+    X, y = _sparse_dense_data(n=700, n_features=120, density=0.1, seed=3)
+    _check_merged_pass(sp.csr_matrix(X.astype(dtype)), y, params)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("params", [
+    dict(hidden_layer_sizes=(300, 100), solver="adam", batch_size=100),
+    dict(hidden_layer_sizes=(200, 150, 80), solver="sgd", batch_size=128,
+         momentum=0.9, sample_weight="uniform"),
+])
+def test_merged_pass_on_dense_input_changes_no_bit(dtype, params):
+    # Dense input (BLAS first layer, rows gathered per chunk), networks too
+    # large for the chunk-local gradients.
+    rng = np.random.RandomState(5)
+    X = rng.normal(size=(600, 120)).astype(dtype)
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)
+    _check_merged_pass(X, y, params)
+
+
+def _check_merged_pass(X, y, params):
+    # Mini-batches on several threads run their row chunks and
     # gradient tasks in one region, the tasks waiting on the chunks'
     # progress flags; steps of upper layers may be put off until after the
     # tasks.  None of it may change a bit of the weights or the loss curve:
@@ -817,8 +837,6 @@ def test_merged_pass_changes_no_bit(dtype, params):
 
     params = dict(params)
     weights = params.pop("sample_weight", None)
-    X, y = _sparse_dense_data(n=700, n_features=120, density=0.1, seed=3)
-    X = sp.csr_matrix(X.astype(dtype))
     sw = None
     if weights == "uniform":
         sw = np.random.RandomState(0).uniform(0.2, 2, size=X.shape[0])
