@@ -1,5 +1,6 @@
 """Extension list and per-compiler OpenMP flags; all metadata is in pyproject.toml."""
 import os
+import shlex
 import sys
 import tempfile
 
@@ -28,8 +29,12 @@ def _links_openmp(compiler, compile_args, link_args):
                     "int main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
         try:
             objs = compiler.compile([src], output_dir=tmp, extra_postargs=compile_args)
+            # The extensions' link gets LDFLAGS (setuptools adds them), the
+            # probe's does not: without them a -fsanitize=address build
+            # (CFLAGS and LDFLAGS) failed this probe and came out serial.
             compiler.link_executable(objs, os.path.join(tmp, "omp_probe"),
-                                     extra_postargs=link_args)
+                                     extra_postargs=link_args
+                                     + shlex.split(os.environ.get("LDFLAGS", "")))
         except Exception:
             return False
     return True
