@@ -95,6 +95,10 @@ cdef extern from "cbp_loops.h" nogil:
                         Py_ssize_t ldz)
     void cbp_add_rows_f(Py_ssize_t nr, Py_ssize_t m, const float* b, float* z,
                         Py_ssize_t ldz)
+    void cbp_bias_relu_d(Py_ssize_t nr, Py_ssize_t m, const double* b, double* z,
+                         Py_ssize_t ldz)
+    void cbp_bias_relu_f(Py_ssize_t nr, Py_ssize_t m, const float* b, float* z,
+                         Py_ssize_t ldz)
     void cbp_sum_rows_d(Py_ssize_t nr, Py_ssize_t m, const double* d, Py_ssize_t ldd,
                         double* g, int accumulate)
     void cbp_sum_rows_f(Py_ssize_t nr, Py_ssize_t m, const float* d, Py_ssize_t ldd,
@@ -359,6 +363,7 @@ UPDATE_BLOCK_SIZE = UPDATE_BLOCK
 CACHE_LINE_BYTES = LINE_BYTES
 
 cdef enum:
+    ACT_RELU = 3          # CBP_ACT_RELU of cbp_math.h
     ACT_MAXOUT = 8        # CBP_ACT_MAXOUT of cbp_math.h
 
 
@@ -533,6 +538,15 @@ cdef inline void _add_rows(Py_ssize_t nr, Py_ssize_t m, const floating* b, float
         cbp_add_rows_f(nr, m, b, z, ldz)
     else:
         cbp_add_rows_d(nr, m, b, z, ldz)
+
+
+cdef inline void _bias_relu(Py_ssize_t nr, Py_ssize_t m, const floating* b,
+                            floating* z, Py_ssize_t ldz) noexcept nogil:
+    """``z[r, :m] = relu(z[r, :m] + b)`` for ``nr`` rows ``ldz`` apart."""
+    if floating is float:
+        cbp_bias_relu_f(nr, m, b, z, ldz)
+    else:
+        cbp_bias_relu_d(nr, m, b, z, ldz)
 
 
 cdef inline floating _dot(Py_ssize_t n, const floating* x,
@@ -724,9 +738,11 @@ cdef void _hidden_layer_backward(const Net* net, Py_ssize_t layer, const floatin
 
 cdef void _layer0_forward(const Net* net, const floating* params, const Source* src,
                           const SpBatch* sb, Py_ssize_t r0, Py_ssize_t nr,
-                          const floating* xin, floating* z,
-                          Py_ssize_t ldz) noexcept nogil:
-    """``z[r, :] = x_r W0 + b0`` for rows ``r0 .. r0 + nr`` (no activation)."""
+                          const floating* xin, floating* z, Py_ssize_t ldz,
+                          bint relu=False) noexcept nogil:
+    """``z[r, :] = x_r W0 + b0`` for rows ``r0 .. r0 + nr`` (no activation);
+    with ``relu``, dense input: ``relu(x_r W0 + b0)``, the bias and relu in
+    one pass."""
     cdef Py_ssize_t u_in = net.units[0], m = net.zw[1]
     cdef const floating* b = params + net.icpt_off[0]
     cdef const floating* W = params
@@ -745,7 +761,10 @@ cdef void _layer0_forward(const Net* net, const floating* params, const Source* 
         return
     mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>u_in, <floating>1,
                 xin + r0 * u_in, <int>u_in, params, <int>m, <floating>0, z, <int>ldz)
-    _add_rows(nr, m, b, z, ldz)
+    if relu:
+        _bias_relu(nr, m, b, z, ldz)
+    else:
+        _add_rows(nr, m, b, z, ldz)
 
 
 cdef void _layer0_grad_block(const Net* net, const Source* src, const SpBatch* sb,
@@ -971,22 +990,32 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
     cdef Py_ssize_t L = net.n_layers, li, u_in, m, s_in, s_out, base
     cdef floating* z
     cdef const floating* a_in
+    cdef bint relu
     for li in range(L):
         u_in = net.units[li]
         m = net.zw[li + 1]
         s_out = net.stride[li + 1]
         base = _layer_base(net, cap, li + 1) + r0 * s_out
         z = acts + base + net.zoff[li + 1]
+        # A relu layer after a BLAS product (no dropout): bias and relu in one
+        # pass over the block (the sparse kernel adds the bias itself).
+        relu = (li < L - 1 and net.act[li + 1] == ACT_RELU and net.drop <= 0
+                and not (li == 0 and src.csr))
         if li == 0:
-            _layer0_forward(net, params, src, sb, r0, nr, xin, z, s_out)
+            _layer0_forward(net, params, src, sb, r0, nr, xin, z, s_out, relu)
         else:
             s_in = net.stride[li]
             a_in = acts + _layer_base(net, cap, li) + r0 * s_in
             mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>u_in,
                         <floating>1, a_in, <int>s_in, params + net.coef_off[li],
                         <int>m, <floating>0, z, <int>s_out)
-            _add_rows(nr, m, params + net.icpt_off[li], z, s_out)
-        if li < L - 1:
+            if relu:
+                _bias_relu(nr, m, params + net.icpt_off[li], z, s_out)
+            else:
+                _add_rows(nr, m, params + net.icpt_off[li], z, s_out)
+        if relu:
+            pass
+        elif li < L - 1:
             _hidden_layer_forward(net, li + 1, acts + base, gates + base, nr, pos + r0)
         else:
             _output_forward(net.out_act, z, nr, m)

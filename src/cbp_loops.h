@@ -193,6 +193,19 @@ CBP_CLONES static void cbp_add_rows_##S(ptrdiff_t nr, ptrdiff_t m,             \
         for (ptrdiff_t j = 0; j < m; j++) z[r * ldz + j] += b[j];              \
 }                                                                              \
                                                                                \
+/* z[r, :m] = relu(z[r, :m] + b) for each of nr rows ldz apart: a hidden  */ \
+/* layer's bias and relu in one pass over its block, bit for bit the two.  */ \
+CBP_CLONES static void cbp_bias_relu_##S(ptrdiff_t nr, ptrdiff_t m,            \
+                                         const T *CBP_RESTRICT b,              \
+                                         T *CBP_RESTRICT z, ptrdiff_t ldz)     \
+{                                                                              \
+    for (ptrdiff_t r = 0; r < nr; r++)                                         \
+        for (ptrdiff_t j = 0; j < m; j++) {                                    \
+            const T v = z[r * ldz + j] + b[j];                                 \
+            z[r * ldz + j] = v > (T)0 ? v : (T)0;                              \
+        }                                                                      \
+}                                                                              \
+                                                                               \
 /* g (+)= the sum of nr rows of d (ldd apart), added in row order. */          \
 CBP_CLONES static void cbp_sum_rows_##S(ptrdiff_t nr, ptrdiff_t m,             \
                                         const T *CBP_RESTRICT d, ptrdiff_t ldd,\
