@@ -1013,12 +1013,10 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
                 _bias_relu(nr, m, params + net.icpt_off[li], z, s_out)
             else:
                 _add_rows(nr, m, params + net.icpt_off[li], z, s_out)
-        if relu:
-            pass
-        elif li < L - 1:
-            _hidden_layer_forward(net, li + 1, acts + base, gates + base, nr, pos + r0)
-        else:
+        if li == L - 1:
             _output_forward(net.out_act, z, nr, m)
+        elif not relu:
+            _hidden_layer_forward(net, li + 1, acts + base, gates + base, nr, pos + r0)
 
 
 cdef double _rows_loss_delta(const Net* net, const Py_ssize_t* rows, Py_ssize_t nr,
