@@ -92,13 +92,9 @@ cdef extern from "cbp_loops.h" nogil:
     void cbp_axpy_d(Py_ssize_t n, double a, const double* x, double* y)
     void cbp_axpy_f(Py_ssize_t n, float a, const float* x, float* y)
     void cbp_add_rows_d(Py_ssize_t nr, Py_ssize_t m, const double* b, double* z,
-                        Py_ssize_t ldz)
+                        Py_ssize_t ldz, int relu)
     void cbp_add_rows_f(Py_ssize_t nr, Py_ssize_t m, const float* b, float* z,
-                        Py_ssize_t ldz)
-    void cbp_bias_relu_d(Py_ssize_t nr, Py_ssize_t m, const double* b, double* z,
-                         Py_ssize_t ldz)
-    void cbp_bias_relu_f(Py_ssize_t nr, Py_ssize_t m, const float* b, float* z,
-                         Py_ssize_t ldz)
+                        Py_ssize_t ldz, int relu)
     void cbp_sum_rows_d(Py_ssize_t nr, Py_ssize_t m, const double* d, Py_ssize_t ldd,
                         double* g, int accumulate)
     void cbp_sum_rows_f(Py_ssize_t nr, Py_ssize_t m, const float* d, Py_ssize_t ldd,
@@ -532,21 +528,13 @@ cdef inline void _axpy(Py_ssize_t n, floating a, const floating* x,
 
 
 cdef inline void _add_rows(Py_ssize_t nr, Py_ssize_t m, const floating* b, floating* z,
-                           Py_ssize_t ldz) noexcept nogil:
-    """``z[r, :m] += b`` for ``nr`` rows ``ldz`` apart (a layer's bias)."""
+                           Py_ssize_t ldz, bint relu=False) noexcept nogil:
+    """``z[r, :m] += b`` for ``nr`` rows ``ldz`` apart (a layer's bias);
+    ``relu``: ``z = relu(z + b)`` in the same pass."""
     if floating is float:
-        cbp_add_rows_f(nr, m, b, z, ldz)
+        cbp_add_rows_f(nr, m, b, z, ldz, relu)
     else:
-        cbp_add_rows_d(nr, m, b, z, ldz)
-
-
-cdef inline void _bias_relu(Py_ssize_t nr, Py_ssize_t m, const floating* b,
-                            floating* z, Py_ssize_t ldz) noexcept nogil:
-    """``z[r, :m] = relu(z[r, :m] + b)`` for ``nr`` rows ``ldz`` apart."""
-    if floating is float:
-        cbp_bias_relu_f(nr, m, b, z, ldz)
-    else:
-        cbp_bias_relu_d(nr, m, b, z, ldz)
+        cbp_add_rows_d(nr, m, b, z, ldz, relu)
 
 
 cdef inline floating _dot(Py_ssize_t n, const floating* x,
@@ -761,10 +749,7 @@ cdef void _layer0_forward(const Net* net, const floating* params, const Source* 
         return
     mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>u_in, <floating>1,
                 xin + r0 * u_in, <int>u_in, params, <int>m, <floating>0, z, <int>ldz)
-    if relu:
-        _bias_relu(nr, m, b, z, ldz)
-    else:
-        _add_rows(nr, m, b, z, ldz)
+    _add_rows(nr, m, b, z, ldz, relu)
 
 
 cdef void _layer0_grad_block(const Net* net, const Source* src, const SpBatch* sb,
@@ -1009,10 +994,7 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
             mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>u_in,
                         <floating>1, a_in, <int>s_in, params + net.coef_off[li],
                         <int>m, <floating>0, z, <int>s_out)
-            if relu:
-                _bias_relu(nr, m, params + net.icpt_off[li], z, s_out)
-            else:
-                _add_rows(nr, m, params + net.icpt_off[li], z, s_out)
+            _add_rows(nr, m, params + net.icpt_off[li], z, s_out, relu)
         if li == L - 1:
             _output_forward(net.out_act, z, nr, m)
         elif not relu:

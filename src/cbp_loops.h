@@ -183,22 +183,20 @@ CBP_CLONES static void cbp_axpy_##S(ptrdiff_t n, T a, const T *CBP_RESTRICT x, \
     for (ptrdiff_t j = 0; j < n; j++) y[j] += a * x[j];                        \
 }                                                                              \
                                                                                \
-/* z[r, :] += b for each of nr rows ldz apart: one call for a block rather */ \
-/* than one a row (a dispatched call costs as much as a short row's adds). */ \
+/* z[r, :m] += b for each of nr rows ldz apart: one call for a block      */ \
+/* rather than one a row (a dispatched call costs as much as a short row's */ \
+/* adds).  relu: z = relu(z + b), a hidden layer's bias and relu in one    */ \
+/* pass over its block, bit for bit the two passes.                        */ \
 CBP_CLONES static void cbp_add_rows_##S(ptrdiff_t nr, ptrdiff_t m,             \
                                         const T *CBP_RESTRICT b,               \
-                                        T *CBP_RESTRICT z, ptrdiff_t ldz)      \
+                                        T *CBP_RESTRICT z, ptrdiff_t ldz,      \
+                                        int relu)                              \
 {                                                                              \
-    for (ptrdiff_t r = 0; r < nr; r++)                                         \
-        for (ptrdiff_t j = 0; j < m; j++) z[r * ldz + j] += b[j];              \
-}                                                                              \
-                                                                               \
-/* z[r, :m] = relu(z[r, :m] + b) for each of nr rows ldz apart: a hidden  */ \
-/* layer's bias and relu in one pass over its block, bit for bit the two.  */ \
-CBP_CLONES static void cbp_bias_relu_##S(ptrdiff_t nr, ptrdiff_t m,            \
-                                         const T *CBP_RESTRICT b,              \
-                                         T *CBP_RESTRICT z, ptrdiff_t ldz)     \
-{                                                                              \
+    if (!relu) {                                                               \
+        for (ptrdiff_t r = 0; r < nr; r++)                                     \
+            for (ptrdiff_t j = 0; j < m; j++) z[r * ldz + j] += b[j];          \
+        return;                                                                \
+    }                                                                          \
     for (ptrdiff_t r = 0; r < nr; r++)                                         \
         for (ptrdiff_t j = 0; j < m; j++) {                                    \
             const T v = z[r * ldz + j] + b[j];                                 \
