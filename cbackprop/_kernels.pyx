@@ -1001,6 +1001,17 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
             _hidden_layer_forward(net, li + 1, acts + base, gates + base, nr, pos + r0)
 
 
+cdef inline double _rows_weight(const Py_ssize_t* rows, Py_ssize_t nr,
+                                const floating* sw) noexcept nogil:
+    """Total weight of samples ``rows[:nr]`` (``sw`` NULL: 1 each), added
+    in row order: a chunk's weight, the same sum wherever it is made."""
+    cdef Py_ssize_t r
+    cdef double wsum = 0.0
+    for r in range(nr):
+        wsum += <double>(sw[rows[r]] if sw != NULL else <floating>1)
+    return wsum
+
+
 cdef double _rows_loss_delta(const Net* net, const Py_ssize_t* rows, Py_ssize_t nr,
                              const floating* Y, const floating* sw, const floating* out,
                              floating* d, double* sw_out) noexcept nogil:
@@ -1010,18 +1021,17 @@ cdef double _rows_loss_delta(const Net* net, const Py_ssize_t* rows, Py_ssize_t 
     cdef Py_ssize_t n_out = net.units[net.n_layers], r, j
     cdef const floating* yrow
     cdef floating w
-    cdef double loss = 0.0, wsum = 0.0
+    cdef double loss = 0.0
     for r in range(nr):
         yrow = Y + rows[r] * n_out
         w = sw[rows[r]] if sw != NULL else <floating>1
         loss += (<double>w) * _row_loss(net, out + r * n_out, yrow, n_out)
-        wsum += <double>w
         if d != NULL:
             _output_delta(net, out + r * n_out, yrow, d + r * n_out, n_out)
             if sw != NULL:
                 for j in range(n_out):
                     d[r * n_out + j] *= w
-    sw_out[0] = wsum
+    sw_out[0] = _rows_weight(rows, nr, sw)
     return loss
 
 
@@ -1420,7 +1430,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     cdef const floating* xin = NULL
     cdef const floating* X = <const floating*>src.x
     cdef bint consecutive = True, gather = False
-    cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0, n_red, i
+    cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0, n_red
     cdef int slot = 0
     cdef bint fused = False, merge
     # Chunk-local gradients: dense input, one pass (see _chunk_grad).
@@ -1481,10 +1491,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         # now, summed as the chunks sum them.
         for c in range(n_chunks):
             i0 = c * _chunk_rows(nb)
-            i1 = min(i0 + _chunk_rows(nb), nb)
-            csw[c] = 0.0
-            for i in range(i0, i1):
-                csw[c] += <double>(sw[rows[i]] if sw != NULL else <floating>1)
+            csw[c] = _rows_weight(rows + i0, min(_chunk_rows(nb), nb - i0), sw)
     elif not sort_task:
         # Chunk c on thread c mod n_threads, batch after batch: its row
         # buffers (inputs, activations, deltas, partial gradient) then stay
@@ -1882,14 +1889,18 @@ cdef void _split_forward(const Net* net, const Split* sp, Py_ssize_t p,
     pre-activations."""
     cdef Py_ssize_t nf = net.units[0], n_out = net.units[2], r
     cdef Py_ssize_t bw = sp.bounds[p + 1] - sp.bounds[p], ld = sp.ld
+    cdef bint relu
     cdef floating* base = <floating*>sp.base
     cdef const floating* w = base + sp.blk[p].w
     cdef floating* a = base + sp.blk[p].act
     mm_rowmajor(NoTrans, NoTrans, <int>nb, <int>bw, <int>nf, <floating>1, xin,
                 <int>nf, w, <int>ld, <floating>0, a, <int>ld)
-    _add_rows(nb, bw, w + sp.o_b0, a, ld)
-    for r in range(nb):
-        _hidden_forward(net, 1, a + r * ld, bw)
+    # Unit-split networks have no dropout: relu goes with the bias.
+    relu = net.act[1] == ACT_RELU
+    _add_rows(nb, bw, w + sp.o_b0, a, ld, relu)
+    if not relu:
+        for r in range(nb):
+            _hidden_forward(net, 1, a + r * ld, bw)
     mm_rowmajor(NoTrans, NoTrans, <int>nb, <int>n_out, <int>bw, <floating>1, a,
                 <int>ld, w + sp.o_w1, <int>n_out, <floating>0, base + sp.blk[p].part,
                 <int>n_out)
