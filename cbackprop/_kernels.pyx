@@ -313,6 +313,23 @@ def _merged_passes():
 
 
 cdef bint UNIT_SPLIT = True
+cdef bint LOCAL_STEP = True
+cdef long long LOCAL_STEPS = 0
+
+
+def _set_local_step(bint on):
+    """Whether chunk-local gradients are stepped in the chunks' region on
+    several threads (see _local_pass), for tests and measurements: the
+    weights are the same either way.  Returns the old setting."""
+    global LOCAL_STEP
+    old = LOCAL_STEP
+    LOCAL_STEP = on
+    return old
+
+
+def _local_steps():
+    """Batches stepped inside their chunks' region so far (see _local_pass)."""
+    return LOCAL_STEPS
 
 
 def _set_unit_split(bint on):
@@ -429,9 +446,16 @@ cdef struct Fuse:
     double lr_t         # set by the pass
     double sw_sum       # set by the pass
     bint done
+    double pen_total    # set by the pass when done: the penalties' sum
     # Chunk-local gradients (dense input) left unsummed by the pass: the
     # step sums each block just before stepping it (see _apply_step).
     Py_ssize_t pending
+    # Or, when ublocks is not NULL and the chunks run on several threads,
+    # the pass sums and steps them itself, in the chunks' region (see
+    # _local_pass); bpen: room for a penalty per update block.
+    const Py_ssize_t* ublocks
+    Py_ssize_t n_ublocks
+    double* bpen
 
 
 cdef struct Source:
@@ -1403,6 +1427,56 @@ cdef void _merged_pass(const Net* net, const floating* params, const Source* src
                 fuse.pen[k] = _task_step(net, fuse, grad, gblocks, n_gblocks, k, True)
 
 
+cdef void _local_pass(const Net* net, const floating* params, const Source* src,
+                      SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t nb,
+                      long long pos, const floating* Y, const floating* sw,
+                      const floating* xin, floating* xbuf, floating* acts,
+                      floating* deltas, floating* gates, Py_ssize_t cap,
+                      floating* grad, double* closs, double* csw, int n_threads,
+                      Fuse* fuse) noexcept nogil:
+    """The row chunks of a block with chunk-local gradients and, with
+    ``fuse`` (else NULL), the optimiser step in one parallel region: each
+    thread runs its chunks, waits at a barrier for the others', then sums
+    and steps its own run of update blocks, as :func:`_apply_step` would
+    with ``pending`` chunks (same calls on the same blocks, so the same
+    bits).  Saves the second region's start and end and the serial work
+    between the two, per batch.  ``fuse.lr_t`` and ``fuse.sw_sum``: set by
+    the caller."""
+    cdef Py_ssize_t n_chunks = _n_chunks(nb), n_ub = 0, k, k0, k1, li
+    cdef const Py_ssize_t* ub = NULL
+    # Initialised: the region copies them in.
+    cdef int t = 0, nt = 1
+    cdef Py_ssize_t c = 0
+    cdef bint coef
+    global LOCAL_STEPS
+    if fuse != NULL:
+        ub = fuse.ublocks
+        n_ub = fuse.n_ublocks
+        LOCAL_STEPS += 1
+    with parallel(num_threads=n_threads):
+        t = omp_get_thread_num()
+        nt = omp_get_num_threads()
+        # Chunk c on thread c mod n_threads, as in _block_grad.
+        c = t
+        while c < n_chunks:
+            _chunk_task(net, params, src, sb, rows, nb, c, pos, Y, sw, xin, xbuf,
+                        acts, deltas, gates, cap, grad, closs, csw, True, True)
+            c = c + nt
+        if fuse != NULL:
+            cbp_barrier()
+            for k in range(_first_block(ub, n_ub, net.n_params, t, nt),
+                           _first_block(ub, n_ub, net.n_params, t + 1, nt)):
+                k0 = ub[UB_FIELDS * k]
+                k1 = ub[UB_FIELDS * k + 1]
+                li = ub[UB_FIELDS * k + 2]
+                coef = ub[UB_FIELDS * k + 3]
+                _reduce_chunks(net, grad, k0, k1, n_chunks)
+                fuse.bpen[k] = _step_range(net, fuse.o, k0, k1, li, coef,
+                                           <floating*>fuse.params, <floating*>fuse.s1,
+                                           <floating*>fuse.s2, grad, 1.0,
+                                           fuse.sw_sum, fuse.lr_t, nt > 1)
+
+
 # ---------------------------------------------------------------------------
 # One block of rows: loss and gradient, in parallel.
 # ---------------------------------------------------------------------------
@@ -1432,11 +1506,15 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     cdef bint consecutive = True, gather = False
     cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0, n_red
     cdef int slot = 0
-    cdef bint fused = False, merge
+    cdef bint fused = False, merge, local_step
+    cdef double wsum = 0.0
     # Chunk-local gradients: dense input, one pass (see _chunk_grad).
     cdef bint local = (net.pgrad != NULL and need_grad and not accumulate
                        and not src.csr)
     n_chunks = _n_chunks(nb)
+    # ... stepped in the chunks' region when the step runs on several threads.
+    local_step = (local and fuse != NULL and fuse.ublocks != NULL and n_chunks > 1
+                  and n_threads > 1)
 
     # Dense BLAS input: rows are used in place when they are consecutive in
     # X, otherwise gathered once into the batch-sized buffer.
@@ -1492,6 +1570,19 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         for c in range(n_chunks):
             i0 = c * _chunk_rows(nb)
             csw[c] = _rows_weight(rows + i0, min(_chunk_rows(nb), nb - i0), sw)
+    elif local_step:
+        # The step needs the batch's weight first: the chunks' weights now,
+        # summed in chunk order as below.
+        wsum = sw_sum[0]
+        for c in range(n_chunks):
+            i0 = c * _chunk_rows(nb)
+            wsum += _rows_weight(rows + i0, min(_chunk_rows(nb), nb - i0), sw)
+        if wsum > 0:
+            fuse.sw_sum = wsum
+            fuse.lr_t = _adam_rate(fuse.o) if fuse.o.kind == OPT_ADAM else 0.0
+        _local_pass(net, params, src, sb, rows, nb, pos, Y, sw, xin,
+                    xbuf if gather else NULL, acts, deltas, gates, cap, grad, closs,
+                    csw, n_threads, fuse if wsum > 0 else NULL)
     elif not sort_task:
         # Chunk c on thread c mod n_threads, batch after batch: its row
         # buffers (inputs, activations, deltas, partial gradient) then stay
@@ -1516,6 +1607,14 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         # The batch gradient: the chunks' partial ones summed in chunk order,
         # here or, for a caller that steps right after, in its step.
         if n_chunks == 1:
+            return
+        if local_step:
+            # Stepped, unless the batch weighs nothing.
+            fuse.done = wsum > 0
+            if fuse.done:
+                fuse.pen_total = 0.0
+                for k in range(fuse.n_ublocks):
+                    fuse.pen_total += fuse.bpen[k]
             return
         if fuse != NULL and not accumulate:
             fuse.pending = n_chunks
@@ -1558,6 +1657,11 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
                 if fused:
                     fuse.pen[k] = _task_step(net, fuse, grad, gblocks, n_gblocks, k,
                                              n_threads > 1)
+    if fused:
+        # In task order.
+        fuse.pen_total = 0.0
+        for k in range(n_gblocks + net.n_layers):
+            fuse.pen_total += fuse.pen[k]
     if ahead_task:
         sb.ahead = rows_next
         sb.ahead_nb = nb_next
@@ -2914,6 +3018,9 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         fz.pen = &dwork[2 * cap + 2 * n_ublocks]
         use_fuse = FUSE_STEP and o.clip <= 0 and \
             dwork.shape[0] >= 2 * cap + 2 * n_ublocks + n_gblocks + net.n_layers
+        fz.ublocks = &ublocks[0] if LOCAL_STEP and step_threads > 1 else NULL
+        fz.n_ublocks = n_ublocks
+        fz.bpen = &dwork[2 * cap + n_ublocks]
         # Every batch must fit one pass: the blocks hold the weights for
         # the whole call.
         if UNIT_SPLIT and hsplit is not None and hscratch is not None \
@@ -2989,10 +3096,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                         if status != STATUS_OK:
                             break
                         if fz.done:
-                            # Stepped in the gradient pass: its penalties, task order.
-                            pen = 0.0
-                            for k in range(n_gblocks + net.n_layers):
-                                pen += fz.pen[k]
+                            # Stepped in the gradient pass.
+                            pen = fz.pen_total
                         elif sw_sum > 0:
                             pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
                                               &grad[0], sw_sum, &ublocks[0], n_ublocks,

@@ -873,3 +873,56 @@ def _check_merged_pass(X, y, params):
         for u, v in zip(fit.coefs_ + fit.intercepts_, one.coefs_ + one.intercepts_):
             np.testing.assert_array_equal(u, v)
         np.testing.assert_array_equal(fit.loss_curve_, one.loss_curve_)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("params", [
+    dict(hidden_layer_sizes=(100,), solver="adam", batch_size=200),
+    dict(hidden_layer_sizes=(90, 40), solver="sgd", batch_size=150, momentum=0.9,
+         alpha=1e-3, sample_weight="uniform"),
+    dict(hidden_layer_sizes=(100,), solver="sgd", batch_size=100,
+         learning_rate="adaptive", activation="tanh", l1=1e-4,
+         sample_weight="zero first batch"),
+])
+def test_local_step_changes_no_bit(dtype, params):
+    # Small dense networks make their gradient chunk by chunk; on several
+    # threads the chunks' region then also sums and steps the update blocks
+    # (after a barrier) instead of a second region doing it.  Against the
+    # two-region pass and against one thread: the same bits.
+    rng = np.random.RandomState(7)
+    X = rng.uniform(0, 16, size=(900, 64)).astype(dtype)
+    y = (X[:, :8].sum(axis=1) > 64).astype(int) + (X[:, 8] > 8)
+    params = dict(params)
+    weights = params.pop("sample_weight", None)
+    sw = None
+    if weights == "uniform":
+        sw = rng.uniform(0.2, 2, size=X.shape[0])
+    elif weights == "zero first batch":
+        sw = np.ones(X.shape[0])
+        sw[:params["batch_size"]] = 0.0
+    common = dict(max_iter=4, random_state=0, tol=0.0, shuffle=weights is None,
+                  **params)
+    old = _kernels._set_local_step(True)
+    old_work = _kernels._set_parallel_min_work(0.0)
+    try:
+        one = _fit(MLPClassifier, X, y, sample_weight=sw, n_threads=1, **common)
+        fits = []
+        for on in (False, True):
+            _kernels._set_local_step(on)
+            for n in (2, 3):
+                steps = _kernels._local_steps()
+                fits.append(_fit(MLPClassifier, X, y, sample_weight=sw, n_threads=n,
+                                 **common))
+                steps = _kernels._local_steps() - steps
+                # Batches of non-zero weight on several threads, when on and
+                # the build has OpenMP (a serial build runs one thread; the
+                # thread tuner runs some batches on one).
+                assert (steps > 0) == (on and _openmp_helpers.openmp_enabled())
+    finally:
+        _kernels._set_local_step(old)
+        _kernels._set_parallel_min_work(old_work)
+    assert fits[0].n_iter_ == 4
+    for fit in fits:
+        for u, v in zip(fit.coefs_ + fit.intercepts_, one.coefs_ + one.intercepts_):
+            np.testing.assert_array_equal(u, v)
+        np.testing.assert_array_equal(fit.loss_curve_, one.loss_curve_)
