@@ -443,6 +443,7 @@ cdef struct Fuse:
     void* s1            # optimiser state (floating*)
     void* s2
     double* pen         # weight penalty before the step, per gradient task
+    bint wt_fresh       # the transposed copies (see WT_MAX_OUT) hold the weights
     double lr_t         # set by the pass
     double sw_sum       # set by the pass
     bint done
@@ -903,24 +904,37 @@ cdef void _attach_wt(Net* net, floating[::1] wt) noexcept:
         net.wt = &wt[0]
 
 
-cdef void _refresh_wt(const Net* net, const floating* params) noexcept nogil:
-    """Fill the transposed copies from the current weights."""
-    cdef Py_ssize_t li, off, u, m, i, j
+cdef void _refresh_wt_range(const Net* net, const floating* params, Py_ssize_t li,
+                            Py_ssize_t e0, Py_ssize_t e1) noexcept nogil:
+    """Copy weights ``e0:e1`` (row-major, within layer ``li``) into the
+    layer's transposed copy, if it has one."""
+    cdef Py_ssize_t off, u, m, e, i, j
     cdef const floating* W
     cdef floating* T
     if net.wt == NULL:
         return
+    off = _wt_offset(net.units, net.zw, li)
+    if off < 0:
+        return
+    u = net.units[li]
+    m = net.zw[li + 1]
+    W = params + net.coef_off[li]
+    T = (<floating*>net.wt) + off
+    i = e0 // m
+    j = e0 - i * m
+    for e in range(e0, e1):
+        T[j * u + i] = W[e]
+        j = j + 1
+        if j == m:
+            j = 0
+            i = i + 1
+
+
+cdef void _refresh_wt(const Net* net, const floating* params) noexcept nogil:
+    """Fill the transposed copies from the current weights."""
+    cdef Py_ssize_t li
     for li in range(1, net.n_layers):
-        off = _wt_offset(net.units, net.zw, li)
-        if off < 0:
-            continue
-        u = net.units[li]
-        m = net.zw[li + 1]
-        W = params + net.coef_off[li]
-        T = (<floating*>net.wt) + off
-        for i in range(u):
-            for j in range(m):
-                T[j * u + i] = W[i * m + j]
+        _refresh_wt_range(net, params, li, 0, net.units[li] * net.zw[li + 1])
 
 
 cdef void _sparse_rows(const Source* src, SpBatch* sb, const Py_ssize_t* rows,
@@ -1475,6 +1489,13 @@ cdef void _local_pass(const Net* net, const floating* params, const Source* src,
                                            <floating*>fuse.params, <floating*>fuse.s1,
                                            <floating*>fuse.s2, grad, 1.0,
                                            fuse.sw_sum, fuse.lr_t, nt > 1)
+                if coef and li > 0:
+                    # The next batch's transposed copy, while the block is
+                    # in this core's cache (see _accumulate).
+                    _refresh_wt_range(net, <floating*>fuse.params, li,
+                                      k0 - net.coef_off[li], k1 - net.coef_off[li])
+    if fuse != NULL:
+        fuse.wt_fresh = True
 
 
 # ---------------------------------------------------------------------------
@@ -1686,8 +1707,11 @@ cdef int _accumulate(const Net* net, const floating* params, const Source* src,
     cdef Py_ssize_t start = 0, nb
     loss_sum[0] = 0.0
     sw_sum[0] = 0.0
-    if need_grad:
+    # A local pass copied the weights it stepped (see _local_pass).
+    if need_grad and not (fuse != NULL and fuse.wt_fresh):
         _refresh_wt(net, params)
+    if fuse != NULL:
+        fuse.wt_fresh = False
     while start < n:
         nb = min(cap, n - start)
         _block_grad(net, params, src, sb, rows + start, nb, pos + start, Y, sw, acts,
@@ -3019,6 +3043,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         use_fuse = FUSE_STEP and o.clip <= 0 and \
             dwork.shape[0] >= 2 * cap + 2 * n_ublocks + n_gblocks + net.n_layers
         fz.ublocks = &ublocks[0] if LOCAL_STEP and step_threads > 1 else NULL
+        fz.wt_fresh = False
         fz.n_ublocks = n_ublocks
         fz.bpen = &dwork[2 * cap + n_ublocks]
         # Every batch must fit one pass: the blocks hold the weights for
