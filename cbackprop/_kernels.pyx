@@ -1045,8 +1045,11 @@ cdef inline double _rows_weight(const Py_ssize_t* rows, Py_ssize_t nr,
     in row order: a chunk's weight, the same sum wherever it is made."""
     cdef Py_ssize_t r
     cdef double wsum = 0.0
+    if sw == NULL:
+        # Adding 1.0 nr times gives nr exactly (nr < 2**53).
+        return <double>nr
     for r in range(nr):
-        wsum += <double>(sw[rows[r]] if sw != NULL else <floating>1)
+        wsum += <double>sw[rows[r]]
     return wsum
 
 
