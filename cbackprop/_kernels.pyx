@@ -1459,12 +1459,11 @@ cdef void _local_pass(const Net* net, const floating* params, const Source* src,
     bits).  Saves the second region's start and end and the serial work
     between the two, per batch.  ``fuse.lr_t`` and ``fuse.sw_sum``: set by
     the caller."""
-    cdef Py_ssize_t n_chunks = _n_chunks(nb), n_ub = 0, k, k0, k1, li
+    cdef Py_ssize_t n_chunks = _n_chunks(nb), n_ub = 0
     cdef const Py_ssize_t* ub = NULL
     # Initialised: the region copies them in.
     cdef int t = 0, nt = 1
     cdef Py_ssize_t c = 0
-    cdef bint coef
     global LOCAL_STEPS
     if fuse != NULL:
         ub = fuse.ublocks
@@ -1481,22 +1480,10 @@ cdef void _local_pass(const Net* net, const floating* params, const Source* src,
             c = c + nt
         if fuse != NULL:
             cbp_barrier()
-            for k in range(_first_block(ub, n_ub, net.n_params, t, nt),
-                           _first_block(ub, n_ub, net.n_params, t + 1, nt)):
-                k0 = ub[UB_FIELDS * k]
-                k1 = ub[UB_FIELDS * k + 1]
-                li = ub[UB_FIELDS * k + 2]
-                coef = ub[UB_FIELDS * k + 3]
-                _reduce_chunks(net, grad, k0, k1, n_chunks)
-                fuse.bpen[k] = _step_range(net, fuse.o, k0, k1, li, coef,
-                                           <floating*>fuse.params, <floating*>fuse.s1,
-                                           <floating*>fuse.s2, grad, 1.0,
-                                           fuse.sw_sum, fuse.lr_t, nt > 1)
-                if coef and li > 0:
-                    # The next batch's transposed copy, while the block is
-                    # in this core's cache (see _accumulate).
-                    _refresh_wt_range(net, <floating*>fuse.params, li,
-                                      k0 - net.coef_off[li], k1 - net.coef_off[li])
+            # With the next batch's transposed copies (see _accumulate).
+            _step_run(net, fuse.o, <floating*>fuse.params, <floating*>fuse.s1,
+                      <floating*>fuse.s2, grad, 1.0, fuse.sw_sum, fuse.lr_t, ub, n_ub,
+                      t, nt, n_chunks, fuse.bpen, True)
     if fuse != NULL:
         fuse.wt_fresh = True
 
@@ -1588,26 +1575,24 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
              and keep < 0 and (not src.csr or sb.n_keep == 0)
              and n_threads > 1 and n_chunks <= MERGE_MAX_CHUNKS
              and n_gblocks + net.n_layers <= MERGE_MAX_TASKS)
-    if merge:
-        # The pass steps only a batch of non-zero weight: its chunks' weights
-        # now, summed as the chunks sum them.
+    if merge or local_step:
+        # Both passes step only a batch of non-zero weight: its chunks'
+        # weights now, made as the chunks make them.
         for c in range(n_chunks):
             i0 = c * _chunk_rows(nb)
             csw[c] = _rows_weight(rows + i0, min(_chunk_rows(nb), nb - i0), sw)
-    elif local_step:
-        # The step needs the batch's weight first: the chunks' weights now,
-        # summed in chunk order as below.
+    if local_step:
+        # Summed in chunk order, as below.
         wsum = sw_sum[0]
         for c in range(n_chunks):
-            i0 = c * _chunk_rows(nb)
-            wsum += _rows_weight(rows + i0, min(_chunk_rows(nb), nb - i0), sw)
+            wsum += csw[c]
         if wsum > 0:
             fuse.sw_sum = wsum
             fuse.lr_t = _adam_rate(fuse.o) if fuse.o.kind == OPT_ADAM else 0.0
         _local_pass(net, params, src, sb, rows, nb, pos, Y, sw, xin,
                     xbuf if gather else NULL, acts, deltas, gates, cap, grad, closs,
                     csw, n_threads, fuse if wsum > 0 else NULL)
-    elif not sort_task:
+    elif not merge and not sort_task:
         # Chunk c on thread c mod n_threads, batch after batch: its row
         # buffers (inputs, activations, deltas, partial gradient) then stay
         # in one core's cache instead of moving to the other core whenever a
@@ -1793,7 +1778,7 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
     ``ublocks`` holds (start, end, layer, is_coef) of every update block:
     blocks never straddle layers, so each has one learning-rate factor.
     """
-    cdef Py_ssize_t k, k0, k1, li, t
+    cdef Py_ssize_t k, k0, k1, t
     cdef bint coef
     cdef double lr_t = 0.0, pen = 0.0, c = 1.0, norm = 0.0
     cdef double* bsq = bwork
@@ -1819,20 +1804,39 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
     # static split of its ten blocks gave one thread 5,120 parameters, the
     # other 2,390).
     for t in prange(n_threads, num_threads=n_threads, schedule="static"):
-        for k in range(_first_block(ublocks, n_ublocks, net.n_params, t, n_threads),
-                       _first_block(ublocks, n_ublocks, net.n_params, t + 1,
-                                    n_threads)):
-            k0 = ublocks[UB_FIELDS * k]
-            k1 = ublocks[UB_FIELDS * k + 1]
-            li = ublocks[UB_FIELDS * k + 2]
-            coef = ublocks[UB_FIELDS * k + 3]
-            if pending > 1:
-                _reduce_chunks(net, grad, k0, k1, pending)
-            bpen[k] = _step_range(net, o, k0, k1, li, coef, params, s1, s2, grad, c,
-                                  sw_sum, lr_t, n_threads > 1)
+        _step_run(net, o, params, s1, s2, grad, c, sw_sum, lr_t, ublocks, n_ublocks,
+                  t, n_threads, pending, bpen, False)
     for k in range(n_ublocks):
         pen += bpen[k]
     return pen
+
+
+cdef void _step_run(const Net* net, const Optim* o, floating* params, floating* s1,
+                    floating* s2, floating* grad, double c, double sw_sum,
+                    double lr_t, const Py_ssize_t* ublocks, Py_ssize_t n_ublocks,
+                    Py_ssize_t t, Py_ssize_t nt, Py_ssize_t pending, double* bpen,
+                    bint copy_wt) noexcept nogil:
+    """The step of thread ``t`` of ``nt``: its run of update blocks (see
+    _first_block), each summed over ``pending`` chunk gradients first when
+    more than one (see _apply_step), its penalty before the step in
+    ``bpen``.  ``copy_wt``: also copy the block's weights into its layer's
+    transposed copy, if it has one (see _local_pass)."""
+    cdef Py_ssize_t k, k0, k1, li
+    cdef bint coef
+    for k in range(_first_block(ublocks, n_ublocks, net.n_params, t, nt),
+                   _first_block(ublocks, n_ublocks, net.n_params, t + 1, nt)):
+        k0 = ublocks[UB_FIELDS * k]
+        k1 = ublocks[UB_FIELDS * k + 1]
+        li = ublocks[UB_FIELDS * k + 2]
+        coef = ublocks[UB_FIELDS * k + 3]
+        if pending > 1:
+            _reduce_chunks(net, grad, k0, k1, pending)
+        bpen[k] = _step_range(net, o, k0, k1, li, coef, params, s1, s2, grad, c,
+                              sw_sum, lr_t, nt > 1)
+        if copy_wt and coef and li > 0:
+            # While the block is in this core's cache.
+            _refresh_wt_range(net, params, li, k0 - net.coef_off[li],
+                              k1 - net.coef_off[li])
 
 
 # ---------------------------------------------------------------------------
