@@ -1343,6 +1343,26 @@ cdef inline Py_ssize_t _layer_tasks(const Py_ssize_t* gblocks,
     return n_order
 
 
+cdef inline void _thread_chunks(const Net* net, const floating* params,
+                                const Source* src, SpBatch* sb, const Py_ssize_t* rows,
+                                Py_ssize_t nb, long long pos, const floating* Y,
+                                const floating* sw, const floating* xin, floating* xbuf,
+                                floating* acts, floating* deltas, floating* gates,
+                                Py_ssize_t cap, floating* grad, double* closs,
+                                double* csw, bint local, int* ready, int t,
+                                int nt) noexcept nogil:
+    """Inside a parallel region of ``nt`` threads: thread ``t``'s row chunks
+    of a block (chunk c on thread c mod nt, as in _block_grad's chunk loop,
+    so a chunk's buffers stay on one core batch after batch), each with its
+    progress flag in ``ready`` (or NULL; see _merged_pass)."""
+    cdef Py_ssize_t c = t, n_chunks = _n_chunks(nb)
+    while c < n_chunks:
+        _chunk_task(net, params, src, sb, rows, nb, c, pos, Y, sw, xin, xbuf, acts,
+                    deltas, gates, cap, grad, closs, csw, True, local,
+                    &ready[c * FLAG_STRIDE] if ready != NULL else NULL)
+        c = c + nt
+
+
 cdef void _merged_pass(const Net* net, const floating* params, const Source* src,
                        SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t nb,
                        long long pos, const floating* Y, const floating* sw,
@@ -1408,13 +1428,9 @@ cdef void _merged_pass(const Net* net, const floating* params, const Source* src
     with parallel(num_threads=n_threads):
         t = omp_get_thread_num()
         nt = omp_get_num_threads()
-        c = t
-        while c < n_chunks:
-            _chunk_task(net, params, src, sb, rows, nb, c, pos, Y, sw, xin,
-                        xbuf if gather else NULL, acts, deltas, gates, cap, grad,
-                        closs, csw, True, False,
-                        &ready[c * FLAG_STRIDE])
-            c = c + nt
+        _thread_chunks(net, params, src, sb, rows, nb, pos, Y, sw, xin,
+                       xbuf if gather else NULL, acts, deltas, gates, cap, grad, closs,
+                       csw, False, ready, t, nt)
         for j in prange(-ahead, n_tasks, schedule="dynamic"):
             if j < 0:
                 _sort_into_slot(src, sb, rows_next, nb_next, 1 - slot, xbuf)
@@ -1463,7 +1479,6 @@ cdef void _local_pass(const Net* net, const floating* params, const Source* src,
     cdef const Py_ssize_t* ub = NULL
     # Initialised: the region copies them in.
     cdef int t = 0, nt = 1
-    cdef Py_ssize_t c = 0
     global LOCAL_STEPS
     if fuse != NULL:
         ub = fuse.ublocks
@@ -1472,12 +1487,8 @@ cdef void _local_pass(const Net* net, const floating* params, const Source* src,
     with parallel(num_threads=n_threads):
         t = omp_get_thread_num()
         nt = omp_get_num_threads()
-        # Chunk c on thread c mod n_threads, as in _block_grad.
-        c = t
-        while c < n_chunks:
-            _chunk_task(net, params, src, sb, rows, nb, c, pos, Y, sw, xin, xbuf,
-                        acts, deltas, gates, cap, grad, closs, csw, True, True)
-            c = c + nt
+        _thread_chunks(net, params, src, sb, rows, nb, pos, Y, sw, xin, xbuf, acts,
+                       deltas, gates, cap, grad, closs, csw, True, NULL, t, nt)
         if fuse != NULL:
             cbp_barrier()
             # With the next batch's transposed copies (see _accumulate).
