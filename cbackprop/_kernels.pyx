@@ -1529,7 +1529,6 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     cdef Py_ssize_t sort_task = 0, keep = -1, off, ahead_task = 0, n_red
     cdef int slot = 0
     cdef bint fused = False, merge, local_step
-    cdef double wsum = 0.0
     # Chunk-local gradients: dense input, one pass (see _chunk_grad).
     cdef bint local = (net.pgrad != NULL and need_grad and not accumulate
                        and not src.csr)
@@ -1587,23 +1586,13 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
              and n_threads > 1 and n_chunks <= MERGE_MAX_CHUNKS
              and n_gblocks + net.n_layers <= MERGE_MAX_TASKS)
     if merge or local_step:
-        # Both passes step only a batch of non-zero weight: its chunks'
-        # weights now, made as the chunks make them.
+        # Their chunks run below, in the region that steps, which steps only
+        # a batch of non-zero weight: the chunks' weights now, made as the
+        # chunks make them.
         for c in range(n_chunks):
             i0 = c * _chunk_rows(nb)
             csw[c] = _rows_weight(rows + i0, min(_chunk_rows(nb), nb - i0), sw)
-    if local_step:
-        # Summed in chunk order, as below.
-        wsum = sw_sum[0]
-        for c in range(n_chunks):
-            wsum += csw[c]
-        if wsum > 0:
-            fuse.sw_sum = wsum
-            fuse.lr_t = _adam_rate(fuse.o) if fuse.o.kind == OPT_ADAM else 0.0
-        _local_pass(net, params, src, sb, rows, nb, pos, Y, sw, xin,
-                    xbuf if gather else NULL, acts, deltas, gates, cap, grad, closs,
-                    csw, n_threads, fuse if wsum > 0 else NULL)
-    elif not merge and not sort_task:
+    elif not sort_task:
         # Chunk c on thread c mod n_threads, batch after batch: its row
         # buffers (inputs, activations, deltas, partial gradient) then stay
         # in one core's cache instead of moving to the other core whenever a
@@ -1617,7 +1606,7 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
     if keep >= 0:
         sb.kept[keep] = nb
     for c in range(n_chunks):
-        if not merge:
+        if not (merge or local_step):
             loss_sum[0] += closs[c]
         sw_sum[0] += csw[c]
     sb.ahead = NULL
@@ -1629,8 +1618,16 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         if n_chunks == 1:
             return
         if local_step:
-            # Stepped, unless the batch weighs nothing.
-            fuse.done = wsum > 0
+            # Stepped in the chunks' region, unless the batch weighs nothing.
+            fuse.done = sw_sum[0] > 0
+            if fuse.done:
+                fuse.sw_sum = sw_sum[0]
+                fuse.lr_t = _adam_rate(fuse.o) if fuse.o.kind == OPT_ADAM else 0.0
+            _local_pass(net, params, src, sb, rows, nb, pos, Y, sw, xin,
+                        xbuf if gather else NULL, acts, deltas, gates, cap, grad,
+                        closs, csw, n_threads, fuse if fuse.done else NULL)
+            for c in range(n_chunks):
+                loss_sum[0] += closs[c]
             if fuse.done:
                 fuse.pen_total = 0.0
                 for k in range(fuse.n_ublocks):

@@ -37,7 +37,7 @@ static inline void cbp_barrier(void)
 /* Progress flags between the threads of one parallel region.  A thread
  * that has written some data raises a flag with cbp_flag_raise (release: the
  * data is visible before the flag); another thread that needs the data
- * waits with cbp_flag_wait (acquire) until the flag reaches a level.  Flags
+ * waits with cbp_flags_wait (acquire) until the flag reaches a level.  Flags
  * only rise.  Waiting spins: the threads of a region run at the same time,
  * and the producer is inside a few milliseconds of work at most. */
 #if defined(_MSC_VER) && !defined(__clang__)
