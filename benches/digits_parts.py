@@ -84,8 +84,10 @@ def main():
     n_iter = fit(n_threads=1).n_iter_
     for _ in range(args.rounds):
         for k, fn in parts.items():
-            # Other libraries' worker threads go idle first (see compare.py).
-            time.sleep(0.05)
+            # OpenBLAS's worker threads spin for about 0.1 s after a
+            # multithreaded product (scikit-learn's fit): let them go idle
+            # first, as compare.py does.
+            time.sleep(0.3)
             times[k].append(_timed(fn))
     med = {k: float(np.median(v)) for k, v in times.items()}
 

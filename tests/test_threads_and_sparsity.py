@@ -827,6 +827,18 @@ def test_merged_pass_on_dense_input_changes_no_bit(dtype, params):
     _check_merged_pass(X, y, params)
 
 
+def _sample_weights(kind, n, batch_size, rng):
+    """None, "uniform" weights in [0.2, 2), or ones with a "zero first
+    batch" (no shuffle: the first batch weighs nothing, so it has no step)."""
+    if kind == "uniform":
+        return rng.uniform(0.2, 2, size=n)
+    if kind == "zero first batch":
+        sw = np.ones(n)
+        sw[:batch_size] = 0.0
+        return sw
+    return None
+
+
 def _check_merged_pass(X, y, params):
     # Mini-batches on several threads run their row chunks and
     # gradient tasks in one region, the tasks waiting on the chunks'
@@ -835,13 +847,8 @@ def _check_merged_pass(X, y, params):
     # against the two-region pass, the forced put-off, and one thread.
     params = dict(params)
     weights = params.pop("sample_weight", None)
-    sw = None
-    if weights == "uniform":
-        sw = np.random.RandomState(0).uniform(0.2, 2, size=X.shape[0])
-    elif weights == "zero first batch":
-        # The first batch (no shuffle) weighs nothing: no step there.
-        sw = np.ones(X.shape[0])
-        sw[:params["batch_size"]] = 0.0
+    sw = _sample_weights(weights, X.shape[0], params["batch_size"],
+                         np.random.RandomState(0))
     common = dict(max_iter=3, random_state=0, tol=0.0, shuffle=weights is None,
                   **params)
     old_work = _kernels._set_parallel_min_work(0.0)
@@ -894,12 +901,7 @@ def test_local_step_changes_no_bit(dtype, params):
     y = (X[:, :8].sum(axis=1) > 64).astype(int) + (X[:, 8] > 8)
     params = dict(params)
     weights = params.pop("sample_weight", None)
-    sw = None
-    if weights == "uniform":
-        sw = rng.uniform(0.2, 2, size=X.shape[0])
-    elif weights == "zero first batch":
-        sw = np.ones(X.shape[0])
-        sw[:params["batch_size"]] = 0.0
+    sw = _sample_weights(weights, X.shape[0], params["batch_size"], rng)
     common = dict(max_iter=4, random_state=0, tol=0.0, shuffle=weights is None,
                   **params)
     old = _kernels._set_local_step(True)
