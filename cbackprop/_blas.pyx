@@ -5,10 +5,48 @@ Every array in cbackprop is C-ordered (row-major) while BLAS is column-major.
 A row-major ``C = op(A) op(B)`` is the column-major product
 ``C^T = op(B)^T op(A)^T``, so :func:`mm_rowmajor` swaps the operands and hands
 the same buffers to ``?gemm`` without copying anything.
+
+On a CPU with AVX-512, products whose B is not transposed (every product of
+a dense row chunk but the backward one through a wide layer) run our own
+one-thread kernels instead (``src/cbp_gemm.h``): BLAS is held to one thread
+while the kernels run anyway, and OpenBLAS picks its kernels by CPU model,
+so where it does not know the CPU, or is told another (``OPENBLAS_CORETYPE``),
+it runs AVX2 code at half the rate.  The choice depends on the CPU and the
+call, never on the thread count, so results stay bitwise reproducible for
+any number of threads.
 """
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import numpy as np
+
+
+cdef extern from "cbp_gemm.h" nogil:
+    int cbp_gemm_ready()
+    void cbp_gemm_d(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
+                    Py_ssize_t lda, const double* b, Py_ssize_t ldb, int beta,
+                    double* c, Py_ssize_t ldc)
+    void cbp_gemm_f(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
+                    Py_ssize_t lda, const float* b, Py_ssize_t ldb, int beta,
+                    float* c, Py_ssize_t ldc)
+
+
+cdef bint OWN_READY = cbp_gemm_ready() != 0
+cdef bint OWN_GEMM = OWN_READY
+
+
+def own_gemm_ready():
+    """True when this build and CPU can run cbackprop's AVX-512 products."""
+    return bool(OWN_READY)
+
+
+def _set_own_gemm(bint on):
+    """Use the AVX-512 products where they apply (``on``, the default when
+    the CPU has them) or always BLAS; returns the previous setting.  For
+    tests and benchmarks: switch only between fits."""
+    global OWN_GEMM
+    cdef bint before = OWN_GEMM
+    OWN_GEMM = on and OWN_READY
+    return before
 
 
 cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
@@ -20,6 +58,12 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
     cdef char ctb = <char>tb
     if m == 0 or n == 0:
         return
+    if OWN_GEMM and tb == NoTrans and alpha == 1 and (beta == 0 or beta == 1):
+        if floating is float:
+            cbp_gemm_f(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc)
+        else:
+            cbp_gemm_d(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc)
+        return
     if floating is float:
         sgemm(&ctb, &cta, &n, &m, &k, &alpha, <float*>b, &ldb,
               <float*>a, &lda, &beta, c, &ldc)
@@ -28,21 +72,36 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
               <double*>a, &lda, &beta, c, &ldc)
 
 
-def _py_mm_rowmajor(floating[:, ::1] a, floating[:, ::1] b, bint trans_a=False,
-                    bint trans_b=False):
-    """Python twin of :func:`mm_rowmajor` so tests can compare it with NumPy."""
+def _py_mm_rowmajor(floating[:, :] a, floating[:, :] b, bint trans_a=False,
+                    bint trans_b=False, c=None, Py_ssize_t pad=0):
+    """Python twin of :func:`mm_rowmajor` so tests can compare it with NumPy.
+
+    ``a`` and ``b`` may be views whose rows are spaced wider than they are
+    long (their leading dimension).  ``c``: accumulate into a copy of it
+    (beta = 1) instead of overwriting zeros.  The result is the first
+    columns of an array ``pad`` columns wider, whose other columns start as
+    NaN, so a test can check that nothing was written past each row.
+    Returns ``(result, padded)``, or the result alone when ``pad`` is 0.
+    """
     cdef int m = a.shape[1] if trans_a else a.shape[0]
     cdef int k = a.shape[0] if trans_a else a.shape[1]
     cdef int kb = b.shape[1] if trans_b else b.shape[0]
     cdef int n = b.shape[0] if trans_b else b.shape[1]
+    cdef Py_ssize_t item = sizeof(floating)
     if k != kb:
         raise ValueError(f"inner dimensions differ: {k} != {kb}")
+    if a.strides[1] != item or b.strides[1] != item:
+        raise ValueError("rows of a and b must be contiguous")
     dtype = np.float32 if floating is float else np.float64
-    out = np.zeros((m, n), dtype=dtype)
-    cdef floating[:, ::1] c = out
-    if m == 0 or n == 0 or k == 0:
-        return out
-    mm_rowmajor(Trans if trans_a else NoTrans, Trans if trans_b else NoTrans,
-                m, n, k, <floating>1, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
-                <floating>0, &c[0, 0], n)
-    return out
+    padded = np.full((m, n + pad), np.nan, dtype=dtype)
+    padded[:, :n] = 0 if c is None else c
+    cdef floating[:, ::1] cv = padded
+    cdef int lda = <int>max(a.strides[0] // item, a.shape[1], 1)
+    cdef int ldb = <int>max(b.strides[0] // item, b.shape[1], 1)
+    if m > 0 and n > 0 and k > 0:
+        mm_rowmajor(Trans if trans_a else NoTrans, Trans if trans_b else NoTrans,
+                    m, n, k, <floating>1, &a[0, 0], lda, &b[0, 0], ldb,
+                    <floating>(0 if c is None else 1), &cv[0, 0], <int>(n + pad))
+    if pad:
+        return padded[:, :n], padded
+    return padded[:, :n].copy()

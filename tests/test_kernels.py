@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.special import expit, logsumexp, softmax
 
@@ -34,6 +34,75 @@ def test_mm_rowmajor_shapes(m, k, n, dtype):
     b = rng.normal(size=(k, n)).astype(dtype)
     tol = 1e-4 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(_blas._py_mm_rowmajor(a, b), a @ b, rtol=tol, atol=tol)
+
+
+@pytest.fixture(params=["own", "blas"])
+def gemm_path(request):
+    """Each product test once through BLAS and once through our AVX-512
+    products (skipped where the CPU has none)."""
+    own = request.param == "own"
+    if own and not _blas.own_gemm_ready():
+        pytest.skip("no AVX-512 on this CPU: products always run on BLAS")
+    before = _blas._set_own_gemm(own)
+    yield request.param
+    _blas._set_own_gemm(before)
+
+
+@settings(deadline=None, max_examples=60,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=st.integers(1, 30), n=st.integers(1, 70), k=st.integers(1, 300),
+       dtype=st.sampled_from([np.float32, np.float64]), ta=st.booleans(),
+       tb=st.booleans(), accumulate=st.booleans(), pad=st.integers(0, 3),
+       wide=st.integers(0, 5))
+def test_mm_rowmajor_paths_match_numpy(gemm_path, m, n, k, dtype, ta, tb, accumulate,
+                                       pad, wide):
+    # Shapes across the kernels' row blocks (6 and 12), vector widths (8 and
+    # 16 lanes, four vectors a block), masked last vectors and the 256-deep K
+    # panels; operands as views with a wider leading dimension; C with
+    # columns past its end that must stay untouched.
+    rng = np.random.RandomState(m * 10007 + n * 101 + k)
+    a_full = rng.normal(size=(k, m + wide) if ta else (m, k + wide)).astype(dtype)
+    b_full = rng.normal(size=(n, k + wide) if tb else (k, n + wide)).astype(dtype)
+    a = a_full[:, :m] if ta else a_full[:, :k]
+    b = b_full[:, :k] if tb else b_full[:, :n]
+    c = rng.normal(size=(m, n)).astype(dtype) if accumulate else None
+    expected = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+    if accumulate:
+        expected += c
+    got, padded = _blas._py_mm_rowmajor(a, b, ta, tb, c=c, pad=pad + 1)
+    assert got.dtype == dtype
+    tol = 1e-4 * math.sqrt(k) if dtype == np.float32 else 1e-12 * math.sqrt(k)
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+    assert np.isnan(padded[:, n:]).all()
+
+
+@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta", [False, True])
+def test_own_products_do_not_depend_on_how_they_are_cut(dtype, ta):
+    # Each element is its terms summed in order, so a product cut into row
+    # blocks, column blocks or two K halves (the second accumulated onto the
+    # first) gives the same bits as the whole: unit blocks and thread chunks
+    # cannot change a result.
+    rng = np.random.RandomState(1)
+    m, n, k = 37, 75, 300
+    a = rng.normal(size=(k, m) if ta else (m, k)).astype(dtype)
+    b = rng.normal(size=(k, n)).astype(dtype)
+    before = _blas._set_own_gemm(True)
+    try:
+        whole = _blas._py_mm_rowmajor(a, b, ta)
+        rows = np.vstack([_blas._py_mm_rowmajor(a[:, r0:r0 + 7] if ta else a[r0:r0 + 7], b,
+                                                ta) for r0 in range(0, m, 7)])
+        cols = np.hstack([_blas._py_mm_rowmajor(a, b[:, j0:j0 + 19], ta)
+                          for j0 in range(0, n, 19)])
+        h = 123
+        first = _blas._py_mm_rowmajor(a[:h] if ta else a[:, :h], b[:h], ta)
+        halves = _blas._py_mm_rowmajor(a[h:] if ta else a[:, h:], b[h:], ta, c=first)
+    finally:
+        _blas._set_own_gemm(before)
+    np.testing.assert_array_equal(rows, whole)
+    np.testing.assert_array_equal(cols, whole)
+    np.testing.assert_array_equal(halves, whole)
 
 
 def test_mm_rowmajor_rejects_mismatched_shapes():
