@@ -34,6 +34,13 @@ cdef bint OWN_READY = cbp_gemm_ready() != 0
 cdef bint OWN_GEMM = OWN_READY
 
 
+cdef bint own_gemm_on() noexcept nogil:
+    """Whether mm_rowmajor runs B-not-transposed products on our own kernels
+    (the kernels then give every backward product a transposed weight copy
+    to run on them, see _kernels.WT_MAX_OUT)."""
+    return OWN_GEMM
+
+
 def own_gemm_ready():
     """True when this build and CPU can run cbackprop's AVX-512 products."""
     return bool(OWN_READY)

@@ -52,7 +52,7 @@ from libc.stdint cimport int32_t, INT32_MAX, uint32_t, uint64_t
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.string cimport memset, memcpy
 
-from cbackprop._blas cimport mm_rowmajor, NoTrans, Trans
+from cbackprop._blas cimport mm_rowmajor, own_gemm_on, NoTrans, Trans
 
 import numpy as np
 
@@ -865,18 +865,35 @@ cdef inline void _sync_w0(const Net* net, const floating* params, Py_ssize_t k0,
 # 100 x 10 output layer: 5.8 us a product as W^T, 3.3 us as a copy made
 # once a batch (0.7 us) plus the plain product.
 cdef Py_ssize_t WT_MAX_OUT = 32
+# With our own products (see _blas), which take B only as stored, every
+# layer whose weights fit in WT_OWN_MAX elements gets a copy: MNIST
+# 784-512-256-10's backward product through its 512 x 256 layer otherwise
+# stays on BLAS (AVX2 kernels at half the rate on this project's VM).  The
+# copy is refreshed by the thread that steps each block, while the block is
+# in its cache.  The cap bounds the copies' memory next to the weights'.
+cdef Py_ssize_t WT_OWN_MAX = 1 << 22
+
+
+cdef inline bint _has_wt(const Py_ssize_t* units, const Py_ssize_t* zw,
+                         Py_ssize_t li) noexcept nogil:
+    """Whether layer ``li`` has a transposed copy (see WT_MAX_OUT): the
+    first layer has no backward product, and a single-output layer's
+    weights are their own transpose in memory."""
+    if li < 1 or zw[li + 1] == 1:
+        return False
+    if own_gemm_on():
+        return units[li] * zw[li + 1] <= WT_OWN_MAX
+    return zw[li + 1] < WT_MAX_OUT
 
 
 cdef inline Py_ssize_t _wt_offset(const Py_ssize_t* units, const Py_ssize_t* zw,
                                   Py_ssize_t li) noexcept nogil:
-    """Start of layer ``li``'s transposed copy (see WT_MAX_OUT), or -1 when
-    it has none (the first layer has no backward product; a single-output
-    layer's weights are their own transpose in memory)."""
+    """Start of layer ``li``'s transposed copy, or -1 when it has none."""
     cdef Py_ssize_t k, off = 0
-    if li < 1 or zw[li + 1] >= WT_MAX_OUT or zw[li + 1] == 1:
+    if not _has_wt(units, zw, li):
         return -1
     for k in range(1, li):
-        if zw[k + 1] < WT_MAX_OUT and zw[k + 1] != 1:
+        if _has_wt(units, zw, k):
             off += units[k] * zw[k + 1]
     return off
 
@@ -897,21 +914,44 @@ def wt_copy_size(const Py_ssize_t[::1] units, const Py_ssize_t[::1] zw):
 
 
 cdef void _attach_wt(Net* net, floating[::1] wt) noexcept:
-    """Have the backward pass read narrow layers through ``wt`` (None or too
-    small: it reads the weights in place)."""
+    """Have the backward pass read layers with a copy through ``wt`` (None
+    or too small: it reads the weights in place)."""
     cdef Py_ssize_t n = _wt_size(net.units, net.zw, net.n_layers)
     if n > 0 and wt is not None and wt.shape[0] >= n:
         net.wt = &wt[0]
+
+
+# Columns of W a transposing pass carries at once: 16 rows of the copy
+# (one 64-byte line of float32 each) are written a row of W at a time.
+cdef Py_ssize_t WT_TILE = 16
+
+
+cdef inline void _transpose_block(const floating* W, Py_ssize_t m, floating* T,
+                                  Py_ssize_t u, Py_ssize_t i0, Py_ssize_t i1,
+                                  Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """``T[j, i] = W[i, j]`` for rows ``i0:i1`` and columns ``j0:j1`` of the
+    row-major ``W`` (``m`` columns) into ``T`` (``u`` columns).  Column
+    tiles, so that both sides move through memory a line at a time (the
+    plain element loop wrote each value a row of T away from the last:
+    slow on wide layers)."""
+    cdef Py_ssize_t jt, jb, i, j
+    jt = j0
+    while jt < j1:
+        jb = min(jt + WT_TILE, j1)
+        for i in range(i0, i1):
+            for j in range(jt, jb):
+                T[j * u + i] = W[i * m + j]
+        jt = jb
 
 
 cdef void _refresh_wt_range(const Net* net, const floating* params, Py_ssize_t li,
                             Py_ssize_t e0, Py_ssize_t e1) noexcept nogil:
     """Copy weights ``e0:e1`` (row-major, within layer ``li``) into the
     layer's transposed copy, if it has one."""
-    cdef Py_ssize_t off, u, m, e, i, j
+    cdef Py_ssize_t off, u, m, i0, i1
     cdef const floating* W
     cdef floating* T
-    if net.wt == NULL:
+    if net.wt == NULL or e1 <= e0:
         return
     off = _wt_offset(net.units, net.zw, li)
     if off < 0:
@@ -920,14 +960,32 @@ cdef void _refresh_wt_range(const Net* net, const floating* params, Py_ssize_t l
     m = net.zw[li + 1]
     W = params + net.coef_off[li]
     T = (<floating*>net.wt) + off
-    i = e0 // m
-    j = e0 - i * m
-    for e in range(e0, e1):
-        T[j * u + i] = W[e]
-        j = j + 1
-        if j == m:
-            j = 0
-            i = i + 1
+    i0 = e0 // m
+    i1 = e1 // m
+    if i0 == i1:
+        _transpose_block(W, m, T, u, i0, i0 + 1, e0 - i0 * m, e1 - i0 * m)
+        return
+    # A partial first row, the whole rows, a partial last row.
+    if e0 > i0 * m:
+        _transpose_block(W, m, T, u, i0, i0 + 1, e0 - i0 * m, m)
+        i0 += 1
+    _transpose_block(W, m, T, u, i0, i1, 0, m)
+    if e1 > i1 * m:
+        _transpose_block(W, m, T, u, i1, i1 + 1, 0, e1 - i1 * m)
+
+
+cdef void _refresh_wt_rect(const Net* net, const floating* params, Py_ssize_t li,
+                           Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+                           Py_ssize_t j1) noexcept nogil:
+    """Copy rows ``i0:i1``, columns ``j0:j1`` of layer ``li``'s weights into
+    its transposed copy, if it has one."""
+    cdef Py_ssize_t off
+    if net.wt == NULL:
+        return
+    off = _wt_offset(net.units, net.zw, li)
+    if off >= 0:
+        _transpose_block(params + net.coef_off[li], net.zw[li + 1],
+                         (<floating*>net.wt) + off, net.units[li], i0, i1, j0, j1)
 
 
 cdef void _refresh_wt(const Net* net, const floating* params) noexcept nogil:
@@ -1310,14 +1368,18 @@ cdef double _task_step(const Net* net, const Fuse* fuse, const floating* grad,
     j0 = gblocks[GB_FIELDS * k + 3]
     j1 = gblocks[GB_FIELDS * k + 4]
     if j0 == 0 and j1 == m:
-        return _step_range(net, fuse.o, off + i0 * m, off + i1 * m, li, True, fp, fs1,
-                           fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t, claim)
-    # A block of columns: row by row, penalties in row order.
-    pen = 0.0
-    for i in range(i0, i1):
-        pen = pen + _step_range(net, fuse.o, off + i * m + j0, off + i * m + j1, li,
-                                True, fp, fs1, fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t,
-                                claim)
+        pen = _step_range(net, fuse.o, off + i0 * m, off + i1 * m, li, True, fp, fs1,
+                          fs2, grad, 1.0, fuse.sw_sum, fuse.lr_t, claim)
+    else:
+        # A block of columns: row by row, penalties in row order.
+        pen = 0.0
+        for i in range(i0, i1):
+            pen = pen + _step_range(net, fuse.o, off + i * m + j0, off + i * m + j1,
+                                    li, True, fp, fs1, fs2, grad, 1.0, fuse.sw_sum,
+                                    fuse.lr_t, claim)
+    # The next batch's backward product reads the copy; nothing reads this
+    # block of it any more in this batch (see _merged_pass's deferral).
+    _refresh_wt_rect(net, fp, li, i0, i1, j0, j1)
     return pen
 
 
@@ -1679,6 +1741,8 @@ cdef void _block_grad(const Net* net, const floating* params, const Source* src,
         fuse.pen_total = 0.0
         for k in range(n_gblocks + net.n_layers):
             fuse.pen_total += fuse.pen[k]
+        # Every task refreshed its block's transposed copy.
+        fuse.wt_fresh = True
     if ahead_task:
         sb.ahead = rows_next
         sb.ahead_nb = nb_next
@@ -1774,7 +1838,7 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
                         floating* s2, floating* grad, double sw_sum,
                         const Py_ssize_t* ublocks, Py_ssize_t n_ublocks,
                         double* bwork, int n_threads,
-                        Py_ssize_t pending=0) noexcept nogil:
+                        Py_ssize_t pending=0, bint copy_wt=False) noexcept nogil:
     """Normalise an accumulated gradient, add the penalty terms, clip it and
     update the parameters in place.  Returns the weight penalty *before* the
     update, which the batch loss needs.  ``pending`` > 1: ``grad`` holds the
@@ -1785,6 +1849,8 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
 
     ``ublocks`` holds (start, end, layer, is_coef) of every update block:
     blocks never straddle layers, so each has one learning-rate factor.
+    ``copy_wt``: each thread also refreshes the transposed copies of the
+    blocks it stepped (see _step_run), which the caller then need not do.
     """
     cdef Py_ssize_t k, k0, k1, t
     cdef bint coef
@@ -1813,7 +1879,7 @@ cdef double _apply_step(const Net* net, Optim* o, floating* params, floating* s1
     # other 2,390).
     for t in prange(n_threads, num_threads=n_threads, schedule="static"):
         _step_run(net, o, params, s1, s2, grad, c, sw_sum, lr_t, ublocks, n_ublocks,
-                  t, n_threads, pending, bpen, False)
+                  t, n_threads, pending, bpen, copy_wt)
     for k in range(n_ublocks):
         pen += bpen[k]
     return pen
@@ -3142,7 +3208,10 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
                             pen = _apply_step(&net, &o, &params[0], &state1[0], &state2[0],
                                               &grad[0], sw_sum, &ublocks[0], n_ublocks,
                                               &dwork[2 * cap], min(step_threads, use),
-                                              fz.pending)
+                                              fz.pending, use_fuse)
+                            # Each stepping thread refreshed its blocks'
+                            # transposed copies (see _accumulate).
+                            fz.wt_fresh = use_fuse
                     if sw_sum > 0:
                         dl = loss_sum / sw_sum
                         ll = pen / sw_sum

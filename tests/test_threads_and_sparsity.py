@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sklearn import neural_network as sknn
 from sklearn.exceptions import ConvergenceWarning
 
-from cbackprop import MLPClassifier, MLPRegressor, _kernels, _mlp, _openmp_helpers
+from cbackprop import MLPClassifier, MLPRegressor, _blas, _kernels, _mlp, _openmp_helpers
 
 
 def _sparse_dense_data(n=120, n_features=40, density=0.15, seed=0):
@@ -563,37 +563,68 @@ def test_padded_hidden_rows_change_no_bit(monkeypatch, kind, params):
     np.testing.assert_array_equal(proba, plain.predict_proba(X))
 
 
-def test_transposed_narrow_layer_copies():
-    # Sizes: layers with fewer than WT_MAX_OUT outputs, but one, have a copy;
-    # the first layer never does (it has no backward product).
+@pytest.fixture(params=["blas", "own"])
+def products(request):
+    """Run a test with BLAS for every product, then with our own AVX-512
+    products (skipped where the CPU has none)."""
+    own = request.param == "own"
+    if own and not _blas.own_gemm_ready():
+        pytest.skip("no AVX-512 on this CPU: products always run on BLAS")
+    before = _blas._set_own_gemm(own)
+    yield request.param
+    _blas._set_own_gemm(before)
+
+
+def test_transposed_layer_copies(products):
+    # Sizes: with BLAS, layers with fewer than WT_MAX_OUT outputs, but one,
+    # have a copy; with our own products (which take B only as stored) every
+    # such layer of at most WT_OWN_MAX weights.  The first layer never does
+    # (it has no backward product).
     def size(units, zw=None):
         units = np.array(units, dtype=np.intp)
         zw = units if zw is None else np.array(zw, dtype=np.intp)
         return _kernels.wt_copy_size(units, zw)
 
+    own = products == "own"
     assert size([64, 100, 10]) == 100 * 10
-    assert size([784, 512, 256, 10]) == 256 * 10
+    assert size([784, 512, 256, 10]) == (512 * 256 if own else 0) + 256 * 10
     assert size([4, 500, 1]) == 0
     assert size([5, 3, 7, 2]) == 3 * 7 + 7 * 2
-    assert size([5, 3, 40, 2]) == 40 * 2
+    assert size([5, 3, 40, 2]) == (3 * 40 if own else 0) + 40 * 2
+    assert size([5, 3000, 2000, 2]) == 2000 * 2
     # Maxout: the weights of layer l are units[l] x zw[l + 1].
     assert size([5, 4, 3], zw=[5, 12, 3]) == 4 * 3
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("params", [
     dict(hidden_layer_sizes=(20, 7), solver="adam", batch_size=16),
+    # Wide layers: copies only with our own products.  Batches of 64 and
+    # 16 rows take the fused step in gradient tasks and the separate step.
+    dict(hidden_layer_sizes=(48, 40, 36), solver="adam", batch_size=64),
+    dict(hidden_layer_sizes=(48, 40), solver="sgd", momentum=0.9, batch_size=16,
+         alpha=1e-3),
     dict(hidden_layer_sizes=(6, 3), activation="maxout", maxout_pieces=3,
          solver="sgd", batch_size=30, dropout=0.2),
     dict(hidden_layer_sizes=(9,), solver="lbfgs"),
 ])
-def test_transposed_copies_match_the_weights_in_place(monkeypatch, dtype, params):
-    # The backward pass reads narrow layers through transposed copies that
-    # each pass refreshes: a fit without them (the weights read in place)
-    # takes another BLAS path, so the same weights up to rounding.
-    X, y = _sparse_dense_data(n=120, n_features=12, seed=5)
+@pytest.mark.parametrize("density", [0.15, 1.0])
+def test_transposed_copies_match_the_weights_in_place(monkeypatch, products, dtype,
+                                                     n_threads, params, density):
+    # The backward pass reads layers through transposed copies that each
+    # step refreshes: a fit without them (the weights read in place) takes
+    # BLAS's transposed-operand path, so the same weights up to rounding; a
+    # copy left stale for a batch would not be.  Mostly-zero input runs as
+    # CSR (steps in the gradient tasks); dense input makes chunk-local
+    # gradients, stepped in the chunks' region on two threads and by the
+    # separate step on one.
+    X, _ = _sparse_dense_data(n=120, n_features=12, density=density, seed=5)
     X = X.astype(dtype)
-    common = dict(max_iter=4, random_state=0, tol=0.0, n_threads=2, **params)
+    # Four classes at any density: an output layer wide enough for a copy.
+    score = X @ np.random.RandomState(1).normal(size=X.shape[1])
+    y = np.digitize(score, np.quantile(score, [0.25, 0.5, 0.75]))
+    common = dict(max_iter=4, random_state=0, tol=0.0, n_threads=n_threads, **params)
     sizes = []
     real = _kernels.wt_copy_size
 
