@@ -11,3 +11,7 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
                       floating* c, int ldc) noexcept nogil
 
 cdef bint own_gemm_on() noexcept nogil
+
+cdef void mm_bias_own(int m, int n, int k, const floating* a, int lda,
+                      const floating* b, int ldb, const floating* bias, bint relu,
+                      floating* c, int ldc) noexcept nogil

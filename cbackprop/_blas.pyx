@@ -24,10 +24,10 @@ cdef extern from "cbp_gemm.h" nogil:
     int cbp_gemm_ready()
     void cbp_gemm_d(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
                     Py_ssize_t lda, const double* b, Py_ssize_t ldb, int beta,
-                    double* c, Py_ssize_t ldc)
+                    double* c, Py_ssize_t ldc, const double* bias, int relu)
     void cbp_gemm_f(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
                     Py_ssize_t lda, const float* b, Py_ssize_t ldb, int beta,
-                    float* c, Py_ssize_t ldc)
+                    float* c, Py_ssize_t ldc, const float* bias, int relu)
 
 
 cdef bint OWN_READY = cbp_gemm_ready() != 0
@@ -67,9 +67,9 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
         return
     if OWN_GEMM and tb == NoTrans and alpha == 1 and (beta == 0 or beta == 1):
         if floating is float:
-            cbp_gemm_f(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc)
+            cbp_gemm_f(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc, NULL, 0)
         else:
-            cbp_gemm_d(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc)
+            cbp_gemm_d(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc, NULL, 0)
         return
     if floating is float:
         sgemm(&ctb, &cta, &n, &m, &k, &alpha, <float*>b, &ldb,
@@ -77,6 +77,21 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
     else:
         dgemm(&ctb, &cta, &n, &m, &k, &alpha, <double*>b, &ldb,
               <double*>a, &lda, &beta, c, &ldc)
+
+
+cdef void mm_bias_own(int m, int n, int k, const floating* a, int lda,
+                      const floating* b, int ldb, const floating* bias, bint relu,
+                      floating* c, int ldc) noexcept nogil:
+    """Row-major ``C[m, n] = bias + A[m, k] @ B[k, n]`` (``bias`` under every
+    row), then ``relu`` when asked, in one pass over C: each element starts
+    from its bias and adds its terms in order.  Only for our own products
+    (``own_gemm_on()``); with BLAS the caller adds the bias after."""
+    if m == 0 or n == 0:
+        return
+    if floating is float:
+        cbp_gemm_f(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu)
+    else:
+        cbp_gemm_d(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu)
 
 
 def _py_mm_rowmajor(floating[:, :] a, floating[:, :] b, bint trans_a=False,
@@ -112,3 +127,19 @@ def _py_mm_rowmajor(floating[:, :] a, floating[:, :] b, bint trans_a=False,
     if pad:
         return padded[:, :n], padded
     return padded[:, :n].copy()
+
+
+def _py_mm_bias(floating[:, ::1] a, floating[:, ::1] b, floating[::1] bias,
+                bint relu=False):
+    """Python twin of :func:`mm_bias_own` for tests (our own products only)."""
+    if not OWN_GEMM:
+        raise RuntimeError("our own products are off or not available here")
+    if a.shape[1] != b.shape[0] or bias.shape[0] != b.shape[1]:
+        raise ValueError("shapes do not match")
+    dtype = np.float32 if floating is float else np.float64
+    out = np.full((a.shape[0], b.shape[1]), np.nan, dtype=dtype)
+    cdef floating[:, ::1] c = out
+    if out.size and a.shape[1]:
+        mm_bias_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1],
+                    &b[0, 0], b.shape[1], &bias[0], relu, &c[0, 0], b.shape[1])
+    return out

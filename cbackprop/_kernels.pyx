@@ -52,7 +52,7 @@ from libc.stdint cimport int32_t, INT32_MAX, uint32_t, uint64_t
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.string cimport memset, memcpy
 
-from cbackprop._blas cimport mm_rowmajor, own_gemm_on, NoTrans, Trans
+from cbackprop._blas cimport mm_bias_own, mm_rowmajor, own_gemm_on, NoTrans, Trans
 
 import numpy as np
 
@@ -562,6 +562,23 @@ cdef inline void _add_rows(Py_ssize_t nr, Py_ssize_t m, const floating* b, float
         cbp_add_rows_d(nr, m, b, z, ldz, relu)
 
 
+cdef inline void _product_bias(Py_ssize_t nr, Py_ssize_t m, Py_ssize_t k,
+                               const floating* a, Py_ssize_t lda, const floating* W,
+                               Py_ssize_t ldw, const floating* b, floating* z,
+                               Py_ssize_t ldz, bint relu) noexcept nogil:
+    """``z = a W + b`` for ``nr`` rows (``relu``: then relu), a layer's
+    forward product.  Our own products start each element from its bias and
+    apply relu as they store (one pass over z instead of two); with BLAS,
+    the bias (and relu) is a second pass."""
+    if own_gemm_on():
+        mm_bias_own(<int>nr, <int>m, <int>k, a, <int>lda, W, <int>ldw, b, relu, z,
+                    <int>ldz)
+        return
+    mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>k, <floating>1, a, <int>lda,
+                W, <int>ldw, <floating>0, z, <int>ldz)
+    _add_rows(nr, m, b, z, ldz, relu)
+
+
 cdef inline floating _dot(Py_ssize_t n, const floating* x,
                           const floating* y) noexcept nogil:
     if floating is float:
@@ -772,9 +789,7 @@ cdef void _layer0_forward(const Net* net, const floating* params, const Source* 
             cbp_sprows_d(nr, sb.rs + r0, sb.re + r0, sb.idx, <const double*>sb.val,
                          W, m, ldw, wlen, b, z, ldz)
         return
-    mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>u_in, <floating>1,
-                xin + r0 * u_in, <int>u_in, params, <int>m, <floating>0, z, <int>ldz)
-    _add_rows(nr, m, b, z, ldz, relu)
+    _product_bias(nr, m, u_in, xin + r0 * u_in, u_in, params, m, b, z, ldz, relu)
 
 
 cdef void _layer0_grad_block(const Net* net, const Source* src, const SpBatch* sb,
@@ -1087,10 +1102,8 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
         else:
             s_in = net.stride[li]
             a_in = acts + _layer_base(net, cap, li) + r0 * s_in
-            mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>u_in,
-                        <floating>1, a_in, <int>s_in, params + net.coef_off[li],
-                        <int>m, <floating>0, z, <int>s_out)
-            _add_rows(nr, m, params + net.icpt_off[li], z, s_out, relu)
+            _product_bias(nr, m, u_in, a_in, s_in, params + net.coef_off[li], m,
+                          params + net.icpt_off[li], z, s_out, relu)
         if li == L - 1:
             _output_forward(net.out_act, z, nr, m)
         elif not relu:
@@ -2102,11 +2115,9 @@ cdef void _split_forward(const Net* net, const Split* sp, Py_ssize_t p,
     cdef floating* base = <floating*>sp.base
     cdef const floating* w = base + sp.blk[p].w
     cdef floating* a = base + sp.blk[p].act
-    mm_rowmajor(NoTrans, NoTrans, <int>nb, <int>bw, <int>nf, <floating>1, xin,
-                <int>nf, w, <int>ld, <floating>0, a, <int>ld)
     # Unit-split networks have no dropout: relu goes with the bias.
     relu = net.act[1] == ACT_RELU
-    _add_rows(nb, bw, w + sp.o_b0, a, ld, relu)
+    _product_bias(nb, bw, nf, xin, nf, w, ld, w + sp.o_b0, a, ld, relu)
     if not relu:
         for r in range(nb):
             _hidden_forward(net, 1, a + r * ld, bw)

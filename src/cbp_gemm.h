@@ -1,7 +1,8 @@
 /*
  * cbp_gemm.h -- matrix products for the shapes a row chunk makes, on AVX-512.
  *
- * Row-major C[m, n] = op(A)[m, k] B[k, n] (+ C when ``beta``), where op(A)
+ * Row-major C[m, n] = op(A)[m, k] B[k, n] (+ C when ``beta``; or + the row
+ * ``bias`` under every row, then optionally relu), where op(A)
  * is A (stored m x k, lda) or A^T (A stored k x m, lda) and B is stored
  * k x n (ldb).  These are the products of one chunk of a mini-batch: a
  * layer's forward product, the backward product through a transposed
@@ -49,11 +50,21 @@
 CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
     const int MR, const int NV, ptrdiff_t k, const T *a, ptrdiff_t ars,        \
     ptrdiff_t acs, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, MT ml,      \
-    int load_c)                                                                \
+    int load_c, const T *bias, int relu)                                       \
 {                                                                              \
     const MT full = (MT)~(MT)0;                                                \
     CBP_R12(CBP_GEMM_DECL_##S)                                                 \
-    if (load_c) { CBP_R12(CBP_GEMM_LOADC_##S) }                                \
+    if (load_c) {                                                              \
+        CBP_R12(CBP_GEMM_LOADC_##S)                                            \
+    } else if (bias) {                                                         \
+        const VT z0 = _mm512_maskz_loadu_##SFX(NV == 1 ? ml : full, bias);     \
+        const VT z1 = NV > 1 ? _mm512_maskz_loadu_##SFX(NV == 2 ? ml : full,   \
+                                                        bias + W) : z0;        \
+        const VT z2 = NV > 2 ? _mm512_maskz_loadu_##SFX(NV == 3 ? ml : full,   \
+                                                        bias + 2 * W) : z0;    \
+        const VT z3 = NV > 3 ? _mm512_maskz_loadu_##SFX(ml, bias + 3 * W) : z0;\
+        CBP_R12(CBP_GEMM_BIAS)                                                 \
+    }                                                                          \
     for (ptrdiff_t p = 0; p < k; p++) {                                        \
         const T *bp = b + p * ldb;                                             \
         const T *ap = a + p * acs;                                             \
@@ -64,6 +75,10 @@ CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
                                                   bp + 2 * W) : b0;            \
         VT b3 = NV > 3 ? _mm512_maskz_loadu_##SFX(ml, bp + 3 * W) : b0;        \
         CBP_R12(CBP_GEMM_FMA_##S)                                              \
+    }                                                                          \
+    if (relu) {                                                                \
+        const VT zero = _mm512_setzero_##SFX();                                \
+        CBP_R12(CBP_GEMM_RELU_##S)                                             \
     }                                                                          \
     CBP_R12(CBP_GEMM_STORE_##S)                                                \
 }
@@ -85,6 +100,24 @@ CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
     }
 #define CBP_GEMM_LOADC_d(r) CBP_GEMM_LOADC(r, pd, 8)
 #define CBP_GEMM_LOADC_f(r) CBP_GEMM_LOADC(r, ps, 16)
+
+/* The bias row as every row's starting sum (then each element is its bias
+ * plus its terms in order). */
+#define CBP_GEMM_BIAS(r)                                                       \
+    if (r < MR) {                                                              \
+        c##r##_0 = z0; c##r##_1 = z1; c##r##_2 = z2; c##r##_3 = z3;            \
+    }
+
+/* max(x, 0) with x first: NaN and -0 become +0, as (x > 0 ? x : 0) does. */
+#define CBP_GEMM_RELU(r, SFX)                                                  \
+    if (r < MR) {                                                              \
+        c##r##_0 = _mm512_max_##SFX(c##r##_0, zero);                           \
+        c##r##_1 = _mm512_max_##SFX(c##r##_1, zero);                           \
+        c##r##_2 = _mm512_max_##SFX(c##r##_2, zero);                           \
+        c##r##_3 = _mm512_max_##SFX(c##r##_3, zero);                           \
+    }
+#define CBP_GEMM_RELU_d(r) CBP_GEMM_RELU(r, pd)
+#define CBP_GEMM_RELU_f(r) CBP_GEMM_RELU(r, ps)
 
 #define CBP_GEMM_FMA(r, SFX, VT)                                               \
     if (r < MR) {                                                              \
@@ -113,43 +146,52 @@ CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
 #define CBP_GEMM_ROWS(S, NV, CASES)                                            \
     switch (mr) { CASES(S, NV) }
 #define CBP_GEMM_CASE(S, NV, R)                                                \
-    case R: cbp_mk_##S(R, NV, kc, ai, ars, acs, bj, ldb, cij, ldc, ml, load_c);\
+    case R: cbp_mk_##S(R, NV, kc, ai, ars, acs, bj, ldb, cij, ldc, ml, load_c, \
+                       bj_bias, relu_now);                                     \
             break;
 #define CBP_GEMM_CASES6(S, NV)                                                 \
     CBP_GEMM_CASE(S, NV, 1) CBP_GEMM_CASE(S, NV, 2) CBP_GEMM_CASE(S, NV, 3)    \
     CBP_GEMM_CASE(S, NV, 4) CBP_GEMM_CASE(S, NV, 5)                            \
-    default: cbp_mk_##S(6, NV, kc, ai, ars, acs, bj, ldb, cij, ldc, ml, load_c);
+    default: cbp_mk_##S(6, NV, kc, ai, ars, acs, bj, ldb, cij, ldc, ml, load_c, \
+                        bj_bias, relu_now);
 #define CBP_GEMM_CASES12(S, NV)                                                \
     CBP_GEMM_CASE(S, NV, 1) CBP_GEMM_CASE(S, NV, 2) CBP_GEMM_CASE(S, NV, 3)    \
     CBP_GEMM_CASE(S, NV, 4) CBP_GEMM_CASE(S, NV, 5) CBP_GEMM_CASE(S, NV, 6)    \
     CBP_GEMM_CASE(S, NV, 7) CBP_GEMM_CASE(S, NV, 8) CBP_GEMM_CASE(S, NV, 9)    \
     CBP_GEMM_CASE(S, NV, 10) CBP_GEMM_CASE(S, NV, 11)                          \
     default: cbp_mk_##S(12, NV, kc, ai, ars, acs, bj, ldb, cij, ldc, ml,       \
-                        load_c);
+                        load_c, bj_bias, relu_now);
 
 #define CBP_GEMM_DRIVER(T, S, MT, W, VT, SFX)                                   \
 CBP_GEMM_KERNEL(T, S, VT, MT, W, SFX)                                          \
                                                                                \
 CBP_GEMM_TARGET static void cbp_gemm_avx512_##S(                               \
     int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a, ptrdiff_t lda,  \
-    const T *b, ptrdiff_t ldb, int beta, T *c, ptrdiff_t ldc)                  \
+    const T *b, ptrdiff_t ldb, int beta, T *c, ptrdiff_t ldc, const T *bias,   \
+    int relu)                                                                  \
 {                                                                              \
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;                    \
     if (k == 0) {                                                              \
-        if (!beta)                                                             \
-            for (ptrdiff_t i = 0; i < m; i++)                                  \
-                for (ptrdiff_t j = 0; j < n; j++) c[i * ldc + j] = (T)0;       \
+        for (ptrdiff_t i = 0; i < m; i++)                                      \
+            for (ptrdiff_t j = 0; j < n; j++) {                                \
+                T x = beta ? c[i * ldc + j] : (T)0;                            \
+                if (bias) x = bias[j];                                         \
+                if (relu) x = x > (T)0 ? x : (T)0;                             \
+                c[i * ldc + j] = x;                                            \
+            }                                                                  \
         return;                                                                \
     }                                                                          \
     for (ptrdiff_t p0 = 0; p0 < k; p0 += CBP_GEMM_KC) {                        \
         const ptrdiff_t kc = k - p0 < CBP_GEMM_KC ? k - p0 : CBP_GEMM_KC;      \
         const int load_c = beta || p0 > 0;                                     \
+        const int relu_now = relu && p0 + kc == k;                             \
         for (ptrdiff_t j = 0; j < n; j += 4 * W) {                             \
             const ptrdiff_t nj = n - j < 4 * W ? n - j : 4 * W;                \
             const int nv = (int)((nj + W - 1) / W);                            \
             const int last = (int)(nj - W * (nv - 1));                         \
             const MT ml = last == W ? (MT)~(MT)0 : (MT)((1u << last) - 1u);    \
             const T *bj = b + p0 * ldb + j;                                    \
+            const T *bj_bias = bias ? bias + j : NULL;                         \
             const ptrdiff_t rows = nv > 2 ? 6 : 12;                            \
             for (ptrdiff_t i = 0; i < m; i += rows) {                          \
                 const int mr = (int)(m - i < rows ? m - i : rows);             \
@@ -179,16 +221,18 @@ static inline int cbp_gemm_ready(void)
 
 static inline void cbp_gemm_d(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                               const double *a, ptrdiff_t lda, const double *b,
-                              ptrdiff_t ldb, int beta, double *c, ptrdiff_t ldc)
+                              ptrdiff_t ldb, int beta, double *c, ptrdiff_t ldc,
+                              const double *bias, int relu)
 {
-    cbp_gemm_avx512_d(ta, m, n, k, a, lda, b, ldb, beta, c, ldc);
+    cbp_gemm_avx512_d(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, bias, relu);
 }
 
 static inline void cbp_gemm_f(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                               const float *a, ptrdiff_t lda, const float *b,
-                              ptrdiff_t ldb, int beta, float *c, ptrdiff_t ldc)
+                              ptrdiff_t ldb, int beta, float *c, ptrdiff_t ldc,
+                              const float *bias, int relu)
 {
-    cbp_gemm_avx512_f(ta, m, n, k, a, lda, b, ldb, beta, c, ldc);
+    cbp_gemm_avx512_f(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, bias, relu);
 }
 
 #else /* no AVX-512 code in this build: the caller always uses BLAS */
@@ -196,17 +240,19 @@ static inline void cbp_gemm_f(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
 static inline int cbp_gemm_ready(void) { return 0; }
 static inline void cbp_gemm_d(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                               const double *a, ptrdiff_t lda, const double *b,
-                              ptrdiff_t ldb, int beta, double *c, ptrdiff_t ldc)
+                              ptrdiff_t ldb, int beta, double *c, ptrdiff_t ldc,
+                              const double *bias, int relu)
 {
     (void)ta; (void)m; (void)n; (void)k; (void)a; (void)lda; (void)b;
-    (void)ldb; (void)beta; (void)c; (void)ldc;
+    (void)ldb; (void)beta; (void)c; (void)ldc; (void)bias; (void)relu;
 }
 static inline void cbp_gemm_f(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                               const float *a, ptrdiff_t lda, const float *b,
-                              ptrdiff_t ldb, int beta, float *c, ptrdiff_t ldc)
+                              ptrdiff_t ldb, int beta, float *c, ptrdiff_t ldc,
+                              const float *bias, int relu)
 {
     (void)ta; (void)m; (void)n; (void)k; (void)a; (void)lda; (void)b;
-    (void)ldb; (void)beta; (void)c; (void)ldc;
+    (void)ldb; (void)beta; (void)c; (void)ldc; (void)bias; (void)relu;
 }
 
 #endif

@@ -105,6 +105,33 @@ def test_own_products_do_not_depend_on_how_they_are_cut(dtype, ta):
     np.testing.assert_array_equal(halves, whole)
 
 
+@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@settings(deadline=None, max_examples=40)
+@given(m=st.integers(1, 20), n=st.integers(1, 70), k=st.integers(1, 300),
+       dtype=st.sampled_from([np.float32, np.float64]), relu=st.booleans())
+def test_own_product_with_bias_and_relu(m, n, k, dtype, relu):
+    # A layer's forward product in one pass: each element starts from its
+    # bias; relu as it is stored, with add_rows' rule (NaN and -0 become +0).
+    rng = np.random.RandomState(m * 10007 + n * 101 + k)
+    a = rng.normal(size=(m, k)).astype(dtype)
+    b = rng.normal(size=(k, n)).astype(dtype)
+    bias = rng.normal(size=n).astype(dtype)
+    if n > 2:
+        a[0, 0], b[0, 1] = np.inf, 0.0  # inf * 0: NaN in row 0, column 1
+    before = _blas._set_own_gemm(True)
+    try:
+        got = _blas._py_mm_bias(a, b, bias, relu)
+    finally:
+        _blas._set_own_gemm(before)
+    with np.errstate(invalid="ignore"):
+        expected = a.astype(np.float64) @ b.astype(np.float64) + bias
+    if relu:
+        expected = np.where(expected > 0, expected, 0.0)
+        assert not np.isnan(got).any() and not np.signbit(got).any()
+    tol = 1e-4 * math.sqrt(k) if dtype == np.float32 else 1e-12 * math.sqrt(k)
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+
+
 def test_mm_rowmajor_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="inner dimensions"):
         _blas._py_mm_rowmajor(np.ones((2, 3)), np.ones((2, 3)))
