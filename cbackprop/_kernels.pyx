@@ -123,6 +123,12 @@ cdef extern from "cbp_loops.h" nogil:
                    int nesterov)
     void cbp_sgd_f(Py_ssize_t n, float* w, float* v, float a, const float* x,
                    float alpha, float l1, float sw, float lr, float mom, int nesterov)
+    double cbp_adam_ssq_d(Py_ssize_t n, double* w, double* m, double* v, double a,
+                          double* x, const double* x2, double alpha, double sw,
+                          double lr_t, double b1, double b2, double eps)
+    double cbp_adam_ssq_f(Py_ssize_t n, float* w, float* m, float* v, float a,
+                          float* x, const float* x2, float alpha, float sw,
+                          float lr_t, float b1, float b2, float eps)
     void cbp_adam_d(Py_ssize_t n, double* w, double* m, double* v, double a,
                     const double* x, double alpha, double l1, double sw, double lr_t,
                     double b1, double b2, double eps)
@@ -633,6 +639,21 @@ cdef inline void _step(const Optim* o, Py_ssize_t n, floating* w, floating* s1,
         else:
             cbp_adam_d(n, w, s1, s2, a, x, alpha, l1, sw, rate, o.beta1, o.beta2,
                        o.eps)
+
+
+cdef inline double _adam_ssq(const Optim* o, Py_ssize_t n, floating* w, floating* m,
+                             floating* v, double a, floating* x, const floating* x2,
+                             double alpha, double sw, double rate) noexcept nogil:
+    """Adam without L1 on ``n`` parameters (gradient ``(a x + alpha w) /
+    sw``, ``x`` first summed with ``x2`` when not NULL); returns ``sum w^2``
+    before the step, read in the same pass."""
+    if floating is float:
+        return cbp_adam_ssq_f(n, w, m, v, <float>a, x, x2, <float>alpha, <float>sw,
+                              <float>rate, <float>o.beta1, <float>o.beta2,
+                              <float>o.eps)
+    else:
+        return cbp_adam_ssq_d(n, w, m, v, a, x, x2, alpha, sw, rate, o.beta1, o.beta2,
+                              o.eps)
 
 
 cdef inline double _sgd_ssq(const Optim* o, Py_ssize_t n, floating* w, floating* v,
@@ -1802,18 +1823,28 @@ cdef inline double _step_range(const Net* net, const Optim* o, Py_ssize_t k0,
                                Py_ssize_t k1, Py_ssize_t li, bint coef,
                                floating* params, floating* s1, floating* s2,
                                const floating* grad, double c, double sw_sum,
-                               double lr_t, bint claim) noexcept nogil:
+                               double lr_t, bint claim,
+                               const floating* grad2=NULL) noexcept nogil:
     """Optimiser step of parameters ``k0:k1`` of layer ``li`` (weights when
     ``coef``, else biases) with the gradient scaled by the clipping factor
     ``c``; returns their weight penalty before the step.  ``claim``: the
     step runs on several threads, which have all read these weights in the
     forward pass (see cbp_claim).  A one-thread step after a multithreaded
     pass (networks under STEP_MIN_PARALLEL parameters) does not claim: on
-    784-4-10 that measured within noise (minima 0.96-0.99x)."""
+    784-4-10 that measured within noise (minima 0.96-0.99x).  ``grad2``
+    (or NULL; Adam without L1 only): a second chunk gradient, added into
+    ``grad`` (then written, so a caller passes one only for its own
+    accumulator) in the step's own pass (see cbp_adam_ssq)."""
     cdef double pen
     if claim:
         cbp_claim(params + k0, (k1 - k0) * sizeof(floating))
-    if o.kind == OPT_SGD and o.l1 == 0:
+    if o.kind == OPT_ADAM and o.l1 == 0:
+        # The penalty, the chunks' sum and the step in one pass.
+        pen = (0.5 * o.alpha if coef else 0.0) * _adam_ssq(
+            o, k1 - k0, params + k0, s1 + k0, s2 + k0, c, <floating*>grad + k0,
+            grad2 + k0 if grad2 != NULL else NULL, o.alpha * c if coef else 0.0,
+            sw_sum, _rate(o, lr_t, net.lr_mult[li]))
+    elif o.kind == OPT_SGD and o.l1 == 0:
         # The penalty is read in the same pass as the step.
         pen = (0.5 * o.alpha if coef else 0.0) * _sgd_ssq(
             o, k1 - k0, params + k0, s1 + k0, c / sw_sum, grad + k0,
@@ -1916,10 +1947,15 @@ cdef void _step_run(const Net* net, const Optim* o, floating* params, floating* 
         k1 = ublocks[UB_FIELDS * k + 1]
         li = ublocks[UB_FIELDS * k + 2]
         coef = ublocks[UB_FIELDS * k + 3]
-        if pending > 1:
-            _reduce_chunks(net, grad, k0, k1, pending)
-        bpen[k] = _step_range(net, o, k0, k1, li, coef, params, s1, s2, grad, c,
-                              sw_sum, lr_t, nt > 1)
+        if pending == 2 and o.kind == OPT_ADAM and o.l1 == 0:
+            # The second chunk is summed in the step's pass.
+            bpen[k] = _step_range(net, o, k0, k1, li, coef, params, s1, s2, grad, c,
+                                  sw_sum, lr_t, nt > 1, <const floating*>net.pgrad)
+        else:
+            if pending > 1:
+                _reduce_chunks(net, grad, k0, k1, pending)
+            bpen[k] = _step_range(net, o, k0, k1, li, coef, params, s1, s2, grad, c,
+                                  sw_sum, lr_t, nt > 1)
         if copy_wt and coef and li > 0:
             # While the block is in this core's cache.
             _refresh_wt_range(net, params, li, k0 - net.coef_off[li],

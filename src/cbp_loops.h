@@ -395,6 +395,48 @@ CBP_CLONES static void cbp_adam_##S(ptrdiff_t n, T *CBP_RESTRICT w,            \
     cbp_adam_inl_##S(n, w, m, v, a, x, alpha, l1, sw, lr_t, b1, b2, eps);      \
 }                                                                              \
                                                                                \
+/* Adam without L1 that also returns sum w^2 before the step, read in the  */ \
+/* same pass (as cbp_sgd_ssq does for SGD).  x2 (or NULL): a second row    */ \
+/* chunk's gradient, added into x first, so x ends holding the sum just as */ \
+/* a separate pass adding the chunks leaves it: one pass over the block    */ \
+/* instead of three (sum the chunks, the penalty, the step).               */ \
+CBP_CLONES static double cbp_adam_ssq_##S(ptrdiff_t n, T *CBP_RESTRICT w,       \
+                                          T *CBP_RESTRICT m, T *CBP_RESTRICT v, \
+                                          T a, T *CBP_RESTRICT x,              \
+                                          const T *CBP_RESTRICT x2, T alpha,   \
+                                          T sw, T lr_t, T b1, T b2, T eps)     \
+{                                                                              \
+    const T c1 = (T)1 - b1, c2 = (T)1 - b2, isw = (T)1 / sw;                   \
+    double q = 0.0;                                                            \
+    if (x2 != NULL) {                                                          \
+        CBP_SIMD_SUM(q)                                                        \
+        for (ptrdiff_t j = 0; j < n; j++) {                                    \
+            const T wj = w[j], xs = x[j] + x2[j];                              \
+            q += (double)wj * (double)wj;                                      \
+            x[j] = xs;                                                         \
+            T g = (a * xs + alpha * wj) * isw;                                 \
+            T mj = b1 * m[j] + c1 * g;                                         \
+            T vj = b2 * v[j] + c2 * (g * g);                                   \
+            m[j] = mj;                                                         \
+            v[j] = vj;                                                         \
+            w[j] = wj + (-lr_t * mj) / (SQRT(vj) + eps);                       \
+        }                                                                      \
+    } else {                                                                   \
+        CBP_SIMD_SUM(q)                                                        \
+        for (ptrdiff_t j = 0; j < n; j++) {                                    \
+            const T wj = w[j];                                                 \
+            q += (double)wj * (double)wj;                                      \
+            T g = (a * x[j] + alpha * wj) * isw;                               \
+            T mj = b1 * m[j] + c1 * g;                                         \
+            T vj = b2 * v[j] + c2 * (g * g);                                   \
+            m[j] = mj;                                                         \
+            v[j] = vj;                                                         \
+            w[j] = wj + (-lr_t * mj) / (SQRT(vj) + eps);                       \
+        }                                                                      \
+    }                                                                          \
+    return q;                                                                  \
+}                                                                              \
+                                                                               \
 /* Branch-free compaction of the non-zeros of x[i0:n] after the c already */  \
 /* found: indices and values; returns the new count.                       */  \
 CBP_INLINE ptrdiff_t cbp_compact_from_##S(ptrdiff_t i0, ptrdiff_t n,           \
