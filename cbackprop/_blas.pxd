@@ -15,3 +15,7 @@ cdef bint own_gemm_on() noexcept nogil
 cdef void mm_bias_own(int m, int n, int k, const floating* a, int lda,
                       const floating* b, int ldb, const floating* bias, bint relu,
                       floating* c, int ldc) noexcept nogil
+
+cdef void mm_gate_own(int m, int n, int k, const floating* a, int lda,
+                      const floating* b, int ldb, const floating* gate, int ldg,
+                      floating* c, int ldc) noexcept nogil

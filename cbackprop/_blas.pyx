@@ -24,10 +24,12 @@ cdef extern from "cbp_gemm.h" nogil:
     int cbp_gemm_ready()
     void cbp_gemm_d(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
                     Py_ssize_t lda, const double* b, Py_ssize_t ldb, int beta,
-                    double* c, Py_ssize_t ldc, const double* bias, int relu)
+                    double* c, Py_ssize_t ldc, const double* bias, int relu,
+                    const double* gate, Py_ssize_t ldg)
     void cbp_gemm_f(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
                     Py_ssize_t lda, const float* b, Py_ssize_t ldb, int beta,
-                    float* c, Py_ssize_t ldc, const float* bias, int relu)
+                    float* c, Py_ssize_t ldc, const float* bias, int relu,
+                    const float* gate, Py_ssize_t ldg)
 
 
 cdef bint OWN_READY = cbp_gemm_ready() != 0
@@ -67,9 +69,11 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
         return
     if OWN_GEMM and tb == NoTrans and alpha == 1 and (beta == 0 or beta == 1):
         if floating is float:
-            cbp_gemm_f(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc, NULL, 0)
+            cbp_gemm_f(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc, NULL, 0,
+                       NULL, 0)
         else:
-            cbp_gemm_d(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc, NULL, 0)
+            cbp_gemm_d(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc, NULL, 0,
+                       NULL, 0)
         return
     if floating is float:
         sgemm(&ctb, &cta, &n, &m, &k, &alpha, <float*>b, &ldb,
@@ -89,9 +93,24 @@ cdef void mm_bias_own(int m, int n, int k, const floating* a, int lda,
     if m == 0 or n == 0:
         return
     if floating is float:
-        cbp_gemm_f(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu)
+        cbp_gemm_f(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu, NULL, 0)
     else:
-        cbp_gemm_d(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu)
+        cbp_gemm_d(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu, NULL, 0)
+
+
+cdef void mm_gate_own(int m, int n, int k, const floating* a, int lda,
+                      const floating* b, int ldb, const floating* gate, int ldg,
+                      floating* c, int ldc) noexcept nogil:
+    """Row-major ``C[m, n] = A[m, k] @ B[k, n]``, zero where ``gate`` (a
+    relu layer's activations, ``ldg`` apart) is zero: a relu layer's
+    backward product and its derivative in one pass over C.  Only for our
+    own products (``own_gemm_on()``)."""
+    if m == 0 or n == 0:
+        return
+    if floating is float:
+        cbp_gemm_f(0, m, n, k, a, lda, b, ldb, 0, c, ldc, NULL, 0, gate, ldg)
+    else:
+        cbp_gemm_d(0, m, n, k, a, lda, b, ldb, 0, c, ldc, NULL, 0, gate, ldg)
 
 
 def _py_mm_rowmajor(floating[:, :] a, floating[:, :] b, bint trans_a=False,
@@ -142,4 +161,21 @@ def _py_mm_bias(floating[:, ::1] a, floating[:, ::1] b, floating[::1] bias,
     if out.size and a.shape[1]:
         mm_bias_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1],
                     &b[0, 0], b.shape[1], &bias[0], relu, &c[0, 0], b.shape[1])
+    return out
+
+
+def _py_mm_gate(floating[:, ::1] a, floating[:, ::1] b, floating[:, ::1] gate):
+    """Python twin of :func:`mm_gate_own` for tests (our own products only)."""
+    if not OWN_GEMM:
+        raise RuntimeError("our own products are off or not available here")
+    if a.shape[1] != b.shape[0] or gate.shape[0] != a.shape[0] \
+            or gate.shape[1] != b.shape[1]:
+        raise ValueError("shapes do not match")
+    dtype = np.float32 if floating is float else np.float64
+    out = np.full((a.shape[0], b.shape[1]), np.nan, dtype=dtype)
+    cdef floating[:, ::1] c = out
+    if out.size and a.shape[1]:
+        mm_gate_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1],
+                    &b[0, 0], b.shape[1], &gate[0, 0], gate.shape[1], &c[0, 0],
+                    b.shape[1])
     return out

@@ -2,7 +2,8 @@
  * cbp_gemm.h -- matrix products for the shapes a row chunk makes, on AVX-512.
  *
  * Row-major C[m, n] = op(A)[m, k] B[k, n] (+ C when ``beta``; or + the row
- * ``bias`` under every row, then optionally relu), where op(A)
+ * ``bias`` under every row, then optionally relu; or zeroed where ``gate``,
+ * a relu layer's activations, is zero), where op(A)
  * is A (stored m x k, lda) or A^T (A stored k x m, lda) and B is stored
  * k x n (ldb).  These are the products of one chunk of a mini-batch: a
  * layer's forward product, the backward product through a transposed
@@ -50,7 +51,7 @@
 CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
     const int MR, const int NV, ptrdiff_t k, const T *a, ptrdiff_t ars,        \
     ptrdiff_t acs, const T *b, ptrdiff_t ldb, T *c, ptrdiff_t ldc, MT ml,      \
-    int load_c, const T *bias, int relu)                                       \
+    int load_c, const T *bias, int relu, const T *gate, ptrdiff_t ldg)         \
 {                                                                              \
     const MT full = (MT)~(MT)0;                                                \
     CBP_R12(CBP_GEMM_DECL_##S)                                                 \
@@ -79,6 +80,10 @@ CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
     if (relu) {                                                                \
         const VT zero = _mm512_setzero_##SFX();                                \
         CBP_R12(CBP_GEMM_RELU_##S)                                             \
+    }                                                                          \
+    if (gate) {                                                                \
+        const VT zero = _mm512_setzero_##SFX();                                \
+        CBP_R12(CBP_GEMM_GATE_##S)                                             \
     }                                                                          \
     CBP_R12(CBP_GEMM_STORE_##S)                                                \
 }
@@ -119,6 +124,23 @@ CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
 #define CBP_GEMM_RELU_d(r) CBP_GEMM_RELU(r, pd)
 #define CBP_GEMM_RELU_f(r) CBP_GEMM_RELU(r, ps)
 
+/* A relu layer's backward step: zero where the activation is zero (a
+ * select, as cbp_hidden_backward makes it). */
+#define CBP_GEMM_GATE1(r, v, SFX, MASK, W)                                     \
+    c##r##_##v = _mm512_maskz_mov_##SFX(                                       \
+        _mm512_cmp_##SFX##_mask(_mm512_maskz_loadu_##SFX(MASK,                 \
+                                    gate + r * ldg + v * W), zero, _CMP_NEQ_UQ),\
+        c##r##_##v);
+#define CBP_GEMM_GATE(r, SFX, W)                                               \
+    if (r < MR) {                                                              \
+        CBP_GEMM_GATE1(r, 0, SFX, NV == 1 ? ml : full, W)                      \
+        if (NV > 1) { CBP_GEMM_GATE1(r, 1, SFX, NV == 2 ? ml : full, W) }      \
+        if (NV > 2) { CBP_GEMM_GATE1(r, 2, SFX, NV == 3 ? ml : full, W) }      \
+        if (NV > 3) { CBP_GEMM_GATE1(r, 3, SFX, ml, W) }                       \
+    }
+#define CBP_GEMM_GATE_d(r) CBP_GEMM_GATE(r, pd, 8)
+#define CBP_GEMM_GATE_f(r) CBP_GEMM_GATE(r, ps, 16)
+
 #define CBP_GEMM_FMA(r, SFX, VT)                                               \
     if (r < MR) {                                                              \
         VT ar = _mm512_set1_##SFX(ap[r * ars]);                                \
@@ -147,20 +169,20 @@ CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
     switch (mr) { CASES(S, NV) }
 #define CBP_GEMM_CASE(S, NV, R)                                                \
     case R: cbp_mk_##S(R, NV, kc, ai, ars, acs, bj, ldb, cij, ldc, ml, load_c, \
-                       bj_bias, relu_now);                                     \
+                       bj_bias, relu_now, gate_now, ldg);                      \
             break;
 #define CBP_GEMM_CASES6(S, NV)                                                 \
     CBP_GEMM_CASE(S, NV, 1) CBP_GEMM_CASE(S, NV, 2) CBP_GEMM_CASE(S, NV, 3)    \
     CBP_GEMM_CASE(S, NV, 4) CBP_GEMM_CASE(S, NV, 5)                            \
     default: cbp_mk_##S(6, NV, kc, ai, ars, acs, bj, ldb, cij, ldc, ml, load_c, \
-                        bj_bias, relu_now);
+                        bj_bias, relu_now, gate_now, ldg);
 #define CBP_GEMM_CASES12(S, NV)                                                \
     CBP_GEMM_CASE(S, NV, 1) CBP_GEMM_CASE(S, NV, 2) CBP_GEMM_CASE(S, NV, 3)    \
     CBP_GEMM_CASE(S, NV, 4) CBP_GEMM_CASE(S, NV, 5) CBP_GEMM_CASE(S, NV, 6)    \
     CBP_GEMM_CASE(S, NV, 7) CBP_GEMM_CASE(S, NV, 8) CBP_GEMM_CASE(S, NV, 9)    \
     CBP_GEMM_CASE(S, NV, 10) CBP_GEMM_CASE(S, NV, 11)                          \
     default: cbp_mk_##S(12, NV, kc, ai, ars, acs, bj, ldb, cij, ldc, ml,       \
-                        load_c, bj_bias, relu_now);
+                        load_c, bj_bias, relu_now, gate_now, ldg);
 
 #define CBP_GEMM_DRIVER(T, S, MT, W, VT, SFX)                                   \
 CBP_GEMM_KERNEL(T, S, VT, MT, W, SFX)                                          \
@@ -168,7 +190,7 @@ CBP_GEMM_KERNEL(T, S, VT, MT, W, SFX)                                          \
 CBP_GEMM_TARGET static void cbp_gemm_avx512_##S(                               \
     int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a, ptrdiff_t lda,  \
     const T *b, ptrdiff_t ldb, int beta, T *c, ptrdiff_t ldc, const T *bias,   \
-    int relu)                                                                  \
+    int relu, const T *gate, ptrdiff_t ldg)                                    \
 {                                                                              \
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;                    \
     if (k == 0) {                                                              \
@@ -177,6 +199,7 @@ CBP_GEMM_TARGET static void cbp_gemm_avx512_##S(                               \
                 T x = beta ? c[i * ldc + j] : (T)0;                            \
                 if (bias) x = bias[j];                                         \
                 if (relu) x = x > (T)0 ? x : (T)0;                             \
+                if (gate && gate[i * ldg + j] == (T)0) x = (T)0;               \
                 c[i * ldc + j] = x;                                            \
             }                                                                  \
         return;                                                                \
@@ -197,6 +220,8 @@ CBP_GEMM_TARGET static void cbp_gemm_avx512_##S(                               \
                 const int mr = (int)(m - i < rows ? m - i : rows);             \
                 const T *ai = a + i * ars + p0 * acs;                          \
                 T *cij = c + i * ldc + j;                                      \
+                const T *gate_now = gate && p0 + kc == k ? gate + i * ldg + j   \
+                                                         : NULL;               \
                 switch (nv) {                                                  \
                 case 1: CBP_GEMM_ROWS(S, 1, CBP_GEMM_CASES12) break;           \
                 case 2: CBP_GEMM_ROWS(S, 2, CBP_GEMM_CASES12) break;           \
@@ -222,17 +247,21 @@ static inline int cbp_gemm_ready(void)
 static inline void cbp_gemm_d(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                               const double *a, ptrdiff_t lda, const double *b,
                               ptrdiff_t ldb, int beta, double *c, ptrdiff_t ldc,
-                              const double *bias, int relu)
+                              const double *bias, int relu, const double *gate,
+                              ptrdiff_t ldg)
 {
-    cbp_gemm_avx512_d(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, bias, relu);
+    cbp_gemm_avx512_d(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, bias, relu, gate,
+                        ldg);
 }
 
 static inline void cbp_gemm_f(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                               const float *a, ptrdiff_t lda, const float *b,
                               ptrdiff_t ldb, int beta, float *c, ptrdiff_t ldc,
-                              const float *bias, int relu)
+                              const float *bias, int relu, const float *gate,
+                              ptrdiff_t ldg)
 {
-    cbp_gemm_avx512_f(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, bias, relu);
+    cbp_gemm_avx512_f(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, bias, relu, gate,
+                        ldg);
 }
 
 #else /* no AVX-512 code in this build: the caller always uses BLAS */
@@ -241,18 +270,22 @@ static inline int cbp_gemm_ready(void) { return 0; }
 static inline void cbp_gemm_d(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                               const double *a, ptrdiff_t lda, const double *b,
                               ptrdiff_t ldb, int beta, double *c, ptrdiff_t ldc,
-                              const double *bias, int relu)
+                              const double *bias, int relu, const double *gate,
+                              ptrdiff_t ldg)
 {
     (void)ta; (void)m; (void)n; (void)k; (void)a; (void)lda; (void)b;
     (void)ldb; (void)beta; (void)c; (void)ldc; (void)bias; (void)relu;
+    (void)gate; (void)ldg;
 }
 static inline void cbp_gemm_f(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                               const float *a, ptrdiff_t lda, const float *b,
                               ptrdiff_t ldb, int beta, float *c, ptrdiff_t ldc,
-                              const float *bias, int relu)
+                              const float *bias, int relu, const float *gate,
+                              ptrdiff_t ldg)
 {
     (void)ta; (void)m; (void)n; (void)k; (void)a; (void)lda; (void)b;
     (void)ldb; (void)beta; (void)c; (void)ldc; (void)bias; (void)relu;
+    (void)gate; (void)ldg;
 }
 
 #endif

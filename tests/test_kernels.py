@@ -132,6 +132,30 @@ def test_own_product_with_bias_and_relu(m, n, k, dtype, relu):
     np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
 
 
+@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@settings(deadline=None, max_examples=40)
+@given(m=st.integers(1, 20), n=st.integers(1, 70), k=st.integers(1, 300),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_own_product_gated_by_relu_activations(m, n, k, dtype):
+    # A relu layer's backward product and derivative in one pass: zero where
+    # the activation is zero, the product elsewhere (NaN activations keep
+    # it, as cbp_hidden_backward's select does); K past one 256-deep panel.
+    rng = np.random.RandomState(m * 10007 + n * 101 + k)
+    a = rng.normal(size=(m, k)).astype(dtype)
+    b = rng.normal(size=(k, n)).astype(dtype)
+    gate = np.maximum(rng.normal(size=(m, n)), 0).astype(dtype)
+    gate[0, 0] = np.nan
+    before = _blas._set_own_gemm(True)
+    try:
+        got = _blas._py_mm_gate(a, b, gate)
+    finally:
+        _blas._set_own_gemm(before)
+    expected = np.where(gate == 0, 0.0, a.astype(np.float64) @ b.astype(np.float64))
+    assert np.all(got[gate == 0] == 0)
+    tol = 1e-4 * math.sqrt(k) if dtype == np.float32 else 1e-12 * math.sqrt(k)
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+
+
 def test_mm_rowmajor_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="inner dimensions"):
         _blas._py_mm_rowmajor(np.ones((2, 3)), np.ones((2, 3)))
