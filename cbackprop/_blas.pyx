@@ -17,6 +17,8 @@ any number of threads.
 """
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
+import os
+
 import numpy as np
 
 
@@ -33,7 +35,9 @@ cdef extern from "cbp_gemm.h" nogil:
 
 
 cdef bint OWN_READY = cbp_gemm_ready() != 0
-cdef bint OWN_GEMM = OWN_READY
+# CBACKPROP_OWN_GEMM=0 keeps every product on BLAS (CI runs the suite both
+# ways; a user may compare or fall back).
+cdef bint OWN_GEMM = OWN_READY and os.environ.get("CBACKPROP_OWN_GEMM", "1") != "0"
 
 
 cdef bint own_gemm_on() noexcept nogil:
