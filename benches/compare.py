@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mnist import load_mnist10k  # noqa: E402
 
 import cbackprop  # noqa: E402
-from cbackprop import MLPClassifier, MLPRegressor  # noqa: E402
+from cbackprop import MLPClassifier, MLPRegressor, _blas  # noqa: E402
 
 try:
     import torch
@@ -233,6 +233,16 @@ def scenario_mnist(table, args, X, y, *, batch_size, dtype, epochs, hidden=(100,
     return label, unit, vals
 
 
+def blas_kernels():
+    """The BLAS libraries loaded and the kernels they picked (OpenBLAS picks
+    by CPU model, or by OPENBLAS_CORETYPE where that is set)."""
+    from threadpoolctl import threadpool_info
+    libs = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return ", ".join(libs) + (f", OPENBLAS_CORETYPE={forced}" if forced else "")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -245,7 +255,9 @@ def main(argv=None):
           f"PyTorch {torch.__version__ if torch is not None else 'not installed'}")
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
-          f"numpy {np.__version__}; medians of {args.repeats} runs\n")
+          f"numpy {np.__version__}; medians of {args.repeats} runs")
+    print(f"BLAS: {blas_kernels()}; cbackprop's own AVX-512 products: "
+          f"{'on' if _blas._set_own_gemm(True) else 'off'}\n")
     peak32, med32 = matmul_peak(np.float32)
     peak32_1, med32_1 = matmul_peak(np.float32, threads=1)
     peak64, med64 = matmul_peak(np.float64)

@@ -152,34 +152,34 @@ def _py_mm_rowmajor(floating[:, :] a, floating[:, :] b, bint trans_a=False,
     return padded[:, :n].copy()
 
 
-def _py_mm_bias(floating[:, ::1] a, floating[:, ::1] b, floating[::1] bias,
-                bint relu=False):
-    """Python twin of :func:`mm_bias_own` for tests (our own products only)."""
+def _py_mm_own(floating[:, ::1] a, floating[:, ::1] b, bias=None, bint relu=False,
+               gate=None):
+    """Python twin of :func:`mm_bias_own` (``bias``, ``relu``) and of
+    :func:`mm_gate_own` (``gate``) for tests; our own products only."""
     if not OWN_GEMM:
         raise RuntimeError("our own products are off or not available here")
-    if a.shape[1] != b.shape[0] or bias.shape[0] != b.shape[1]:
-        raise ValueError("shapes do not match")
     dtype = np.float32 if floating is float else np.float64
     out = np.full((a.shape[0], b.shape[1]), np.nan, dtype=dtype)
     cdef floating[:, ::1] c = out
-    if out.size and a.shape[1]:
-        mm_bias_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1],
-                    &b[0, 0], b.shape[1], &bias[0], relu, &c[0, 0], b.shape[1])
-    return out
-
-
-def _py_mm_gate(floating[:, ::1] a, floating[:, ::1] b, floating[:, ::1] gate):
-    """Python twin of :func:`mm_gate_own` for tests (our own products only)."""
-    if not OWN_GEMM:
-        raise RuntimeError("our own products are off or not available here")
-    if a.shape[1] != b.shape[0] or gate.shape[0] != a.shape[0] \
-            or gate.shape[1] != b.shape[1]:
+    cdef floating[::1] bv
+    cdef floating[:, ::1] gv
+    if a.shape[1] != b.shape[0]:
         raise ValueError("shapes do not match")
-    dtype = np.float32 if floating is float else np.float64
-    out = np.full((a.shape[0], b.shape[1]), np.nan, dtype=dtype)
-    cdef floating[:, ::1] c = out
-    if out.size and a.shape[1]:
-        mm_gate_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1],
-                    &b[0, 0], b.shape[1], &gate[0, 0], gate.shape[1], &c[0, 0],
-                    b.shape[1])
+    if (bias is None) == (gate is None):
+        raise ValueError("give either bias or gate")
+    if bias is not None:
+        bv = bias
+        if bv.shape[0] != b.shape[1]:
+            raise ValueError("shapes do not match")
+        if out.size and a.shape[1]:
+            mm_bias_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1],
+                        &b[0, 0], b.shape[1], &bv[0], relu, &c[0, 0], b.shape[1])
+    else:
+        gv = gate
+        if gv.shape[0] != a.shape[0] or gv.shape[1] != b.shape[1]:
+            raise ValueError("shapes do not match")
+        if out.size and a.shape[1]:
+            mm_gate_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1],
+                        &b[0, 0], b.shape[1], &gv[0, 0], gv.shape[1], &c[0, 0],
+                        b.shape[1])
     return out

@@ -174,6 +174,22 @@ typedef float cbp_vf8u __attribute__((vector_size(32), aligned(4)));
         w[j] += (-lr_t * mj) / (SQRT(vj) + eps);                               \
     }
 
+/* cbp_adam_ssq's loop: the chunks' gradient sum is XEXPR, which SAVE
+ * stores back (or not); q gets sum w^2 before the step. */
+#define CBP_ADAM_SSQ_LOOP(T, N, SQRT, XEXPR, SAVE)                             \
+    CBP_SIMD_SUM(q)                                                            \
+    for (ptrdiff_t j = 0; j < (N); j++) {                                      \
+        const T wj = w[j], xs = XEXPR;                                         \
+        q += (double)wj * (double)wj;                                          \
+        SAVE                                                                   \
+        T g = (a * xs + alpha * wj) * isw;                                     \
+        T mj = b1 * m[j] + c1 * g;                                             \
+        T vj = b2 * v[j] + c2 * (g * g);                                       \
+        m[j] = mj;                                                             \
+        v[j] = vj;                                                             \
+        w[j] = wj + (-lr_t * mj) / (SQRT(vj) + eps);                           \
+    }
+
 #define CBP_DEFINE_LOOPS(T, S, SQRT)                                           \
                                                                                \
 /* y += a * x */                                                               \
@@ -409,30 +425,9 @@ CBP_CLONES static double cbp_adam_ssq_##S(ptrdiff_t n, T *CBP_RESTRICT w,       
     const T c1 = (T)1 - b1, c2 = (T)1 - b2, isw = (T)1 / sw;                   \
     double q = 0.0;                                                            \
     if (x2 != NULL) {                                                          \
-        CBP_SIMD_SUM(q)                                                        \
-        for (ptrdiff_t j = 0; j < n; j++) {                                    \
-            const T wj = w[j], xs = x[j] + x2[j];                              \
-            q += (double)wj * (double)wj;                                      \
-            x[j] = xs;                                                         \
-            T g = (a * xs + alpha * wj) * isw;                                 \
-            T mj = b1 * m[j] + c1 * g;                                         \
-            T vj = b2 * v[j] + c2 * (g * g);                                   \
-            m[j] = mj;                                                         \
-            v[j] = vj;                                                         \
-            w[j] = wj + (-lr_t * mj) / (SQRT(vj) + eps);                       \
-        }                                                                      \
+        CBP_ADAM_SSQ_LOOP(T, n, SQRT, x[j] + x2[j], x[j] = xs;)                \
     } else {                                                                   \
-        CBP_SIMD_SUM(q)                                                        \
-        for (ptrdiff_t j = 0; j < n; j++) {                                    \
-            const T wj = w[j];                                                 \
-            q += (double)wj * (double)wj;                                      \
-            T g = (a * x[j] + alpha * wj) * isw;                               \
-            T mj = b1 * m[j] + c1 * g;                                         \
-            T vj = b2 * v[j] + c2 * (g * g);                                   \
-            m[j] = mj;                                                         \
-            v[j] = vj;                                                         \
-            w[j] = wj + (-lr_t * mj) / (SQRT(vj) + eps);                       \
-        }                                                                      \
+        CBP_ADAM_SSQ_LOOP(T, n, SQRT, x[j], (void)0;)                          \
     }                                                                          \
     return q;                                                                  \
 }                                                                              \

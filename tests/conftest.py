@@ -16,3 +16,17 @@ MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"
 @pytest.fixture
 def rng():
     return np.random.RandomState(0)
+
+
+@pytest.fixture(params=["blas", "own"])
+def products(request):
+    """Run a test with BLAS for every product, then with cbackprop's own
+    AVX-512 products (skipped where the CPU has none); yields which."""
+    from cbackprop import _blas
+
+    own = request.param == "own"
+    if own and not _blas.own_gemm_ready():
+        pytest.skip("no AVX-512 on this CPU: products always run on BLAS")
+    before = _blas._set_own_gemm(own)
+    yield request.param
+    _blas._set_own_gemm(before)

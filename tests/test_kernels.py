@@ -36,25 +36,13 @@ def test_mm_rowmajor_shapes(m, k, n, dtype):
     np.testing.assert_allclose(_blas._py_mm_rowmajor(a, b), a @ b, rtol=tol, atol=tol)
 
 
-@pytest.fixture(params=["own", "blas"])
-def gemm_path(request):
-    """Each product test once through BLAS and once through our AVX-512
-    products (skipped where the CPU has none)."""
-    own = request.param == "own"
-    if own and not _blas.own_gemm_ready():
-        pytest.skip("no AVX-512 on this CPU: products always run on BLAS")
-    before = _blas._set_own_gemm(own)
-    yield request.param
-    _blas._set_own_gemm(before)
-
-
 @settings(deadline=None, max_examples=60,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(m=st.integers(1, 30), n=st.integers(1, 70), k=st.integers(1, 300),
        dtype=st.sampled_from([np.float32, np.float64]), ta=st.booleans(),
        tb=st.booleans(), accumulate=st.booleans(), pad=st.integers(0, 3),
        wide=st.integers(0, 5))
-def test_mm_rowmajor_paths_match_numpy(gemm_path, m, n, k, dtype, ta, tb, accumulate,
+def test_mm_rowmajor_paths_match_numpy(products, m, n, k, dtype, ta, tb, accumulate,
                                        pad, wide):
     # Shapes across the kernels' row blocks (6 and 12), vector widths (8 and
     # 16 lanes, four vectors a block), masked last vectors and the 256-deep K
@@ -120,7 +108,7 @@ def test_own_product_with_bias_and_relu(m, n, k, dtype, relu):
         a[0, 0], b[0, 1] = np.inf, 0.0  # inf * 0: NaN in row 0, column 1
     before = _blas._set_own_gemm(True)
     try:
-        got = _blas._py_mm_bias(a, b, bias, relu)
+        got = _blas._py_mm_own(a, b, bias=bias, relu=relu)
     finally:
         _blas._set_own_gemm(before)
     with np.errstate(invalid="ignore"):
@@ -147,7 +135,7 @@ def test_own_product_gated_by_relu_activations(m, n, k, dtype):
     gate[0, 0] = np.nan
     before = _blas._set_own_gemm(True)
     try:
-        got = _blas._py_mm_gate(a, b, gate)
+        got = _blas._py_mm_own(a, b, gate=gate)
     finally:
         _blas._set_own_gemm(before)
     expected = np.where(gate == 0, 0.0, a.astype(np.float64) @ b.astype(np.float64))

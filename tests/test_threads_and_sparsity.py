@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sklearn import neural_network as sknn
 from sklearn.exceptions import ConvergenceWarning
 
-from cbackprop import MLPClassifier, MLPRegressor, _blas, _kernels, _mlp, _openmp_helpers
+from cbackprop import MLPClassifier, MLPRegressor, _kernels, _mlp, _openmp_helpers
 
 
 def _sparse_dense_data(n=120, n_features=40, density=0.15, seed=0):
@@ -561,18 +561,6 @@ def test_padded_hidden_rows_change_no_bit(monkeypatch, kind, params):
         np.testing.assert_array_equal(u, v)
     assert padded.loss_ == plain.loss_
     np.testing.assert_array_equal(proba, plain.predict_proba(X))
-
-
-@pytest.fixture(params=["blas", "own"])
-def products(request):
-    """Run a test with BLAS for every product, then with our own AVX-512
-    products (skipped where the CPU has none)."""
-    own = request.param == "own"
-    if own and not _blas.own_gemm_ready():
-        pytest.skip("no AVX-512 on this CPU: products always run on BLAS")
-    before = _blas._set_own_gemm(own)
-    yield request.param
-    _blas._set_own_gemm(before)
 
 
 def test_transposed_layer_copies(products):
