@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""The one door to BLAS: fused float/double wrappers over scipy.linalg.cython_blas.
+"""The one door to matrix products: fused float/double wrappers over
+scipy.linalg.cython_blas, or our own AVX-512 products.
 
 Every array in cbackprop is C-ordered (row-major) while BLAS is column-major.
 A row-major ``C = op(A) op(B)`` is the column-major product
@@ -7,13 +8,15 @@ A row-major ``C = op(A) op(B)`` is the column-major product
 the same buffers to ``?gemm`` without copying anything.
 
 On a CPU with AVX-512, products whose B is not transposed (every product of
-a dense row chunk but the backward one through a wide layer) run our own
-one-thread kernels instead (``src/cbp_gemm.h``): BLAS is held to one thread
-while the kernels run anyway, and OpenBLAS picks its kernels by CPU model,
-so where it does not know the CPU, or is told another (``OPENBLAS_CORETYPE``),
-it runs AVX2 code at half the rate.  The choice depends on the CPU and the
-call, never on the thread count, so results stay bitwise reproducible for
-any number of threads.
+a row chunk: the backward ones read transposed weight copies, see
+_kernels.WT_OWN_MAX) run our own one-thread kernels instead
+(``src/cbp_gemm.h``), which can also add a bias and apply relu, or relu's
+derivative, as they store (:func:`mm_bias_own`, :func:`mm_gate_own`).
+BLAS is held to one thread while the kernels run anyway, and OpenBLAS
+picks its kernels by CPU model, so where it does not know the CPU, or is
+told another (``OPENBLAS_CORETYPE``), it runs AVX2 code at half the rate.
+The choice depends on the CPU and the call, never on the thread count, so
+results stay bitwise reproducible for any number of threads.
 """
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
