@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sklearn import neural_network as sknn
 from sklearn.exceptions import ConvergenceWarning
 
-from cbackprop import MLPClassifier, MLPRegressor, _kernels, _mlp, _openmp_helpers
+from cbackprop import MLPClassifier, MLPRegressor, _blas, _kernels, _mlp, _openmp_helpers
 
 
 def _sparse_dense_data(n=120, n_features=40, density=0.15, seed=0):
@@ -947,3 +947,39 @@ def test_local_step_changes_no_bit(dtype, params):
         for u, v in zip(fit.coefs_ + fit.intercepts_, one.coefs_ + one.intercepts_):
             np.testing.assert_array_equal(u, v)
         np.testing.assert_array_equal(fit.loss_curve_, one.loss_curve_)
+
+
+@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-4), (np.float64, 1e-9)])
+@pytest.mark.parametrize("params", [
+    # 300 inputs: the first layer's products run over two 256-deep K panels;
+    # relu layers take the bias and gate epilogues, tanh the plain ones.
+    dict(hidden_layer_sizes=(40, 24), solver="adam", batch_size=50),
+    dict(hidden_layer_sizes=(40,), activation="tanh", solver="sgd", momentum=0.9,
+         batch_size=64, alpha=1e-3),
+    dict(hidden_layer_sizes=(30, 20), solver="lbfgs"),
+])
+def test_own_products_and_blas_train_the_same_network(dtype, rtol, params):
+    # The same fits with every product on BLAS and on our own kernels: the
+    # same weights up to the products' rounding, on one thread and two, and
+    # each path bitwise the same on one and two threads.
+    rng = np.random.RandomState(3)
+    X = rng.normal(size=(150, 300)).astype(dtype)
+    y = np.digitize(X[:, :5].sum(axis=1), [-1.0, 0.0, 1.0])
+    common = dict(max_iter=5, random_state=0, tol=0.0, **params)
+    fits = {}
+    for own in (False, True):
+        before = _blas._set_own_gemm(own)
+        try:
+            for n_threads in (1, 2):
+                fits[own, n_threads] = _fit(MLPClassifier, X, y, n_threads=n_threads,
+                                            **common)
+        finally:
+            _blas._set_own_gemm(before)
+    for own in (False, True):
+        for u, v in zip(fits[own, 1].coefs_, fits[own, 2].coefs_):
+            np.testing.assert_array_equal(u, v)
+    a, b = fits[True, 2], fits[False, 2]
+    for u, v in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_allclose(u, v, rtol=rtol, atol=rtol * np.abs(v).max())
+    assert a.loss_ == pytest.approx(b.loss_, rel=rtol)
