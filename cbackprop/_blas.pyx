@@ -50,6 +50,13 @@ cdef bint own_gemm_on() noexcept nogil:
     return OWN_GEMM
 
 
+def own_gemm_enabled():
+    """True when products run on cbackprop's own AVX-512 kernels now (the
+    CPU has them and neither CBACKPROP_OWN_GEMM=0 nor a test turned them
+    off)."""
+    return bool(OWN_GEMM)
+
+
 def own_gemm_ready():
     """True when this build and CPU can run cbackprop's AVX-512 products."""
     return bool(OWN_READY)

@@ -288,6 +288,8 @@ def test_show_config_reports_versions_and_thread_pools():
     assert cbackprop.__version__ in text and "numpy" in text
     assert config["openmp"] == _openmp_helpers.openmp_enabled()
     assert config["n_threads"] >= 1
+    assert config["own_products"] == _blas.own_gemm_enabled()
+    assert "matrix products of mini-batches:" in text
     apis = {pool["user_api"] for pool in config["threadpools"]}
     assert "blas" in apis
     if config["openmp"]:
