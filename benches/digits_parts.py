@@ -16,7 +16,9 @@ the outside, in one process, with the parts taking turns within each round
 * all threads with the chunks and the optimiser step of a batch in two
   parallel regions instead of one (``_kernels._set_local_step``);
 * one-thread numpy products of the shapes one 100-row chunk multiplies
-  (forward, backward and gradient), the floor a chunk's arithmetic sets;
+  (forward, backward and gradient), and the same products as the fits make
+  them (our own AVX-512 kernels where the CPU has them, else BLAS), timed
+  in a loop without Python: the floor a chunk's arithmetic sets;
 * the epoch's shuffle (``RandomState.shuffle``-equivalent draws, as the
   kernel makes them).
 
@@ -34,7 +36,7 @@ from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from cbackprop import MLPClassifier, _kernels
+from cbackprop import MLPClassifier, _blas, _kernels
 
 
 def _timed(fn):
@@ -110,6 +112,18 @@ def main():
         }
         prod = {k: min(_per_call(fn, 2000) for _ in range(3))
                 for k, fn in products.items()}
+    # The same shapes as the fits make them (our own AVX-512 products where
+    # the CPU has them, else BLAS), timed in a loop without Python.
+    own_shapes = {
+        "x @ W0 (100x64x100)": (x, w0, False),
+        "a1 @ W1 (100x100x10)": (a1, w1, False),
+        "d2 @ W1^T (100x10x100)": (d2, w1t, False),
+        "x^T @ d1 (64x100x100)": (x, d1, True),
+        "a1^T @ d2 (100x100x10)": (a1, d2, True),
+    }
+    kernel = {k: min(_blas._py_time_mm(a, b, t, 2000) for _ in range(3))
+              for k, (a, b, t) in own_shapes.items()}
+    kernel_path = "own AVX-512" if _blas.own_gemm_enabled() else "BLAS"
 
     rs = np.random.RandomState(0)
     order = np.arange(X.shape[0], dtype=np.intp)
@@ -132,7 +146,12 @@ def main():
     print(f"| fixed cost of a fit (one-epoch fit less an epoch) | {fixed * 1e3:.2f} ms |")
     for k, v in prod.items():
         print(f"| numpy one-thread product {k} | {v * 1e6:.1f} us |")
-    print(f"| the five products of one 100-row chunk | {sum(prod.values()) * 1e6:.1f} us |")
+    print(f"| the five numpy products of one 100-row chunk | "
+          f"{sum(prod.values()) * 1e6:.1f} us |")
+    for k, v in kernel.items():
+        print(f"| kernel product ({kernel_path}) {k} | {v * 1e6:.1f} us |")
+    print(f"| the five kernel products of one 100-row chunk | "
+          f"{sum(kernel.values()) * 1e6:.1f} us |")
     print(f"| one epoch's shuffle (1,797 rows) | {t_shuffle * 1e6:.1f} us |")
     two = med[f"fit, {n_cpu} threads, two regions a batch"]
     print(f"\nspeed-up {n_cpu} threads over one: {one / many:.2f}x; two regions a batch "

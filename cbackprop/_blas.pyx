@@ -21,6 +21,7 @@ results stay bitwise reproducible for any number of threads.
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 import os
+import time
 
 import numpy as np
 
@@ -193,3 +194,25 @@ def _py_mm_own(floating[:, ::1] a, floating[:, ::1] b, bias=None, bint relu=Fals
                         &b[0, 0], b.shape[1], &gv[0, 0], gv.shape[1], &c[0, 0],
                         b.shape[1])
     return out
+
+
+def _py_time_mm(floating[:, ::1] a, floating[:, ::1] b, bint trans_a=False,
+                Py_ssize_t reps=1000):
+    """Seconds per call of :func:`mm_rowmajor` (beta 0) on these operands,
+    over ``reps`` calls made without the GIL and without Python between
+    them: what a kernel's product of these shapes costs (benches only)."""
+    cdef int m = a.shape[1] if trans_a else a.shape[0]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    cdef int n = b.shape[1]
+    cdef Py_ssize_t _r
+    if k != b.shape[0] or m == 0 or n == 0 or k == 0 or reps < 1:
+        raise ValueError("non-empty operands with matching inner dimensions")
+    dtype = np.float32 if floating is float else np.float64
+    out = np.empty((m, n), dtype=dtype)
+    cdef floating[:, ::1] c = out
+    t0 = time.perf_counter()
+    with nogil:
+        for _r in range(reps):
+            mm_rowmajor(Trans if trans_a else NoTrans, NoTrans, m, n, k, <floating>1,
+                        &a[0, 0], a.shape[1], &b[0, 0], n, <floating>0, &c[0, 0], n)
+    return (time.perf_counter() - t0) / reps
