@@ -981,48 +981,34 @@ cdef inline void _transpose_block(const floating* W, Py_ssize_t m, floating* T,
         jt = jb
 
 
-cdef void _refresh_wt_range(const Net* net, const floating* params, Py_ssize_t li,
-                            Py_ssize_t e0, Py_ssize_t e1) noexcept nogil:
-    """Copy weights ``e0:e1`` (row-major, within layer ``li``) into the
-    layer's transposed copy, if it has one."""
-    cdef Py_ssize_t off, u, m, i0, i1
-    cdef const floating* W
-    cdef floating* T
-    if net.wt == NULL or e1 <= e0:
-        return
-    off = _wt_offset(net.units, net.zw, li)
-    if off < 0:
-        return
-    u = net.units[li]
-    m = net.zw[li + 1]
-    W = params + net.coef_off[li]
-    T = (<floating*>net.wt) + off
-    i0 = e0 // m
-    i1 = e1 // m
-    if i0 == i1:
-        _transpose_block(W, m, T, u, i0, i0 + 1, e0 - i0 * m, e1 - i0 * m)
-        return
-    # A partial first row, the whole rows, a partial last row.
-    if e0 > i0 * m:
-        _transpose_block(W, m, T, u, i0, i0 + 1, e0 - i0 * m, m)
-        i0 += 1
-    _transpose_block(W, m, T, u, i0, i1, 0, m)
-    if e1 > i1 * m:
-        _transpose_block(W, m, T, u, i1, i1 + 1, 0, e1 - i1 * m)
-
-
 cdef void _refresh_wt_rect(const Net* net, const floating* params, Py_ssize_t li,
                            Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
                            Py_ssize_t j1) noexcept nogil:
     """Copy rows ``i0:i1``, columns ``j0:j1`` of layer ``li``'s weights into
     its transposed copy, if it has one."""
     cdef Py_ssize_t off
-    if net.wt == NULL:
+    if net.wt == NULL or i1 <= i0 or j1 <= j0:
         return
     off = _wt_offset(net.units, net.zw, li)
     if off >= 0:
         _transpose_block(params + net.coef_off[li], net.zw[li + 1],
                          (<floating*>net.wt) + off, net.units[li], i0, i1, j0, j1)
+
+
+cdef void _refresh_wt_range(const Net* net, const floating* params, Py_ssize_t li,
+                            Py_ssize_t e0, Py_ssize_t e1) noexcept nogil:
+    """Copy weights ``e0:e1`` (row-major, within layer ``li``) into the
+    layer's transposed copy, if it has one: a partial first row, the whole
+    rows, a partial last row."""
+    cdef Py_ssize_t m = net.zw[li + 1], i0 = e0 // m, i1 = e1 // m
+    if i0 == i1:
+        _refresh_wt_rect(net, params, li, i0, i0 + 1, e0 - i0 * m, e1 - i0 * m)
+        return
+    if e0 > i0 * m:
+        _refresh_wt_rect(net, params, li, i0, i0 + 1, e0 - i0 * m, m)
+        i0 += 1
+    _refresh_wt_rect(net, params, li, i0, i1, 0, m)
+    _refresh_wt_rect(net, params, li, i1, i1 + 1, 0, e1 - i1 * m)
 
 
 cdef void _refresh_wt(const Net* net, const floating* params) noexcept nogil:
@@ -1844,12 +1830,15 @@ cdef inline double _step_range(const Net* net, const Optim* o, Py_ssize_t k0,
     forward pass (see cbp_claim).  A one-thread step after a multithreaded
     pass (networks under STEP_MIN_PARALLEL parameters) does not claim: on
     784-4-10 that measured within noise (minima 0.96-0.99x).  ``grad2``
-    (or NULL; Adam without L1 only): a second chunk gradient, added into
-    ``grad`` (then written, so a caller passes one only for its own
-    accumulator) in the step's own pass (see cbp_adam_ssq)."""
+    (or NULL): the last chunk gradient, added into ``grad`` first (which is
+    then written, so a caller passes one only for its own accumulator); Adam
+    without L1 adds it in the step's own pass (see cbp_adam_ssq)."""
     cdef double pen
     if claim:
         cbp_claim(params + k0, (k1 - k0) * sizeof(floating))
+    if grad2 != NULL and not (o.kind == OPT_ADAM and o.l1 == 0):
+        _axpy(k1 - k0, <floating>1, grad2 + k0, <floating*>grad + k0)
+        grad2 = NULL
     if o.kind == OPT_ADAM and o.l1 == 0:
         # The penalty, the chunks' sum and the step in one pass.
         pen = (0.5 * o.alpha if coef else 0.0) * _adam_ssq(
@@ -1953,21 +1942,21 @@ cdef void _step_run(const Net* net, const Optim* o, floating* params, floating* 
     transposed copy, if it has one (see _local_pass)."""
     cdef Py_ssize_t k, k0, k1, li
     cdef bint coef
+    cdef const floating* last
     for k in range(_first_block(ublocks, n_ublocks, net.n_params, t, nt),
                    _first_block(ublocks, n_ublocks, net.n_params, t + 1, nt)):
         k0 = ublocks[UB_FIELDS * k]
         k1 = ublocks[UB_FIELDS * k + 1]
         li = ublocks[UB_FIELDS * k + 2]
         coef = ublocks[UB_FIELDS * k + 3]
-        if pending == 2 and o.kind == OPT_ADAM and o.l1 == 0:
-            # The second chunk is summed in the step's pass.
-            bpen[k] = _step_range(net, o, k0, k1, li, coef, params, s1, s2, grad, c,
-                                  sw_sum, lr_t, nt > 1, <const floating*>net.pgrad)
-        else:
-            if pending > 1:
-                _reduce_chunks(net, grad, k0, k1, pending)
-            bpen[k] = _step_range(net, o, k0, k1, li, coef, params, s1, s2, grad, c,
-                                  sw_sum, lr_t, nt > 1)
+        last = NULL
+        if pending > 1:
+            # All chunks but the last summed here, in chunk order; the last
+            # is added by the step (in its own pass where it can).
+            _reduce_chunks(net, grad, k0, k1, pending - 1)
+            last = (<const floating*>net.pgrad) + (pending - 2) * net.pg_stride
+        bpen[k] = _step_range(net, o, k0, k1, li, coef, params, s1, s2, grad, c,
+                              sw_sum, lr_t, nt > 1, last)
         if copy_wt and coef and li > 0:
             # While the block is in this core's cache.
             _refresh_wt_range(net, params, li, k0 - net.coef_off[li],
@@ -2109,12 +2098,8 @@ cdef void _split_transpose(const Split* sp, Py_ssize_t p, Py_ssize_t n_out,
                            floating* base) noexcept nogil:
     """Block ``p``'s transposed copy of its rows of W1 (for the product
     with the output deltas), from its weight pack."""
-    cdef Py_ssize_t i, j, bw = sp.bounds[p + 1] - sp.bounds[p]
-    cdef const floating* w1 = base + sp.blk[p].w + sp.o_w1
-    cdef floating* wt = base + sp.blk[p].wt
-    for i in range(bw):
-        for j in range(n_out):
-            wt[j * sp.ld + i] = w1[i * n_out + j]
+    _transpose_block(base + sp.blk[p].w + sp.o_w1, n_out, base + sp.blk[p].wt, sp.ld,
+                     0, sp.bounds[p + 1] - sp.bounds[p], 0, n_out)
 
 
 cdef inline void _move(floating* pk, floating* flat, Py_ssize_t n,

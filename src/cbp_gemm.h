@@ -244,49 +244,34 @@ static inline int cbp_gemm_ready(void)
     return __builtin_cpu_supports("avx512f") ? 1 : 0;
 }
 
-static inline void cbp_gemm_d(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                              const double *a, ptrdiff_t lda, const double *b,
-                              ptrdiff_t ldb, int beta, double *c, ptrdiff_t ldc,
-                              const double *bias, int relu, const double *gate,
-                              ptrdiff_t ldg)
-{
-    cbp_gemm_avx512_d(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, bias, relu, gate,
-                        ldg);
-}
-
-static inline void cbp_gemm_f(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                              const float *a, ptrdiff_t lda, const float *b,
-                              ptrdiff_t ldb, int beta, float *c, ptrdiff_t ldc,
-                              const float *bias, int relu, const float *gate,
-                              ptrdiff_t ldg)
-{
-    cbp_gemm_avx512_f(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, bias, relu, gate,
-                        ldg);
-}
-
 #else /* no AVX-512 code in this build: the caller always uses BLAS */
 
 static inline int cbp_gemm_ready(void) { return 0; }
-static inline void cbp_gemm_d(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                              const double *a, ptrdiff_t lda, const double *b,
-                              ptrdiff_t ldb, int beta, double *c, ptrdiff_t ldc,
-                              const double *bias, int relu, const double *gate,
-                              ptrdiff_t ldg)
-{
-    (void)ta; (void)m; (void)n; (void)k; (void)a; (void)lda; (void)b;
-    (void)ldb; (void)beta; (void)c; (void)ldc; (void)bias; (void)relu;
-    (void)gate; (void)ldg;
-}
-static inline void cbp_gemm_f(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-                              const float *a, ptrdiff_t lda, const float *b,
-                              ptrdiff_t ldb, int beta, float *c, ptrdiff_t ldc,
-                              const float *bias, int relu, const float *gate,
-                              ptrdiff_t ldg)
-{
-    (void)ta; (void)m; (void)n; (void)k; (void)a; (void)lda; (void)b;
-    (void)ldb; (void)beta; (void)c; (void)ldc; (void)bias; (void)relu;
-    (void)gate; (void)ldg;
-}
 
 #endif
+
+/* The entry points, one per type; without AVX-512 code (callers check
+ * cbp_gemm_ready() first) they do nothing. */
+#ifdef CBP_GEMM
+#define CBP_GEMM_CALL(S)                                                       \
+    cbp_gemm_avx512_##S(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, bias, relu, \
+                        gate, ldg);
+#else
+#define CBP_GEMM_CALL(S)                                                       \
+    (void)ta; (void)m; (void)n; (void)k; (void)a; (void)lda; (void)b;          \
+    (void)ldb; (void)beta; (void)c; (void)ldc; (void)bias; (void)relu;         \
+    (void)gate; (void)ldg;
+#endif
+#define CBP_GEMM_ENTRY(T, S)                                                   \
+static inline void cbp_gemm_##S(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, \
+                                const T *a, ptrdiff_t lda, const T *b,         \
+                                ptrdiff_t ldb, int beta, T *c, ptrdiff_t ldc,  \
+                                const T *bias, int relu, const T *gate,        \
+                                ptrdiff_t ldg)                                 \
+{                                                                              \
+    CBP_GEMM_CALL(S)                                                           \
+}
+CBP_GEMM_ENTRY(double, d)
+CBP_GEMM_ENTRY(float, f)
+
 #endif /* CBP_GEMM_H */
