@@ -257,7 +257,7 @@ def main(argv=None):
           f"{os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
           f"numpy {np.__version__}; medians of {args.repeats} runs")
     print(f"BLAS: {blas_kernels()}; cbackprop's own AVX-512 products: "
-          f"{'on' if _blas._set_own_gemm(True) else 'off'}\n")
+          f"{'on' if _blas.own_gemm_enabled() else 'off'}\n")
     peak32, med32 = matmul_peak(np.float32)
     peak32_1, med32_1 = matmul_peak(np.float32, threads=1)
     peak64, med64 = matmul_peak(np.float64)

@@ -12,10 +12,6 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
 
 cdef bint own_gemm_on() noexcept nogil
 
-cdef void mm_bias_own(int m, int n, int k, const floating* a, int lda,
-                      const floating* b, int ldb, const floating* bias, bint relu,
-                      floating* c, int ldc) noexcept nogil
-
-cdef void mm_gate_own(int m, int n, int k, const floating* a, int lda,
-                      const floating* b, int ldb, const floating* gate, int ldg,
-                      floating* c, int ldc) noexcept nogil
+cdef void mm_own(int m, int n, int k, const floating* a, int lda, const floating* b,
+                 int ldb, const floating* bias, bint relu, const floating* gate,
+                 int ldg, floating* c, int ldc) noexcept nogil

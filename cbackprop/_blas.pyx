@@ -11,7 +11,7 @@ On a CPU with AVX-512, products whose B is not transposed (every product of
 a row chunk: the backward ones read transposed weight copies, see
 _kernels.WT_OWN_MAX) run our own one-thread kernels instead
 (``src/cbp_gemm.h``), which can also add a bias and apply relu, or relu's
-derivative, as they store (:func:`mm_bias_own`, :func:`mm_gate_own`).
+derivative, as they store (:func:`mm_own`).
 BLAS is held to one thread while the kernels run anyway, and OpenBLAS
 picks its kernels by CPU model, so where it does not know the CPU, or is
 told another (``OPENBLAS_CORETYPE``), it runs AVX2 code at half the rate.
@@ -47,7 +47,7 @@ cdef bint OWN_GEMM = OWN_READY and os.environ.get("CBACKPROP_OWN_GEMM", "1") != 
 cdef bint own_gemm_on() noexcept nogil:
     """Whether mm_rowmajor runs B-not-transposed products on our own kernels
     (the kernels then give every backward product a transposed weight copy
-    to run on them, see _kernels.WT_MAX_OUT)."""
+    to run on them, see _kernels.WT_OWN_MAX)."""
     return OWN_GEMM
 
 
@@ -98,34 +98,22 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
               <double*>a, &lda, &beta, c, &ldc)
 
 
-cdef void mm_bias_own(int m, int n, int k, const floating* a, int lda,
-                      const floating* b, int ldb, const floating* bias, bint relu,
-                      floating* c, int ldc) noexcept nogil:
-    """Row-major ``C[m, n] = bias + A[m, k] @ B[k, n]`` (``bias`` under every
-    row), then ``relu`` when asked, in one pass over C: each element starts
-    from its bias and adds its terms in order.  Only for our own products
-    (``own_gemm_on()``); with BLAS the caller adds the bias after."""
+cdef void mm_own(int m, int n, int k, const floating* a, int lda, const floating* b,
+                 int ldb, const floating* bias, bint relu, const floating* gate,
+                 int ldg, floating* c, int ldc) noexcept nogil:
+    """Row-major ``C[m, n] = A[m, k] @ B[k, n]`` on our own products only
+    (``own_gemm_on()``), finished as it is stored: with ``bias`` (or NULL)
+    each element starts from its column's bias and ``relu`` then applies
+    relu, a layer's forward product; with ``gate`` (or NULL; a relu layer's
+    activations, ``ldg`` apart) elements whose activation is zero become
+    zero, a relu layer's backward product.  With BLAS the caller makes
+    those a second pass."""
     if m == 0 or n == 0:
         return
     if floating is float:
-        cbp_gemm_f(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu, NULL, 0)
+        cbp_gemm_f(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu, gate, ldg)
     else:
-        cbp_gemm_d(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu, NULL, 0)
-
-
-cdef void mm_gate_own(int m, int n, int k, const floating* a, int lda,
-                      const floating* b, int ldb, const floating* gate, int ldg,
-                      floating* c, int ldc) noexcept nogil:
-    """Row-major ``C[m, n] = A[m, k] @ B[k, n]``, zero where ``gate`` (a
-    relu layer's activations, ``ldg`` apart) is zero: a relu layer's
-    backward product and its derivative in one pass over C.  Only for our
-    own products (``own_gemm_on()``)."""
-    if m == 0 or n == 0:
-        return
-    if floating is float:
-        cbp_gemm_f(0, m, n, k, a, lda, b, ldb, 0, c, ldc, NULL, 0, gate, ldg)
-    else:
-        cbp_gemm_d(0, m, n, k, a, lda, b, ldb, 0, c, ldc, NULL, 0, gate, ldg)
+        cbp_gemm_d(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu, gate, ldg)
 
 
 def _py_mm_rowmajor(floating[:, :] a, floating[:, :] b, bint trans_a=False,
@@ -165,8 +153,8 @@ def _py_mm_rowmajor(floating[:, :] a, floating[:, :] b, bint trans_a=False,
 
 def _py_mm_own(floating[:, ::1] a, floating[:, ::1] b, bias=None, bint relu=False,
                gate=None):
-    """Python twin of :func:`mm_bias_own` (``bias``, ``relu``) and of
-    :func:`mm_gate_own` (``gate``) for tests; our own products only."""
+    """Python twin of :func:`mm_own` for tests (``bias`` and ``relu``, or
+    ``gate``); our own products only."""
     if not OWN_GEMM:
         raise RuntimeError("our own products are off or not available here")
     dtype = np.float32 if floating is float else np.float64
@@ -183,16 +171,16 @@ def _py_mm_own(floating[:, ::1] a, floating[:, ::1] b, bias=None, bint relu=Fals
         if bv.shape[0] != b.shape[1]:
             raise ValueError("shapes do not match")
         if out.size and a.shape[1]:
-            mm_bias_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1],
-                        &b[0, 0], b.shape[1], &bv[0], relu, &c[0, 0], b.shape[1])
+            mm_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1], &b[0, 0],
+                   b.shape[1], &bv[0], relu, NULL, 0, &c[0, 0], b.shape[1])
     else:
         gv = gate
         if gv.shape[0] != a.shape[0] or gv.shape[1] != b.shape[1]:
             raise ValueError("shapes do not match")
         if out.size and a.shape[1]:
-            mm_gate_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1],
-                        &b[0, 0], b.shape[1], &gv[0, 0], gv.shape[1], &c[0, 0],
-                        b.shape[1])
+            mm_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1], &b[0, 0],
+                   b.shape[1], NULL, False, &gv[0, 0], gv.shape[1], &c[0, 0],
+                   b.shape[1])
     return out
 
 

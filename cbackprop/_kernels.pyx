@@ -52,8 +52,7 @@ from libc.stdint cimport int32_t, INT32_MAX, uint32_t, uint64_t
 from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.string cimport memset, memcpy
 
-from cbackprop._blas cimport (mm_bias_own, mm_gate_own, mm_rowmajor, own_gemm_on,
-                              NoTrans, Trans)
+from cbackprop._blas cimport mm_own, mm_rowmajor, own_gemm_on, NoTrans, Trans
 
 import numpy as np
 
@@ -578,8 +577,8 @@ cdef inline void _product_bias(Py_ssize_t nr, Py_ssize_t m, Py_ssize_t k,
     apply relu as they store (one pass over z instead of two); with BLAS,
     the bias (and relu) is a second pass."""
     if own_gemm_on():
-        mm_bias_own(<int>nr, <int>m, <int>k, a, <int>lda, W, <int>ldw, b, relu, z,
-                    <int>ldz)
+        mm_own(<int>nr, <int>m, <int>k, a, <int>lda, W, <int>ldw, b, relu, NULL, 0, z,
+               <int>ldz)
         return
     mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>k, <floating>1, a, <int>lda,
                 W, <int>ldw, <floating>0, z, <int>ldz)
@@ -1217,8 +1216,8 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
                 and net.act[li] == ACT_RELU):
             # The product and relu's derivative in one pass (the same select
             # as cbp_hidden_backward's).
-            mm_gate_own(<int>nr, <int>u, <int>m, d, <int>s_next, wt, <int>u,
-                        acts + _layer_base(net, cap, li) + r0 * s, <int>s, g, <int>s)
+            mm_own(<int>nr, <int>u, <int>m, d, <int>s_next, wt, <int>u, NULL, False,
+                   acts + _layer_base(net, cap, li) + r0 * s, <int>s, g, <int>s)
         else:
             if wt != NULL:
                 mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>u, <int>m, <floating>1, d,
