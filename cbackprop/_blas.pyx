@@ -29,13 +29,13 @@ import numpy as np
 cdef extern from "cbp_gemm.h" nogil:
     int cbp_gemm_ready()
     void cbp_gemm_d(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
-                    Py_ssize_t lda, const double* b, Py_ssize_t ldb, int beta,
-                    double* c, Py_ssize_t ldc, const double* bias, int relu,
-                    const double* gate, Py_ssize_t ldg)
+                    Py_ssize_t lda, const double* b, Py_ssize_t ldb, const int* bidx,
+                    int beta, double* c, Py_ssize_t ldc, const int* cidx,
+                    const double* bias, int relu, const double* gate, Py_ssize_t ldg)
     void cbp_gemm_f(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
-                    Py_ssize_t lda, const float* b, Py_ssize_t ldb, int beta,
-                    float* c, Py_ssize_t ldc, const float* bias, int relu,
-                    const float* gate, Py_ssize_t ldg)
+                    Py_ssize_t lda, const float* b, Py_ssize_t ldb, const int* bidx,
+                    int beta, float* c, Py_ssize_t ldc, const int* cidx,
+                    const float* bias, int relu, const float* gate, Py_ssize_t ldg)
 
 
 cdef bint OWN_READY = cbp_gemm_ready() != 0
@@ -84,11 +84,11 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
         return
     if OWN_GEMM and tb == NoTrans and alpha == 1 and (beta == 0 or beta == 1):
         if floating is float:
-            cbp_gemm_f(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc, NULL, 0,
-                       NULL, 0)
+            cbp_gemm_f(ta == Trans, m, n, k, a, lda, b, ldb, NULL, beta == 1, c, ldc,
+                       NULL, NULL, 0, NULL, 0)
         else:
-            cbp_gemm_d(ta == Trans, m, n, k, a, lda, b, ldb, beta == 1, c, ldc, NULL, 0,
-                       NULL, 0)
+            cbp_gemm_d(ta == Trans, m, n, k, a, lda, b, ldb, NULL, beta == 1, c, ldc,
+                       NULL, NULL, 0, NULL, 0)
         return
     if floating is float:
         sgemm(&ctb, &cta, &n, &m, &k, &alpha, <float*>b, &ldb,
@@ -100,20 +100,26 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
 
 cdef void mm_own(int m, int n, int k, const floating* a, int lda, const floating* b,
                  int ldb, const floating* bias, bint relu, const floating* gate,
-                 int ldg, floating* c, int ldc) noexcept nogil:
-    """Row-major ``C[m, n] = A[m, k] @ B[k, n]`` on our own products only
+                 int ldg, floating* c, int ldc, bint ta=False, const int* bidx=NULL,
+                 const int* cidx=NULL) noexcept nogil:
+    """Row-major ``C[m, n] = op(A)[m, k] @ B[k, n]`` on our own products only
     (``own_gemm_on()``), finished as it is stored: with ``bias`` (or NULL)
     each element starts from its column's bias and ``relu`` then applies
     relu, a layer's forward product; with ``gate`` (or NULL; a relu layer's
     activations, ``ldg`` apart) elements whose activation is zero become
     zero, a relu layer's backward product.  With BLAS the caller makes
-    those a second pass."""
+    those a second pass.  ``ta``: op(A) is A^T (A stored k x m).  ``bidx``
+    (or NULL): B's row p is row ``bidx[p]`` of ``b``; ``cidx`` (or NULL):
+    C's row i is row ``cidx[i]`` of ``c`` (the first layer's products on a
+    chunk whose all-zero columns were left out, see cbp_gather_cols)."""
     if m == 0 or n == 0:
         return
     if floating is float:
-        cbp_gemm_f(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu, gate, ldg)
+        cbp_gemm_f(ta, m, n, k, a, lda, b, ldb, bidx, 0, c, ldc, cidx, bias, relu, gate,
+                   ldg)
     else:
-        cbp_gemm_d(0, m, n, k, a, lda, b, ldb, 0, c, ldc, bias, relu, gate, ldg)
+        cbp_gemm_d(ta, m, n, k, a, lda, b, ldb, bidx, 0, c, ldc, cidx, bias, relu, gate,
+                   ldg)
 
 
 def _py_mm_rowmajor(floating[:, :] a, floating[:, :] b, bint trans_a=False,
@@ -152,35 +158,64 @@ def _py_mm_rowmajor(floating[:, :] a, floating[:, :] b, bint trans_a=False,
 
 
 def _py_mm_own(floating[:, ::1] a, floating[:, ::1] b, bias=None, bint relu=False,
-               gate=None):
-    """Python twin of :func:`mm_own` for tests (``bias`` and ``relu``, or
-    ``gate``); our own products only."""
+               gate=None, bint trans_a=False, bidx=None, cidx=None, c_rows=None):
+    """Python twin of :func:`mm_own` for tests; our own products only.
+
+    ``bias`` and ``relu``, or ``gate``, or neither (the plain product).
+    ``trans_a``: multiply by ``a.T``.  ``bidx`` (int32): B's rows are those
+    rows of ``b``.  ``cidx`` (int32): the result's rows go to those rows of
+    a ``c_rows``-row output whose other rows stay NaN.
+    """
     if not OWN_GEMM:
         raise RuntimeError("our own products are off or not available here")
     dtype = np.float32 if floating is float else np.float64
-    out = np.full((a.shape[0], b.shape[1]), np.nan, dtype=dtype)
-    cdef floating[:, ::1] c = out
+    cdef int m = a.shape[1] if trans_a else a.shape[0]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    cdef int n = b.shape[1]
+    cdef const int[::1] bi
+    cdef const int[::1] ci
+    cdef const int* bp = NULL
+    cdef const int* cp = NULL
+    cdef const floating* biasp = NULL
+    cdef const floating* gatep = NULL
     cdef floating[::1] bv
     cdef floating[:, ::1] gv
-    if a.shape[1] != b.shape[0]:
+    cdef int ldg = 0
+    if bidx is not None:
+        bi = np.ascontiguousarray(bidx, dtype=np.int32)
+        if bi.shape[0] != k or (k and (np.min(bi) < 0 or np.max(bi) >= b.shape[0])):
+            raise ValueError("bidx needs one row of b for each column of op(a)")
+        if k:
+            bp = &bi[0]
+    elif b.shape[0] != k:
         raise ValueError("shapes do not match")
-    if (bias is None) == (gate is None):
-        raise ValueError("give either bias or gate")
+    rows_out = m
+    if cidx is not None:
+        ci = np.ascontiguousarray(cidx, dtype=np.int32)
+        rows_out = m if c_rows is None else int(c_rows)
+        if ci.shape[0] != m or (m and (np.min(ci) < 0 or np.max(ci) >= rows_out)):
+            raise ValueError("cidx needs one row of the output for each row of op(a)")
+        if m:
+            cp = &ci[0]
+    if bias is not None and gate is not None:
+        raise ValueError("give bias or gate, not both")
     if bias is not None:
         bv = bias
-        if bv.shape[0] != b.shape[1]:
+        if bv.shape[0] != n:
             raise ValueError("shapes do not match")
-        if out.size and a.shape[1]:
-            mm_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1], &b[0, 0],
-                   b.shape[1], &bv[0], relu, NULL, 0, &c[0, 0], b.shape[1])
-    else:
+        biasp = &bv[0]
+    if gate is not None:
         gv = gate
-        if gv.shape[0] != a.shape[0] or gv.shape[1] != b.shape[1]:
+        if gv.shape[0] != m or gv.shape[1] != n:
             raise ValueError("shapes do not match")
-        if out.size and a.shape[1]:
-            mm_own(a.shape[0], b.shape[1], a.shape[1], &a[0, 0], a.shape[1], &b[0, 0],
-                   b.shape[1], NULL, False, &gv[0, 0], gv.shape[1], &c[0, 0],
-                   b.shape[1])
+        gatep = &gv[0, 0]
+        ldg = gv.shape[1]
+    out = np.full((rows_out, n), np.nan, dtype=dtype)
+    cdef floating[:, ::1] c = out
+    if m and n:
+        mm_own(m, n, k, &a[0, 0] if a.size else NULL, a.shape[1],
+               &b[0, 0] if b.size else NULL, n, biasp, relu, gatep, ldg, &c[0, 0], n,
+               trans_a, bp, cp)
     return out
 
 

@@ -85,6 +85,19 @@ cdef extern from "cbp_math.h" nogil:
                             const float* y, float* d, Py_ssize_t c)
     double cbp_logsumexp_d(const double* z, Py_ssize_t n)
 
+cdef extern from "cbp_gemm.h" nogil:
+    void cbp_row_masks_d(Py_ssize_t n, const double* X, Py_ssize_t nf, uint64_t* out)
+    void cbp_row_masks_f(Py_ssize_t n, const float* X, Py_ssize_t nf, uint64_t* out)
+    Py_ssize_t cbp_gather_cols_d(Py_ssize_t nr, const Py_ssize_t* rows, const double* X,
+                                 Py_ssize_t nf, const uint64_t* masks, double* xbuf,
+                                 int* idx, uint64_t* words, void* perms,
+                                 Py_ssize_t min_drop)
+    Py_ssize_t cbp_gather_cols_f(Py_ssize_t nr, const Py_ssize_t* rows, const float* X,
+                                 Py_ssize_t nf, const uint64_t* masks, float* xbuf,
+                                 int* idx, uint64_t* words, void* perms,
+                                 Py_ssize_t min_drop)
+
+
 cdef extern from "cbp_loops.h" nogil:
     ctypedef int32_t cbp_idx
     int cbp_all_finite_d(Py_ssize_t n, const double* x)
@@ -423,6 +436,12 @@ cdef struct Net:
     # partial gradient of every row chunk of a batch, pg_stride apart.
     void* pgrad
     Py_ssize_t pg_stride
+    # Room for every row chunk's list of the input columns that are not
+    # all zero in its rows, cols_ld apart (NULL: whole rows; see
+    # _attach_cols).
+    int* cols
+    Py_ssize_t cols_ld
+    const uint64_t* row_masks   # see row_masks
 
 
 cdef struct Optim:
@@ -790,10 +809,11 @@ cdef void _hidden_layer_backward(const Net* net, Py_ssize_t layer, const floatin
 cdef void _layer0_forward(const Net* net, const floating* params, const Source* src,
                           const SpBatch* sb, Py_ssize_t r0, Py_ssize_t nr,
                           const floating* xin, floating* z, Py_ssize_t ldz,
-                          bint relu=False) noexcept nogil:
+                          bint relu=False, const int* cols=NULL) noexcept nogil:
     """``z[r, :] = x_r W0 + b0`` for rows ``r0 .. r0 + nr`` (no activation);
     with ``relu``, dense input: ``relu(x_r W0 + b0)``, the bias and relu in
-    one pass."""
+    one pass.  ``cols`` (or NULL): the rows hold only the columns listed
+    there (see _gather_cols)."""
     cdef Py_ssize_t u_in = net.units[0], m = net.zw[1]
     cdef const floating* b = params + net.icpt_off[0]
     cdef const floating* W = params
@@ -809,6 +829,10 @@ cdef void _layer0_forward(const Net* net, const floating* params, const Source* 
         else:
             cbp_sprows_d(nr, sb.rs + r0, sb.re + r0, sb.idx, <const double*>sb.val,
                          W, m, ldw, wlen, b, z, ldz)
+        return
+    if cols != NULL:
+        mm_own(<int>nr, <int>m, cols[0], xin + r0 * u_in, <int>u_in, params, <int>m, b,
+               relu, NULL, 0, z, <int>ldz, False, cols + 1, NULL)
         return
     _product_bias(nr, m, u_in, xin + r0 * u_in, u_in, params, m, b, z, ldz, relu)
 
@@ -1087,9 +1111,9 @@ cdef inline void _sort_into_slot(const Source* src, const SpBatch* sb,
 cdef void _forward_rows(const Net* net, const floating* params, const Source* src,
                         const SpBatch* sb, Py_ssize_t nr, const floating* xin,
                         floating* acts, floating* gates, Py_ssize_t cap, Py_ssize_t r0,
-                        long long pos) noexcept nogil:
+                        long long pos, const int* cols=NULL) noexcept nogil:
     """Activations of layers 1..L for rows ``r0 .. r0 + nr`` of a block whose
-    first row is at epoch position ``pos``."""
+    first row is at epoch position ``pos``; ``cols``: see _layer0_forward."""
     cdef Py_ssize_t L = net.n_layers, li, u_in, m, s_in, s_out, base
     cdef floating* z
     cdef const floating* a_in
@@ -1105,7 +1129,7 @@ cdef void _forward_rows(const Net* net, const floating* params, const Source* sr
         relu = (li < L - 1 and net.act[li + 1] == ACT_RELU and net.drop <= 0
                 and not (li == 0 and src.csr))
         if li == 0:
-            _layer0_forward(net, params, src, sb, r0, nr, xin, z, s_out, relu)
+            _layer0_forward(net, params, src, sb, r0, nr, xin, z, s_out, relu, cols)
         else:
             s_in = net.stride[li]
             a_in = acts + _layer_base(net, cap, li) + r0 * s_in
@@ -1173,6 +1197,139 @@ cdef inline void _gather_rows(const Source* src, const Py_ssize_t* rows,
                nf * sizeof(floating))
 
 
+# A chunk's rows are gathered without their all-zero columns when at least
+# 1/COLS_DROP_FRACTION of the columns are (and at least one): each such
+# column saves 4 x rows x units flops in the first layer's forward and
+# gradient products, and leaving them out costs a second pass over the
+# rows.  load_digits' 64 pixels: 9 of them on average in a 100-row chunk.
+cdef Py_ssize_t COLS_DROP_FRACTION = 16
+cdef bint ZERO_COLS = True
+
+
+def _set_zero_cols(bint on):
+    """Whether chunks are gathered without their all-zero columns where
+    they can be (see _gather_cols), for tests and measurements: the weights
+    are the same either way.  Returns the old setting."""
+    global ZERO_COLS
+    old = ZERO_COLS
+    ZERO_COLS = on
+    return old
+
+
+def _py_gather_cols(const floating[:, ::1] X, const Py_ssize_t[::1] rows,
+                    Py_ssize_t min_drop):
+    """Python twin of cbp_gather_cols for tests: ``(kept, idx, gathered)``,
+    the columns kept (``n_features`` when none were left out), their
+    indices (None then) and the gathered rows, each ``n_features`` wide
+    with its first ``kept`` values written (the rest NaN)."""
+    cdef Py_ssize_t nf = X.shape[1], nr = rows.shape[0], kept, r
+    for r in range(nr):
+        if rows[r] < 0 or rows[r] >= X.shape[0]:
+            raise IndexError("row out of range")
+    if not own_gemm_on():
+        raise RuntimeError("our own products are off or not available here")
+    masks = row_masks(X)
+    cdef const uint64_t[:, ::1] mv = masks
+    dtype = np.float32 if floating is float else np.float64
+    out = np.full((max(nr, 1), max(nf, 1)), np.nan, dtype=dtype)
+    buf = np.empty(_cols_ld(nf) + 16, dtype=np.int32)
+    k = (-buf.ctypes.data % LINE_BYTES) // 4
+    cdef int32_t[::1] cl = buf[k:k + _cols_ld(nf)]
+    cdef floating[:, ::1] ov = out
+    cdef uint64_t* words = <uint64_t*>(&cl[0] + _cols_words(nf))
+    cdef void* perms = <void*>(&cl[0] + _cols_perms(nf))
+    if nr == 0 or nf == 0:
+        return nf, None, out[:nr, :nf]
+    if floating is float:
+        kept = cbp_gather_cols_f(nr, &rows[0], &X[0, 0], nf, &mv[0, 0], &ov[0, 0],
+                                 <int*>&cl[1], words, perms, min_drop)
+    else:
+        kept = cbp_gather_cols_d(nr, &rows[0], &X[0, 0], nf, &mv[0, 0], &ov[0, 0],
+                                 <int*>&cl[1], words, perms, min_drop)
+    idx = np.asarray(cl[1:1 + kept]).copy() if kept < nf else None
+    return kept, idx, out
+
+
+cdef inline bint _gather_cols(const Net* net, const Source* src, const Py_ssize_t* rows,
+                              Py_ssize_t nr, floating* xb, int* cols) noexcept nogil:
+    """Dense rows ``rows[:nr]`` of X to ``xb``, without the columns that are
+    zero in all of them when enough are (see cbp_gather_cols).  Returns
+    whether it left any out; ``cols`` (a chunk's list, see _cols_ld) then
+    holds how many columns are left and their indices."""
+    cdef Py_ssize_t nf = src.n_features, kept
+    cdef Py_ssize_t min_drop = max(1, nf // COLS_DROP_FRACTION)
+    cdef uint64_t* words = <uint64_t*>(cols + _cols_words(nf))
+    cdef void* perms = <void*>(cols + _cols_perms(nf))
+    if floating is float:
+        kept = cbp_gather_cols_f(nr, rows, <const float*>src.x, nf, net.row_masks, xb,
+                                 cols + 1, words, perms, min_drop)
+    else:
+        kept = cbp_gather_cols_d(nr, rows, <const double*>src.x, nf, net.row_masks, xb,
+                                 cols + 1, words, perms, min_drop)
+    cols[0] = <int>kept
+    return kept < nf
+
+
+# A chunk's list (int32 elements, each part on a cache line of its own):
+# the count of columns kept and their indices; the OR of its rows' mask
+# words; a permutation vector per 8 columns (see cbp_gather_cols).
+cdef inline Py_ssize_t _cols_words(Py_ssize_t nf) noexcept nogil:
+    return (1 + nf + 15) // 16 * 16
+
+
+cdef inline Py_ssize_t _cols_perms(Py_ssize_t nf) noexcept nogil:
+    return _cols_words(nf) + (2 * ((nf + 63) // 64) + 15) // 16 * 16
+
+
+cdef inline Py_ssize_t _cols_ld(Py_ssize_t nf) noexcept nogil:
+    return _cols_perms(nf) + 16 * ((nf + 7) // 8)
+
+
+def cols_size(Py_ssize_t cap, Py_ssize_t n_features):
+    """int32 elements of the chunks' column lists (see _attach_cols) for
+    blocks of at most ``cap`` rows; the buffer must start a cache line."""
+    return _max_chunks(cap) * _cols_ld(n_features)
+
+
+def row_masks(const floating[:, ::1] X):
+    """Which columns of each row of X are not zero (NaN counts, -0 does
+    not): a ``(n, ceil(n_features / 64))`` uint64 array, bit ``j`` of word
+    ``w`` for column ``64 w + j`` (see cbp_row_masks).  Made once a fit
+    for the chunks' gathers (see _gather_cols): 1/64 of X's size in
+    float64, 1/32 in float32."""
+    cdef Py_ssize_t n = X.shape[0], nf = X.shape[1]
+    out = np.zeros((n, (nf + 63) // 64), dtype=np.uint64)
+    cdef uint64_t[:, ::1] o = out
+    if n == 0 or nf == 0:
+        return out
+    with nogil:
+        if floating is float:
+            cbp_row_masks_f(n, &X[0, 0], nf, &o[0, 0])
+        else:
+            cbp_row_masks_d(n, &X[0, 0], nf, &o[0, 0])
+    return out
+
+
+cdef void _attach_cols(Net* net, const Source* src, Py_ssize_t n_rows, Py_ssize_t cap,
+                       int32_t[::1] buf, const uint64_t[:, ::1] masks) noexcept:
+    """Have dense mini-batches with chunk-local gradients, on our own
+    products, gather their rows without all-zero columns (see
+    _gather_cols): ``buf`` (:func:`cols_size`, cache-aligned) for the
+    chunks' lists, ``masks`` from :func:`row_masks` of X (``n_rows``
+    rows).  Anything
+    missing or not fitting: whole rows, always."""
+    if (not ZERO_COLS or buf is None or masks is None or src.csr or net.pgrad == NULL
+            or not own_gemm_on() or src.n_features == 0
+            or buf.shape[0] < _max_chunks(cap) * _cols_ld(src.n_features)
+            or (<size_t>&buf[0]) % LINE_BYTES != 0
+            or masks.shape[0] != n_rows
+            or masks.shape[1] != (src.n_features + 63) // 64):
+        return
+    net.cols = <int*>&buf[0]
+    net.cols_ld = _cols_ld(src.n_features)
+    net.row_masks = &masks[0, 0]
+
+
 cdef void _chunk_backward(const Net* net, const floating* params, const Source* src,
                           const SpBatch* sb, const Py_ssize_t* rows, Py_ssize_t nr,
                           const floating* xin,
@@ -1180,17 +1337,18 @@ cdef void _chunk_backward(const Net* net, const floating* params, const Source* 
                           floating* deltas, floating* gates, Py_ssize_t cap,
                           Py_ssize_t r0, long long pos, double* loss_out,
                           double* sw_out, bint need_grad,
-                          int* ready=NULL) noexcept nogil:
+                          int* ready=NULL, const int* cols=NULL) noexcept nogil:
     """Forward pass, loss, and (``need_grad``) every delta of one row chunk.
     ``ready`` (or NULL): the chunk's progress flag, raised to ``L - l + 1``
-    once the deltas of layer ``l`` are written (see _merged_pass)."""
+    once the deltas of layer ``l`` are written (see _merged_pass).
+    ``cols``: see _layer0_forward."""
     cdef Py_ssize_t L = net.n_layers, li, u, m, s, s_next, off
     cdef Py_ssize_t n_out = net.units[L]
     cdef floating* d
     cdef floating* g
     cdef const floating* wt
 
-    _forward_rows(net, params, src, sb, nr, xin, acts, gates, cap, r0, pos)
+    _forward_rows(net, params, src, sb, nr, xin, acts, gates, cap, r0, pos, cols)
     loss_out[0] = _rows_loss_delta(
         net, rows + r0, nr, Y, sw, acts + _layer_base(net, cap, L) + r0 * n_out,
         deltas + _layer_base(net, cap, L) + r0 * n_out if need_grad else NULL, sw_out)
@@ -1243,11 +1401,13 @@ cdef inline void _bias_grad(Py_ssize_t m, const floating* d, Py_ssize_t ldd,
 
 cdef void _chunk_grad(const Net* net, const floating* xin, const floating* acts,
                       const floating* deltas, Py_ssize_t cap, Py_ssize_t r0,
-                      Py_ssize_t nr, floating* P) noexcept nogil:
+                      Py_ssize_t nr, floating* P, const int* cols=NULL) noexcept nogil:
     """Unnormalised gradient of rows ``r0 .. r0 + nr`` of a dense block
     (``A^T delta`` and the column sums of ``delta`` of every layer), written
-    to ``P`` in the packed layout."""
-    cdef Py_ssize_t L = net.n_layers, li, u_in, m, s_next, lda
+    to ``P`` in the packed layout.  ``cols`` (or NULL): the input rows hold
+    only the columns listed there (see _gather_cols); the first layer's
+    gradient is zero in the others' rows."""
+    cdef Py_ssize_t L = net.n_layers, li, u_in, m, s_next, lda, p, j0, k1
     cdef const floating* a_in
     cdef const floating* d
     for li in range(L):
@@ -1258,6 +1418,17 @@ cdef void _chunk_grad(const Net* net, const floating* xin, const floating* acts,
         if li == 0:
             lda = u_in
             a_in = xin + r0 * lda
+            if cols != NULL:
+                # The rows of the columns left out, then the others by index.
+                j0 = 0
+                for p in range(cols[0] + 1):
+                    k1 = cols[p + 1] if p < cols[0] else u_in
+                    memset(P + j0 * m, 0, (k1 - j0) * m * sizeof(floating))
+                    j0 = k1 + 1
+                mm_own(cols[0], <int>m, <int>nr, a_in, <int>lda, d, <int>s_next, NULL,
+                       False, NULL, 0, P, <int>m, True, NULL, cols + 1)
+                _bias_grad(m, d, s_next, nr, P + net.icpt_off[li], False)
+                continue
         else:
             lda = net.stride[li]
             a_in = acts + _layer_base(net, cap, li) + r0 * lda
@@ -1324,15 +1495,22 @@ cdef inline void _chunk_task(const Net* net, const floating* params, const Sourc
     ``xbuf`` (when not NULL; ``xin`` is then that buffer), forward and
     backward pass, and with ``local`` its partial gradient."""
     cdef Py_ssize_t ch = _chunk_rows(nb), r0 = c * ch, nr = min(ch, nb - r0)
+    cdef int* cols = NULL
     if xbuf != NULL:
-        _gather_rows(src, rows, r0, r0 + nr, xbuf)
+        if local and net.cols != NULL:
+            cols = net.cols + c * net.cols_ld
+            if not _gather_cols(net, src, rows + r0, nr, xbuf + r0 * src.n_features,
+                                cols):
+                cols = NULL
+        else:
+            _gather_rows(src, rows, r0, r0 + nr, xbuf)
     _chunk_backward(net, params, src, sb, rows, nr, xin, Y, sw, acts, deltas,
-                    gates, cap, r0, pos, &closs[c], &csw[c], need_grad, ready)
+                    gates, cap, r0, pos, &closs[c], &csw[c], need_grad, ready, cols)
     if local:
         # The first chunk's gradient goes straight into grad.
         _chunk_grad(net, xin, acts, deltas, cap, r0, nr,
                     grad if c == 0 else (<floating*>net.pgrad)
-                    + (c - 1) * net.pg_stride)
+                    + (c - 1) * net.pg_stride, cols)
 
 
 # Values a thread adds up per task when the chunk gradients are reduced.
@@ -2570,6 +2748,9 @@ cdef void _make_net(Net* net, dict spec, Py_ssize_t n_params, bint training,
     net.wt = NULL
     net.pgrad = NULL
     net.pg_stride = 0
+    net.cols = NULL
+    net.cols_ld = 0
+    net.row_masks = NULL
 
 
 cdef void _make_source(Source* src, object X, Py_ssize_t n_features,
@@ -3017,7 +3198,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               floating[::1] pgrad=None, Py_ssize_t n_epochs=1, object bitgen=None,
               object bitgen_lock=None, bint permute=True, double[::1] rule=None,
               double[::1] losses=None, floating[::1] snapshot=None,
-              const Py_ssize_t[::1] hsplit=None, floating[::1] hscratch=None):
+              const Py_ssize_t[::1] hsplit=None, floating[::1] hscratch=None,
+              int32_t[::1] cols=None, const uint64_t[:, ::1] rowmask=None):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
     Returns ``(status, data_loss_sum, penalty_sum, n_done, epochs_done)``:
@@ -3041,7 +3223,10 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     elements): run the batches of a one-hidden-layer network unit-split
     (see :func:`_split_batch`) when nothing rules it out (sparse input,
     dropout, maxout, clipping, a wide output layer, batches of several
-    passes); that choice never depends on the thread count.
+    passes); that choice never depends on the thread count.  ``cols``
+    (:func:`cols_size` elements, with ``pgrad``) and ``rowmask``
+    (:func:`row_masks` of X): room for the chunks' lists of columns that
+    are not all zero, and what they are made from (see _gather_cols).
 
     Several epochs in one call (mini-batches only): ``rule`` (``RULE_SIZE``
     values, see ``RULE_*``) holds the stopping rule's state; each epoch
@@ -3158,6 +3343,7 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         _attach_w0(&net, &src, w0, &params[0])
         _attach_wt(&net, wt)
         _attach_pgrad(&net, cap, pgrad)
+        _attach_cols(&net, &src, Y.shape[0], cap, cols, rowmask)
         # Clipping needs the whole gradient's norm before any step.
         fz.o = &o
         fz.params = &params[0]

@@ -33,7 +33,7 @@ from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from threadpoolctl import ThreadpoolController
 
-from cbackprop import _kernels
+from cbackprop import _blas, _kernels
 from cbackprop._openmp_helpers import effective_n_threads
 from cbackprop._progress import EpochProgress
 
@@ -370,6 +370,15 @@ class _Workspace:
                 and _kernels.chunk_rows(cap) >= _CHUNK_GRAD_MIN_ROWS:
             n_pg = _kernels.chunk_grad_size(cap, n_params, np.dtype(dtype).itemsize)
         self.pgrad = _aligned_empty(n_pg, dtype)
+        # With chunk-local gradients on our own products, each chunk's rows
+        # are gathered without the columns that are zero in all of them (see
+        # _kernels._gather_cols): room for the chunks' lists, and which
+        # columns of each row are not zero.
+        self.cols = _aligned_empty(0, np.int32)
+        self.rowmask = None
+        if n_pg and _blas.own_gemm_enabled():
+            self.cols = _aligned_empty(_kernels.cols_size(cap, self.n_features), np.int32)
+            self.rowmask = _kernels.row_masks(self.data)
         # One wide hidden layer on dense mini-batches: the hidden units'
         # blocks of the unit-split batches (see _kernels._split_batch; the
         # kernel also falls back for clipping and batches of several
@@ -1556,7 +1565,8 @@ class _BaseMLP(BaseEstimator):
                 ws.grad, ws.acts, ws.deltas, ws.gates, ws.xbuf, ws.iwork, ws.dwork,
                 ws.spi, ws.spv, ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
                 self.t_, ws.n_keep, ws.tuner, ws.w0, ws.wt, ws.pgrad,
-                hsplit=ws.hsplit, hscratch=ws.hscratch, **multi)
+                hsplit=ws.hsplit, hscratch=ws.hscratch, cols=ws.cols,
+                rowmask=ws.rowmask, **multi)
 
         try:
             self.n_iter_ = 0

@@ -144,6 +144,84 @@ def test_own_product_gated_by_relu_activations(m, n, k, dtype):
     np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
 
 
+@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@settings(deadline=None, max_examples=40)
+@given(m=st.integers(1, 30), n=st.integers(1, 70), k=st.integers(1, 300),
+       drop=st.floats(0.0, 1.0), dtype=st.sampled_from([np.float32, np.float64]),
+       relu=st.booleans())
+def test_own_products_over_the_columns_in_use(m, n, k, drop, dtype, relu):
+    # A first layer's products on rows whose all-zero columns were left out
+    # (see _kernels._gather_cols): the forward product reads W0's rows by
+    # index, the gradient writes dW0's rows by index.  Both give the bits of
+    # the same products over the whole rows (a zero input only adds a
+    # signed zero), here with K past one 256-deep panel.
+    rng = np.random.RandomState(m * 10007 + n * 101 + k)
+    x = rng.normal(size=(m, k)).astype(dtype)
+    keep = np.flatnonzero(rng.uniform(size=k) >= drop).astype(np.int32)
+    x[:, np.setdiff1d(np.arange(k), keep)] = 0
+    w = rng.normal(size=(k, n)).astype(dtype)
+    bias = rng.normal(size=n).astype(dtype)
+    d = rng.normal(size=(m, n)).astype(dtype)
+    xc = np.ascontiguousarray(x[:, keep])
+    before = _blas._set_own_gemm(True)
+    try:
+        full = _blas._py_mm_own(x, w, bias=bias, relu=relu)
+        got = _blas._py_mm_own(xc, w, bias=bias, relu=relu, bidx=keep)
+        grad_full = _blas._py_mm_own(x, d, trans_a=True)
+        grad = _blas._py_mm_own(xc, d, trans_a=True, cidx=keep, c_rows=k)
+    finally:
+        _blas._set_own_gemm(before)
+    np.testing.assert_array_equal(got, full)
+    np.testing.assert_array_equal(grad[keep], grad_full[keep])
+    # Nothing but the listed rows was written.
+    assert np.isnan(np.delete(grad, keep, axis=0)).all()
+    tol = 1e-4 * math.sqrt(k) if dtype == np.float32 else 1e-12 * math.sqrt(k)
+    ref = x.astype(np.float64) @ w + bias
+    np.testing.assert_allclose(got, np.maximum(ref, 0) if relu else ref, rtol=tol,
+                               atol=tol)
+    np.testing.assert_allclose(grad[keep], (x.T.astype(np.float64) @ d)[keep],
+                               rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@settings(deadline=None, max_examples=40)
+@given(nr=st.integers(1, 40), nf=st.integers(1, 200), zero=st.floats(0.0, 1.0),
+       min_drop=st.integers(1, 12), dtype=st.sampled_from([np.float32, np.float64]))
+def test_gather_without_all_zero_columns(nr, nf, zero, min_drop, dtype):
+    # A chunk's gather: the columns in use are those with a non-zero (or
+    # NaN) in some gathered row; -0 counts as zero.  Left out only when at
+    # least min_drop of them are all zero; the rows then hold the other
+    # columns' values, in order.
+    rng = np.random.RandomState(nr * 1009 + nf * 7 + min_drop)
+    X = rng.normal(size=(60, nf)).astype(dtype)
+    X[rng.uniform(size=X.shape) < zero] = 0
+    X[:, rng.uniform(size=nf) < zero] = 0
+    if nf > 3:
+        X[:, 1] = -0.0
+        X[5, 2] = np.nan
+    rows = rng.randint(0, 60, size=nr).astype(np.intp)
+    before = _blas._set_own_gemm(True)
+    try:
+        kept, idx, got = _kernels._py_gather_cols(X, rows, min_drop)
+        masks = _kernels.row_masks(X)
+    finally:
+        _blas._set_own_gemm(before)
+    nonzero = (X != 0) | np.isnan(X)
+    bits = np.zeros((60, masks.shape[1] * 64), dtype=bool)
+    bits[:, :nf] = nonzero
+    expected_masks = np.packbits(bits.reshape(60, -1, 8)[:, :, ::-1], axis=2)
+    np.testing.assert_array_equal(
+        masks.view(np.uint8).reshape(60, -1), expected_masks.reshape(60, -1))
+    in_use = np.flatnonzero(nonzero[rows].any(axis=0))
+    if nf - len(in_use) >= min_drop:
+        assert kept == len(in_use)
+        np.testing.assert_array_equal(idx, in_use)
+        np.testing.assert_array_equal(got[:, :kept], X[rows][:, in_use])
+    else:
+        assert kept == nf and idx is None
+        np.testing.assert_array_equal(got, X[rows])
+
+
 def test_mm_rowmajor_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="inner dimensions"):
         _blas._py_mm_rowmajor(np.ones((2, 3)), np.ones((2, 3)))

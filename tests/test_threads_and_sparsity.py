@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import neural_network as sknn
+from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 
 from cbackprop import MLPClassifier, MLPRegressor, _blas, _kernels, _mlp, _openmp_helpers
@@ -983,3 +984,51 @@ def test_own_products_and_blas_train_the_same_network(dtype, rtol, params):
         for u, v in zip(fits[own, 1].coefs_, fits[own, 2].coefs_):
             np.testing.assert_array_equal(u, v)
     _same(fits[True, 2], fits[False, 2], rtol)
+
+
+@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch_size", [64, 200, 400])
+@pytest.mark.parametrize("params", [dict(solver="adam"),
+                                    dict(solver="sgd", activation="tanh", alpha=1e-3),
+                                    dict(solver="adam", activation="logistic")])
+def test_chunks_without_their_all_zero_columns(monkeypatch, dtype, batch_size, params):
+    # load_digits' pixels: a 100-row chunk has 9 all-zero columns on
+    # average.  Its rows are gathered without them and the first layer's
+    # products run over the others: the same weights, bit for bit, as over
+    # whole rows, on one thread and two, with one, two and four chunks a
+    # batch.  Some zeros are -0, which count as zero.
+    X, y = load_digits(return_X_y=True)
+    X = X[:600].astype(dtype)
+    X[X == 0] = np.where(np.arange(np.count_nonzero(X == 0)) % 3 == 0, -0.0, 0.0)
+    y = y[:600]
+    common = dict(hidden_layer_sizes=(40,), max_iter=3, tol=0.0, random_state=0,
+                  batch_size=batch_size, **params)
+    seen = []
+    real = _kernels.run_epoch
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if kwargs.get("cols") is not None and kwargs["cols"].size:
+            # The last batch's first chunk: how many columns it kept.
+            seen.append(int(kwargs["cols"][0]))
+        return out
+
+    monkeypatch.setattr(_kernels, "run_epoch", spy)
+    fits = {}
+    for on in (True, False):
+        before = _kernels._set_zero_cols(on)
+        try:
+            for n_threads in (1, 2):
+                seen.clear()
+                fits[on, n_threads] = _fit(MLPClassifier, X, y, n_threads=n_threads,
+                                           **common)
+                if on:
+                    assert seen and all(0 < k < X.shape[1] for k in seen)
+        finally:
+            _kernels._set_zero_cols(before)
+    for key, est in fits.items():
+        for u, v in zip(est.coefs_ + est.intercepts_,
+                        fits[True, 1].coefs_ + fits[True, 1].intercepts_):
+            np.testing.assert_array_equal(u, v, err_msg=str(key))
+        np.testing.assert_array_equal(est.loss_curve_, fits[True, 1].loss_curve_)
