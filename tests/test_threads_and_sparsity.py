@@ -1016,17 +1016,20 @@ def test_chunks_without_their_all_zero_columns(monkeypatch, dtype, batch_size, p
 
     monkeypatch.setattr(_kernels, "run_epoch", spy)
     fits = {}
-    for on in (True, False):
-        before = _kernels._set_zero_cols(on)
-        try:
+    own = _blas._set_own_gemm(True)
+    before = _kernels._set_zero_cols(True)
+    try:
+        for on in (True, False):
+            _kernels._set_zero_cols(on)
             for n_threads in (1, 2):
                 seen.clear()
                 fits[on, n_threads] = _fit(MLPClassifier, X, y, n_threads=n_threads,
                                            **common)
                 if on:
                     assert seen and all(0 < k < X.shape[1] for k in seen)
-        finally:
-            _kernels._set_zero_cols(before)
+    finally:
+        _kernels._set_zero_cols(before)
+        _blas._set_own_gemm(own)
     for key, est in fits.items():
         for u, v in zip(est.coefs_ + est.intercepts_,
                         fits[True, 1].coefs_ + fits[True, 1].intercepts_):
