@@ -15,4 +15,4 @@ cdef bint own_gemm_on() noexcept nogil
 cdef void mm_own(int m, int n, int k, const floating* a, int lda, const floating* b,
                  int ldb, const floating* bias, bint relu, const floating* gate,
                  int ldg, floating* c, int ldc, bint ta=*, const int* bidx=*,
-                 const int* cidx=*) noexcept nogil
+                 const int* cidx=*, floating* csum=*) noexcept nogil

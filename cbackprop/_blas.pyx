@@ -31,11 +31,13 @@ cdef extern from "cbp_gemm.h" nogil:
     void cbp_gemm_d(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
                     Py_ssize_t lda, const double* b, Py_ssize_t ldb, const int* bidx,
                     int beta, double* c, Py_ssize_t ldc, const int* cidx,
-                    const double* bias, int relu, const double* gate, Py_ssize_t ldg)
+                    const double* bias, int relu, const double* gate, Py_ssize_t ldg,
+                    double* csum)
     void cbp_gemm_f(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
                     Py_ssize_t lda, const float* b, Py_ssize_t ldb, const int* bidx,
                     int beta, float* c, Py_ssize_t ldc, const int* cidx,
-                    const float* bias, int relu, const float* gate, Py_ssize_t ldg)
+                    const float* bias, int relu, const float* gate, Py_ssize_t ldg,
+                    float* csum)
 
 
 cdef bint OWN_READY = cbp_gemm_ready() != 0
@@ -85,10 +87,10 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
     if OWN_GEMM and tb == NoTrans and alpha == 1 and (beta == 0 or beta == 1):
         if floating is float:
             cbp_gemm_f(ta == Trans, m, n, k, a, lda, b, ldb, NULL, beta == 1, c, ldc,
-                       NULL, NULL, 0, NULL, 0)
+                       NULL, NULL, 0, NULL, 0, NULL)
         else:
             cbp_gemm_d(ta == Trans, m, n, k, a, lda, b, ldb, NULL, beta == 1, c, ldc,
-                       NULL, NULL, 0, NULL, 0)
+                       NULL, NULL, 0, NULL, 0, NULL)
         return
     if floating is float:
         sgemm(&ctb, &cta, &n, &m, &k, &alpha, <float*>b, &ldb,
@@ -101,7 +103,7 @@ cdef void mm_rowmajor(BlasTrans ta, BlasTrans tb, int m, int n, int k,
 cdef void mm_own(int m, int n, int k, const floating* a, int lda, const floating* b,
                  int ldb, const floating* bias, bint relu, const floating* gate,
                  int ldg, floating* c, int ldc, bint ta=False, const int* bidx=NULL,
-                 const int* cidx=NULL) noexcept nogil:
+                 const int* cidx=NULL, floating* csum=NULL) noexcept nogil:
     """Row-major ``C[m, n] = op(A)[m, k] @ B[k, n]`` on our own products only
     (``own_gemm_on()``), finished as it is stored: with ``bias`` (or NULL)
     each element starts from its column's bias and ``relu`` then applies
@@ -111,15 +113,17 @@ cdef void mm_own(int m, int n, int k, const floating* a, int lda, const floating
     those a second pass.  ``ta``: op(A) is A^T (A stored k x m).  ``bidx``
     (or NULL): B's row p is row ``bidx[p]`` of ``b``; ``cidx`` (or NULL):
     C's row i is row ``cidx[i]`` of ``c`` (the first layer's products on a
-    chunk whose all-zero columns were left out, see cbp_gather_cols)."""
-    if m == 0 or n == 0:
+    chunk whose all-zero columns were left out, see cbp_gather_cols).
+    ``csum`` (or NULL): also B's column sums, each over the rows in order (a
+    layer's bias gradient beside its weight gradient)."""
+    if n == 0 or (m == 0 and csum == NULL):
         return
     if floating is float:
         cbp_gemm_f(ta, m, n, k, a, lda, b, ldb, bidx, 0, c, ldc, cidx, bias, relu, gate,
-                   ldg)
+                   ldg, csum)
     else:
         cbp_gemm_d(ta, m, n, k, a, lda, b, ldb, bidx, 0, c, ldc, cidx, bias, relu, gate,
-                   ldg)
+                   ldg, csum)
 
 
 def _py_mm_rowmajor(floating[:, :] a, floating[:, :] b, bint trans_a=False,
@@ -158,13 +162,15 @@ def _py_mm_rowmajor(floating[:, :] a, floating[:, :] b, bint trans_a=False,
 
 
 def _py_mm_own(floating[:, ::1] a, floating[:, ::1] b, bias=None, bint relu=False,
-               gate=None, bint trans_a=False, bidx=None, cidx=None, c_rows=None):
+               gate=None, bint trans_a=False, bidx=None, cidx=None, c_rows=None,
+               bint colsum=False):
     """Python twin of :func:`mm_own` for tests; our own products only.
 
     ``bias`` and ``relu``, or ``gate``, or neither (the plain product).
     ``trans_a``: multiply by ``a.T``.  ``bidx`` (int32): B's rows are those
     rows of ``b``.  ``cidx`` (int32): the result's rows go to those rows of
-    a ``c_rows``-row output whose other rows stay NaN.
+    a ``c_rows``-row output whose other rows stay NaN.  ``colsum``: return
+    ``(product, column sums of B)``.
     """
     if not OWN_GEMM:
         raise RuntimeError("our own products are off or not available here")
@@ -211,12 +217,15 @@ def _py_mm_own(floating[:, ::1] a, floating[:, ::1] b, bias=None, bint relu=Fals
         gatep = &gv[0, 0]
         ldg = gv.shape[1]
     out = np.full((rows_out, n), np.nan, dtype=dtype)
+    sums = np.full(n, np.nan, dtype=dtype)
     cdef floating[:, ::1] c = out
-    if m and n:
+    cdef floating[::1] sv = sums
+    if n:
         mm_own(m, n, k, &a[0, 0] if a.size else NULL, a.shape[1],
-               &b[0, 0] if b.size else NULL, n, biasp, relu, gatep, ldg, &c[0, 0], n,
-               trans_a, bp, cp)
-    return out
+               &b[0, 0] if b.size else NULL, n, biasp, relu, gatep, ldg,
+               &c[0, 0] if out.size else NULL, n, trans_a, bp, cp,
+               &sv[0] if colsum else NULL)
+    return (out, sums) if colsum else out
 
 
 def _py_time_mm(floating[:, ::1] a, floating[:, ::1] b, bint trans_a=False,

@@ -1426,12 +1426,18 @@ cdef void _chunk_grad(const Net* net, const floating* xin, const floating* acts,
                     memset(P + j0 * m, 0, (k1 - j0) * m * sizeof(floating))
                     j0 = k1 + 1
                 mm_own(cols[0], <int>m, <int>nr, a_in, <int>lda, d, <int>s_next, NULL,
-                       False, NULL, 0, P, <int>m, True, NULL, cols + 1)
-                _bias_grad(m, d, s_next, nr, P + net.icpt_off[li], False)
+                       False, NULL, 0, P, <int>m, True, NULL, cols + 1,
+                       P + net.icpt_off[li])
                 continue
         else:
             lda = net.stride[li]
             a_in = acts + _layer_base(net, cap, li) + r0 * lda
+        if own_gemm_on():
+            # The bias gradient made by the same pass over the deltas.
+            mm_own(<int>u_in, <int>m, <int>nr, a_in, <int>lda, d, <int>s_next, NULL,
+                   False, NULL, 0, P + net.coef_off[li], <int>m, True, NULL, NULL,
+                   P + net.icpt_off[li])
+            continue
         mm_rowmajor(Trans, NoTrans, <int>u_in, <int>m, <int>nr, <floating>1, a_in,
                     <int>lda, d, <int>s_next, <floating>0, P + net.coef_off[li],
                     <int>m)

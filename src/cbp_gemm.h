@@ -8,6 +8,10 @@
  * k x n (ldb).  Optionally B's row p is row ``bidx[p]`` of the stored B, and
  * C's row i is row ``cidx[i]`` of the stored C (the first layer's products
  * on a chunk whose all-zero columns were left out, see cbp_gather_cols).
+ * With ``csum``, the column sums of B are also made (or, with ``beta``,
+ * added) there, each over the rows in order, as the first row block passes
+ * over them: a layer's bias gradient beside its weight gradient, on the FP
+ * adders the FMAs leave idle, without a second pass over the deltas.
  * These are the products of one chunk of a mini-batch: a
  * layer's forward product, the backward product through a transposed
  * weight copy, and a layer's gradient.  BLAS is held to one thread while
@@ -54,14 +58,23 @@
 #define CBP_R12(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 #define CBP_GEMM_KERNEL(T, S, VT, MT, W, SFX)                                  \
 CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
-    const int MR, const int NV, const int BX, ptrdiff_t k, const T *a,         \
+    const int MR, const int NV, const int MD, ptrdiff_t k, const T *a,         \
     ptrdiff_t ars, ptrdiff_t acs, const T *b, ptrdiff_t ldb, const int *bidx,  \
     T *c, ptrdiff_t ldc, const int *cidx, MT ml, int load_c, const T *bias,    \
-    int relu, const T *gate, ptrdiff_t ldg)                                    \
+    int relu, const T *gate, ptrdiff_t ldg, T *csum)                           \
 {                                                                              \
     typedef T cbp_gemm_t;                                                      \
     const MT full = (MT)~(MT)0;                                                \
+    const MT m0 = NV == 1 ? ml : full, m1 = NV == 2 ? ml : full;               \
+    const MT m2 = NV == 3 ? ml : full;                                         \
+    VT s0 = _mm512_setzero_##SFX(), s1 = s0, s2 = s0, s3 = s0;                 \
     CBP_R12(CBP_GEMM_DECL_##S)                                                 \
+    if (MD == 2) {                                                             \
+        s0 = _mm512_maskz_loadu_##SFX(m0, csum);                               \
+        s1 = NV > 1 ? _mm512_maskz_loadu_##SFX(m1, csum + W) : s0;             \
+        s2 = NV > 2 ? _mm512_maskz_loadu_##SFX(m2, csum + 2 * W) : s0;         \
+        s3 = NV > 3 ? _mm512_maskz_loadu_##SFX(ml, csum + 3 * W) : s0;         \
+    }                                                                          \
     if (load_c) {                                                              \
         CBP_R12(CBP_GEMM_LOADC_##S)                                            \
     } else if (bias) {                                                         \
@@ -74,7 +87,7 @@ CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
         CBP_R12(CBP_GEMM_BIAS)                                                 \
     }                                                                          \
     for (ptrdiff_t p = 0; p < k; p++) {                                        \
-        const T *bp = BX ? b + (ptrdiff_t)bidx[p] * ldb : b + p * ldb;         \
+        const T *bp = MD == 1 ? b + (ptrdiff_t)bidx[p] * ldb : b + p * ldb;    \
         const T *ap = a + p * acs;                                             \
         VT b0 = _mm512_maskz_loadu_##SFX(NV == 1 ? ml : full, bp);             \
         VT b1 = NV > 1 ? _mm512_maskz_loadu_##SFX(NV == 2 ? ml : full, bp + W) \
@@ -83,6 +96,18 @@ CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
                                                   bp + 2 * W) : b0;            \
         VT b3 = NV > 3 ? _mm512_maskz_loadu_##SFX(ml, bp + 3 * W) : b0;        \
         CBP_R12(CBP_GEMM_FMA_##S)                                              \
+        if (MD == 2) {                                                         \
+            s0 = _mm512_add_##SFX(s0, b0);                                     \
+            if (NV > 1) s1 = _mm512_add_##SFX(s1, b1);                         \
+            if (NV > 2) s2 = _mm512_add_##SFX(s2, b2);                         \
+            if (NV > 3) s3 = _mm512_add_##SFX(s3, b3);                         \
+        }                                                                      \
+    }                                                                          \
+    if (MD == 2) {                                                             \
+        _mm512_mask_storeu_##SFX(csum, m0, s0);                                \
+        if (NV > 1) _mm512_mask_storeu_##SFX(csum + W, m1, s1);                \
+        if (NV > 2) _mm512_mask_storeu_##SFX(csum + 2 * W, m2, s2);            \
+        if (NV > 3) _mm512_mask_storeu_##SFX(csum + 3 * W, ml, s3);            \
     }                                                                          \
     if (relu) {                                                                \
         const VT zero = _mm512_setzero_##SFX();                                \
@@ -178,35 +203,36 @@ CBP_GEMM_TARGET CBP_GEMM_INLINE void cbp_mk_##S(                               \
 #define CBP_GEMM_STORE_d(r) CBP_GEMM_STORE(r, pd, 8)
 #define CBP_GEMM_STORE_f(r) CBP_GEMM_STORE(r, ps, 16)
 
-/* The row count of a block, a constant in each branch (as are NV, and BX:
- * whether B's rows come by index). */
-#define CBP_GEMM_ROWS(S, NV, BX, CASES)                                        \
-    switch (mr) { CASES(S, NV, BX) }
-#define CBP_GEMM_CASE(S, NV, BX, R)                                            \
-    case R: cbp_mk_##S(R, NV, BX, kc, ai, ars, acs, bj, ldb, bi, cij, ldc, ci, \
-                       ml, load_c, bj_bias, relu_now, gate_now, ldg);          \
+/* The row count of a block, a constant in each branch (as are NV and MD:
+ * 0, or 1 when B's rows come by index, or 2 when the block also sums B's
+ * rows into csum). */
+#define CBP_GEMM_ROWS(S, NV, MD, CASES)                                        \
+    switch (mr) { CASES(S, NV, MD) }
+#define CBP_GEMM_CASE(S, NV, MD, R)                                            \
+    case R: cbp_mk_##S(R, NV, MD, kc, ai, ars, acs, bj, ldb, bi, cij, ldc, ci, \
+                       ml, load_c, bj_bias, relu_now, gate_now, ldg, cs);          \
             break;
-#define CBP_GEMM_CASES6(S, NV, BX)                                             \
-    CBP_GEMM_CASE(S, NV, BX, 1) CBP_GEMM_CASE(S, NV, BX, 2)                    \
-    CBP_GEMM_CASE(S, NV, BX, 3) CBP_GEMM_CASE(S, NV, BX, 4)                    \
-    CBP_GEMM_CASE(S, NV, BX, 5)                                                \
-    default: cbp_mk_##S(6, NV, BX, kc, ai, ars, acs, bj, ldb, bi, cij, ldc,    \
-                        ci, ml, load_c, bj_bias, relu_now, gate_now, ldg);
-#define CBP_GEMM_CASES12(S, NV, BX)                                            \
-    CBP_GEMM_CASE(S, NV, BX, 1) CBP_GEMM_CASE(S, NV, BX, 2)                    \
-    CBP_GEMM_CASE(S, NV, BX, 3) CBP_GEMM_CASE(S, NV, BX, 4)                    \
-    CBP_GEMM_CASE(S, NV, BX, 5) CBP_GEMM_CASE(S, NV, BX, 6)                    \
-    CBP_GEMM_CASE(S, NV, BX, 7) CBP_GEMM_CASE(S, NV, BX, 8)                    \
-    CBP_GEMM_CASE(S, NV, BX, 9) CBP_GEMM_CASE(S, NV, BX, 10)                   \
-    CBP_GEMM_CASE(S, NV, BX, 11)                                               \
-    default: cbp_mk_##S(12, NV, BX, kc, ai, ars, acs, bj, ldb, bi, cij, ldc,   \
-                        ci, ml, load_c, bj_bias, relu_now, gate_now, ldg);
-#define CBP_GEMM_WIDTHS(S, BX)                                                 \
+#define CBP_GEMM_CASES6(S, NV, MD)                                             \
+    CBP_GEMM_CASE(S, NV, MD, 1) CBP_GEMM_CASE(S, NV, MD, 2)                    \
+    CBP_GEMM_CASE(S, NV, MD, 3) CBP_GEMM_CASE(S, NV, MD, 4)                    \
+    CBP_GEMM_CASE(S, NV, MD, 5)                                                \
+    default: cbp_mk_##S(6, NV, MD, kc, ai, ars, acs, bj, ldb, bi, cij, ldc,    \
+                        ci, ml, load_c, bj_bias, relu_now, gate_now, ldg, cs);
+#define CBP_GEMM_CASES12(S, NV, MD)                                            \
+    CBP_GEMM_CASE(S, NV, MD, 1) CBP_GEMM_CASE(S, NV, MD, 2)                    \
+    CBP_GEMM_CASE(S, NV, MD, 3) CBP_GEMM_CASE(S, NV, MD, 4)                    \
+    CBP_GEMM_CASE(S, NV, MD, 5) CBP_GEMM_CASE(S, NV, MD, 6)                    \
+    CBP_GEMM_CASE(S, NV, MD, 7) CBP_GEMM_CASE(S, NV, MD, 8)                    \
+    CBP_GEMM_CASE(S, NV, MD, 9) CBP_GEMM_CASE(S, NV, MD, 10)                   \
+    CBP_GEMM_CASE(S, NV, MD, 11)                                               \
+    default: cbp_mk_##S(12, NV, MD, kc, ai, ars, acs, bj, ldb, bi, cij, ldc,   \
+                        ci, ml, load_c, bj_bias, relu_now, gate_now, ldg, cs);
+#define CBP_GEMM_WIDTHS(S, MD)                                                 \
     switch (nv) {                                                              \
-    case 1: CBP_GEMM_ROWS(S, 1, BX, CBP_GEMM_CASES12) break;                   \
-    case 2: CBP_GEMM_ROWS(S, 2, BX, CBP_GEMM_CASES12) break;                   \
-    case 3: CBP_GEMM_ROWS(S, 3, BX, CBP_GEMM_CASES6) break;                    \
-    default: CBP_GEMM_ROWS(S, 4, BX, CBP_GEMM_CASES6) break;                   \
+    case 1: CBP_GEMM_ROWS(S, 1, MD, CBP_GEMM_CASES12) break;                   \
+    case 2: CBP_GEMM_ROWS(S, 2, MD, CBP_GEMM_CASES12) break;                   \
+    case 3: CBP_GEMM_ROWS(S, 3, MD, CBP_GEMM_CASES6) break;                    \
+    default: CBP_GEMM_ROWS(S, 4, MD, CBP_GEMM_CASES6) break;                   \
     }
 
 #define CBP_GEMM_DRIVER(T, S, MT, W, VT, SFX)                                   \
@@ -215,9 +241,17 @@ CBP_GEMM_KERNEL(T, S, VT, MT, W, SFX)                                          \
 CBP_GEMM_TARGET static void cbp_gemm_avx512_##S(                               \
     int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a, ptrdiff_t lda,  \
     const T *b, ptrdiff_t ldb, const int *bidx, int beta, T *c, ptrdiff_t ldc, \
-    const int *cidx, const T *bias, int relu, const T *gate, ptrdiff_t ldg)    \
+    const int *cidx, const T *bias, int relu, const T *gate, ptrdiff_t ldg,    \
+    T *csum)                                                                   \
 {                                                                              \
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;                    \
+    if (csum && !beta)                                                         \
+        for (ptrdiff_t j = 0; j < n; j++) csum[j] = (T)0;                      \
+    if (csum && m == 0) {                                                      \
+        /* No row block to sum them in. */                                     \
+        for (ptrdiff_t p = 0; p < k; p++)                                      \
+            for (ptrdiff_t j = 0; j < n; j++) csum[j] += b[p * ldb + j];       \
+    }                                                                          \
     if (k == 0) {                                                              \
         for (ptrdiff_t i = 0; i < m; i++) {                                    \
             T *crow = c + (cidx ? (ptrdiff_t)cidx[i] : i) * ldc;               \
@@ -251,8 +285,11 @@ CBP_GEMM_TARGET static void cbp_gemm_avx512_##S(                               \
                 T *cij = c + (cidx ? 0 : i * ldc) + j;                         \
                 const T *gate_now = gate && p0 + kc == k ? gate + i * ldg + j   \
                                                          : NULL;               \
+                T *cs = csum ? csum + j : NULL;                                \
                 if (bi) {                                                      \
                     CBP_GEMM_WIDTHS(S, 1)                                      \
+                } else if (cs && i == 0) {                                     \
+                    CBP_GEMM_WIDTHS(S, 2)                                      \
                 } else {                                                       \
                     CBP_GEMM_WIDTHS(S, 0)                                      \
                 }                                                              \
@@ -382,12 +419,12 @@ static inline int cbp_gemm_ready(void) { return 0; }
 #ifdef CBP_GEMM
 #define CBP_GEMM_CALL(S)                                                       \
     cbp_gemm_avx512_##S(ta, m, n, k, a, lda, b, ldb, bidx, beta, c, ldc, cidx, \
-                        bias, relu, gate, ldg);
+                        bias, relu, gate, ldg, csum);
 #else
 #define CBP_GEMM_CALL(S)                                                       \
     (void)ta; (void)m; (void)n; (void)k; (void)a; (void)lda; (void)b;          \
     (void)ldb; (void)bidx; (void)beta; (void)c; (void)ldc; (void)cidx;         \
-    (void)bias; (void)relu; (void)gate; (void)ldg;
+    (void)bias; (void)relu; (void)gate; (void)ldg; (void)csum;
 #endif
 #define CBP_GEMM_ENTRY(T, S)                                                   \
 static inline void cbp_gemm_##S(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, \
@@ -395,7 +432,7 @@ static inline void cbp_gemm_##S(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, \
                                 ptrdiff_t ldb, const int *bidx, int beta,      \
                                 T *c, ptrdiff_t ldc, const int *cidx,          \
                                 const T *bias, int relu, const T *gate,        \
-                                ptrdiff_t ldg)                                 \
+                                ptrdiff_t ldg, T *csum)                        \
 {                                                                              \
     CBP_GEMM_CALL(S)                                                           \
 }

@@ -222,6 +222,31 @@ def test_gather_without_all_zero_columns(nr, nf, zero, min_drop, dtype):
         np.testing.assert_array_equal(got, X[rows])
 
 
+@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@settings(deadline=None, max_examples=40)
+@given(m=st.integers(0, 30), n=st.integers(1, 70), k=st.integers(0, 300),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_gradient_product_also_sums_the_deltas(m, n, k, dtype):
+    # A layer's gradient A^T D and its bias gradient, the column sums of D,
+    # in one pass: each sum is over the rows in order, bit for bit what a
+    # separate pass adding row after row gives (also past a 256-deep K
+    # panel, and with no rows of A^T at all).
+    rng = np.random.RandomState(m * 10007 + n * 101 + k)
+    a = rng.normal(size=(k, m)).astype(dtype)
+    d = rng.normal(size=(k, n)).astype(dtype)
+    before = _blas._set_own_gemm(True)
+    try:
+        got, sums = _blas._py_mm_own(a, d, trans_a=True, colsum=True)
+        plain = _blas._py_mm_own(a, d, trans_a=True) if m else got
+    finally:
+        _blas._set_own_gemm(before)
+    expected = np.zeros(n, dtype=dtype)
+    for row in d:
+        expected += row
+    np.testing.assert_array_equal(sums, expected)
+    np.testing.assert_array_equal(got, plain)
+
+
 def test_mm_rowmajor_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="inner dimensions"):
         _blas._py_mm_rowmajor(np.ones((2, 3)), np.ones((2, 3)))
