@@ -75,6 +75,12 @@ cdef extern from "cbp_math.h" nogil:
                                Py_ssize_t n)
     void cbp_output_forward_d(int code, double* z, Py_ssize_t r, Py_ssize_t c)
     void cbp_output_forward_f(int code, float* z, Py_ssize_t r, Py_ssize_t c)
+    double cbp_onehot_loss_delta_d(Py_ssize_t nr, Py_ssize_t n, const double* p,
+                                   const int32_t* cls, const Py_ssize_t* rows,
+                                   const double* sw, double* d)
+    double cbp_onehot_loss_delta_f(Py_ssize_t nr, Py_ssize_t n, const float* p,
+                                   const int32_t* cls, const Py_ssize_t* rows,
+                                   const float* sw, float* d)
     double cbp_row_loss_d(int loss, double param, const double* p, const double* y,
                           Py_ssize_t c)
     double cbp_row_loss_f(int loss, double param, const float* p, const float* y,
@@ -397,6 +403,8 @@ CACHE_LINE_BYTES = LINE_BYTES
 cdef enum:
     ACT_RELU = 3          # CBP_ACT_RELU of cbp_math.h
     ACT_MAXOUT = 8        # CBP_ACT_MAXOUT of cbp_math.h
+    OUT_SOFTMAX = 2       # CBP_OUT_SOFTMAX
+    LOSS_LOG = 1          # CBP_LOSS_LOG
 
 
 cdef struct Net:
@@ -442,6 +450,9 @@ cdef struct Net:
     int* cols
     Py_ssize_t cols_ld
     const uint64_t* row_masks   # see row_masks
+    # Each sample's class when the targets are one-hot and the output is
+    # softmax with log loss (NULL: read the targets; see run_epoch).
+    const int32_t* ycls
 
 
 cdef struct Optim:
@@ -1165,6 +1176,12 @@ cdef double _rows_loss_delta(const Net* net, const Py_ssize_t* rows, Py_ssize_t 
     cdef const floating* yrow
     cdef floating w
     cdef double loss = 0.0
+    if net.ycls != NULL:
+        sw_out[0] = _rows_weight(rows, nr, sw)
+        if floating is float:
+            return cbp_onehot_loss_delta_f(nr, n_out, out, net.ycls, rows, sw, d)
+        else:
+            return cbp_onehot_loss_delta_d(nr, n_out, out, net.ycls, rows, sw, d)
     for r in range(nr):
         yrow = Y + rows[r] * n_out
         w = sw[rows[r]] if sw != NULL else <floating>1
@@ -2757,6 +2774,7 @@ cdef void _make_net(Net* net, dict spec, Py_ssize_t n_params, bint training,
     net.cols = NULL
     net.cols_ld = 0
     net.row_masks = NULL
+    net.ycls = NULL
 
 
 cdef void _make_source(Source* src, object X, Py_ssize_t n_features,
@@ -3205,7 +3223,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
               object bitgen_lock=None, bint permute=True, double[::1] rule=None,
               double[::1] losses=None, floating[::1] snapshot=None,
               const Py_ssize_t[::1] hsplit=None, floating[::1] hscratch=None,
-              int32_t[::1] cols=None, const uint64_t[:, ::1] rowmask=None):
+              int32_t[::1] cols=None, const uint64_t[:, ::1] rowmask=None,
+              const int32_t[::1] ycls=None):
     """Run one epoch of mini-batch (or online) training over ``order``.
 
     Returns ``(status, data_loss_sum, penalty_sum, n_done, epochs_done)``:
@@ -3233,6 +3252,8 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
     (:func:`cols_size` elements, with ``pgrad``) and ``rowmask``
     (:func:`row_masks` of X): room for the chunks' lists of columns that
     are not all zero, and what they are made from (see _gather_cols).
+    ``ycls``: each sample's class when every row of ``Y`` is one-hot (see
+    cbp_onehot_loss_delta), used with softmax outputs and log loss.
 
     Several epochs in one call (mini-batches only): ``rule`` (``RULE_SIZE``
     values, see ``RULE_*``) holds the stopping rule's state; each epoch
@@ -3350,6 +3371,11 @@ def run_epoch(object X, object indices, object indptr, Py_ssize_t n_features,
         _attach_wt(&net, wt)
         _attach_pgrad(&net, cap, pgrad)
         _attach_cols(&net, &src, Y.shape[0], cap, cols, rowmask)
+        if (ycls is not None and ycls.shape[0] == Y.shape[0] and Y.shape[0] > 0
+                and net.loss == LOSS_LOG and net.out_act == OUT_SOFTMAX):
+            if np.min(ycls) < 0 or np.max(ycls) >= net.units[net.n_layers]:
+                raise ValueError("ycls holds a class outside the output layer")
+            net.ycls = &ycls[0]
         # Clipping needs the whole gradient's norm before any step.
         fz.o = &o
         fz.params = &params[0]

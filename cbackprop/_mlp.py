@@ -172,6 +172,19 @@ def _aligned_zeros(n, dtype):
     return out
 
 
+def _one_hot_classes(Y):
+    """Each row's class (int32) when every row of the target matrix ``Y``
+    is one-hot (one 1, zeros elsewhere), else None: the kernels then take a
+    softmax layer's loss and deltas from the class alone instead of reading
+    the target rows (see _kernels.run_epoch's ``ycls``)."""
+    if Y.ndim != 2 or Y.shape[1] < 2 or Y.shape[0] == 0:
+        return None
+    cls = np.argmax(Y, axis=1).astype(np.int32)
+    one_hot = np.zeros_like(Y)
+    one_hot[np.arange(Y.shape[0]), cls] = 1
+    return cls if np.array_equal(Y, one_hot) else None
+
+
 def _first_layer_copy(spec, dtype, sparse):
     """Room for the kernels' cache-aligned copy of the first layer's weights
     (empty when the input is not read sparsely or no copy is needed)."""
@@ -1519,6 +1532,7 @@ class _BaseMLP(BaseEstimator):
                         self._n_threads(), online=batch_size == 1, full_pass=full_pass,
                         borrow=True)
         Y = np.ascontiguousarray(y_train, dtype=dtype)
+        ycls = _one_hot_classes(Y)
         has_sw = sw_train is not None
         sw = np.ascontiguousarray(sw_train, dtype=dtype) if has_sw \
             else np.empty(1, dtype=dtype)
@@ -1566,7 +1580,7 @@ class _BaseMLP(BaseEstimator):
                 ws.spi, ws.spv, ws.nnz_cap, batch_size, ws.n_threads, opt, tables,
                 self.t_, ws.n_keep, ws.tuner, ws.w0, ws.wt, ws.pgrad,
                 hsplit=ws.hsplit, hscratch=ws.hscratch, cols=ws.cols,
-                rowmask=ws.rowmask, **multi)
+                rowmask=ws.rowmask, ycls=ycls, **multi)
 
         try:
             self.n_iter_ = 0

@@ -1035,3 +1035,49 @@ def test_chunks_without_their_all_zero_columns(monkeypatch, dtype, batch_size, p
                         fits[True, 1].coefs_ + fits[True, 1].intercepts_):
             np.testing.assert_array_equal(u, v, err_msg=str(key))
         np.testing.assert_array_equal(est.loss_curve_, fits[True, 1].loss_curve_)
+
+
+def test_one_hot_classes():
+    Y = np.eye(4)[[2, 0, 3, 3, 1]]
+    np.testing.assert_array_equal(_mlp._one_hot_classes(Y), [2, 0, 3, 3, 1])
+    assert _mlp._one_hot_classes(Y).dtype == np.int32
+    # Multilabel rows, soft targets and a single output are not one-hot.
+    assert _mlp._one_hot_classes(np.array([[1.0, 1.0], [0.0, 1.0]])) is None
+    assert _mlp._one_hot_classes(np.array([[0.9, 0.1], [0.0, 1.0]])) is None
+    assert _mlp._one_hot_classes(np.array([[1.0], [0.0]])) is None
+    assert _mlp._one_hot_classes(np.zeros((0, 3))) is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("params", [dict(hidden_layer_sizes=(30,)),
+                                    # Unit-split batches (see split_bounds).
+                                    dict(hidden_layer_sizes=(520,), max_iter=2),
+                                    dict(hidden_layer_sizes=(20, 10), solver="sgd",
+                                         batch_size=50)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_one_hot_targets_by_class(monkeypatch, dtype, params, weighted):
+    # Softmax outputs with one-hot targets take their loss and deltas from
+    # each sample's class instead of its target row: the same weights and
+    # loss curve, bit for bit, on one thread and two.
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400].astype(dtype), y[:400]
+    sw = np.random.RandomState(0).uniform(0.5, 2.0, size=len(y)) if weighted else None
+    common = dict(max_iter=3, tol=0.0, random_state=0)
+    common.update(params)
+    real = _mlp._one_hot_classes
+    used = []
+    monkeypatch.setattr(_mlp, "_one_hot_classes",
+                        lambda Y: used.append(real(Y)) or used[-1])
+    fits = {}
+    for by_class in (True, False):
+        if not by_class:
+            monkeypatch.setattr(_mlp, "_one_hot_classes", lambda Y: None)
+        for n_threads in (1, 2):
+            fits[by_class, n_threads] = _fit(MLPClassifier, X, y, sample_weight=sw,
+                                             n_threads=n_threads, **common)
+    assert used and all(u is not None for u in used)
+    ref = fits[True, 1]
+    for key, est in fits.items():
+        for u, v in zip(est.coefs_ + est.intercepts_, ref.coefs_ + ref.intercepts_):
+            np.testing.assert_array_equal(u, v, err_msg=str(key))
+        np.testing.assert_array_equal(est.loss_curve_, ref.loss_curve_)
