@@ -11,6 +11,10 @@
  * benches/compare.py's thread-scaling row to see which placement a run had.
  *
  *   gcc -O3 -march=native -fopenmp benches/xcore.c -o /tmp/xcore && /tmp/xcore
+ *
+ * Arguments: the rounds (default 200) and the buffer's size in KB (default
+ * 2048).  benches/compare.py runs it with 64 KB, about what a two-thread
+ * load_digits batch hands over (half the weights and half a gradient).
  */
 #include <omp.h>
 #include <stdio.h>
@@ -35,8 +39,9 @@ static double phase(int who, float *a, size_t n)
 
 int main(int argc, char **argv)
 {
-    const size_t n = (2u << 20) / sizeof(float);
     const int reps = argc > 1 ? atoi(argv[1]) : 200;
+    const size_t kb = argc > 2 ? (size_t)atoi(argv[2]) : 2048;
+    const size_t n = (kb << 10) / sizeof(float);
     float *a = aligned_alloc(64, n * sizeof(float));
     double local0 = 0, local1 = 0, to1 = 0, to0 = 0;
     int team = 1;
@@ -62,9 +67,9 @@ int main(int argc, char **argv)
     }
     if (team < 2)
         printf("only one thread: the hand-over figures mean nothing\n");
-    printf("update of 2 MB (us, mean of %d): local0 %.0f local1 %.0f "
-           "0->1 %.0f 1->0 %.0f (hand-over / local: %.1fx)\n",
-           reps, 1e6 * local0 / reps, 1e6 * local1 / reps, 1e6 * to1 / reps,
+    printf("update of %zu KB (us, mean of %d): local0 %.1f local1 %.1f "
+           "0->1 %.1f 1->0 %.1f (hand-over / local: %.1fx)\n",
+           kb, reps, 1e6 * local0 / reps, 1e6 * local1 / reps, 1e6 * to1 / reps,
            1e6 * to0 / reps, (to1 + to0) / (local0 + local1));
     free(a);
     return 0;

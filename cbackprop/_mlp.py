@@ -1532,7 +1532,8 @@ class _BaseMLP(BaseEstimator):
                         self._n_threads(), online=batch_size == 1, full_pass=full_pass,
                         borrow=True)
         Y = np.ascontiguousarray(y_train, dtype=dtype)
-        ycls = _one_hot_classes(Y)
+        # Online training reads the target rows itself (see run_epoch).
+        ycls = _one_hot_classes(Y) if batch_size > 1 else None
         has_sw = sw_train is not None
         sw = np.ascontiguousarray(sw_train, dtype=dtype) if has_sw \
             else np.empty(1, dtype=dtype)
