@@ -456,18 +456,29 @@ def test_epochs_in_one_kernel_call_stop_where_the_loop_stops(monkeypatch, digits
 
     rng = np.random.RandomState(0)
     Xd = rng.normal(size=(200, 4)) * 100
-    yd = Xd @ [1e5, -2e5, 3e5, 1e5]
-    errors = []
-    for in_kernel in (True, False):
-        monkeypatch.setattr(mlp, "_EPOCHS_IN_KERNEL", in_kernel)
-        est = MLPRegressor(hidden_layer_sizes=(8,), solver="sgd", batch_size=16,
-                           learning_rate_init=10.0, momentum=0.9, max_iter=50,
-                           random_state=0)
-        with pytest.raises(ValueError, match="diverged in epoch") as e:
-            est.fit(Xd, yd)
-        errors.append((str(e.value), est.n_iter_, list(est.loss_curve_),
-                       [c.tobytes() for c in est.coefs_ + est.intercepts_]))
-    assert errors[0] == errors[1]
+    Xl = rng.normal(size=(600, 4))
+    # Batches of 16 step in the gradient tasks (divergence in the first
+    # epoch); of 200, chunk by chunk (two 100-row chunks), on one thread and
+    # on two in the chunks' region, diverging in the fifth epoch: each
+    # epoch's first step takes its snapshot.
+    cases = [(Xd, Xd @ [1e5, -2e5, 3e5, 1e5],
+              dict(hidden_layer_sizes=(8,), batch_size=16, learning_rate_init=10.0))]
+    for n_threads in (1, 2):
+        cases.append((Xl, Xl @ [1e3, -2e3, 3e3, 1e3],
+                      dict(hidden_layer_sizes=(40,), batch_size=200,
+                           learning_rate_init=5e-4, n_threads=n_threads)))
+    for X_, y_, params in cases:
+        errors = []
+        for in_kernel in (True, False):
+            monkeypatch.setattr(mlp, "_EPOCHS_IN_KERNEL", in_kernel)
+            est = MLPRegressor(solver="sgd", momentum=0.9, max_iter=50, random_state=0,
+                               **params)
+            with pytest.raises(ValueError, match="diverged in epoch") as e:
+                est.fit(X_, y_)
+            errors.append((str(e.value), est.n_iter_, list(est.loss_curve_),
+                           [c.tobytes() for c in est.coefs_ + est.intercepts_]))
+        assert errors[0] == errors[1]
+    assert errors[0][1] == 4
 
 
 @given(st.integers(1, 3000), st.integers(0, 2**31 - 1), st.booleans(),
