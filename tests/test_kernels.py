@@ -1,5 +1,6 @@
 """The C helpers and BLAS wrappers, each against NumPy."""
 
+import contextlib
 import math
 import os
 
@@ -11,6 +12,20 @@ from scipy.special import expit, logsumexp, softmax
 
 from cbackprop import _blas, _kernels, _openmp_helpers
 from cbackprop._mlp import LOSSES
+
+_needs_own = pytest.mark.skipif(not _blas.own_gemm_ready(),
+                                reason="no AVX-512 on this CPU")
+
+
+@contextlib.contextmanager
+def _own_products():
+    """Our own AVX-512 products on, whatever CBACKPROP_OWN_GEMM says (the
+    tests using it are skipped where the CPU has none)."""
+    before = _blas._set_own_gemm(True)
+    try:
+        yield
+    finally:
+        _blas._set_own_gemm(before)
 
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-5), (np.float64, 1e-12)])
@@ -64,7 +79,7 @@ def test_mm_rowmajor_paths_match_numpy(products, m, n, k, dtype, ta, tb, accumul
     assert np.isnan(padded[:, n:]).all()
 
 
-@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@_needs_own
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ta", [False, True])
 def test_own_products_do_not_depend_on_how_they_are_cut(dtype, ta):
@@ -76,8 +91,7 @@ def test_own_products_do_not_depend_on_how_they_are_cut(dtype, ta):
     m, n, k = 37, 75, 300
     a = rng.normal(size=(k, m) if ta else (m, k)).astype(dtype)
     b = rng.normal(size=(k, n)).astype(dtype)
-    before = _blas._set_own_gemm(True)
-    try:
+    with _own_products():
         whole = _blas._py_mm_rowmajor(a, b, ta)
         rows = np.vstack([_blas._py_mm_rowmajor(a[:, r0:r0 + 7] if ta else a[r0:r0 + 7], b,
                                                 ta) for r0 in range(0, m, 7)])
@@ -86,14 +100,12 @@ def test_own_products_do_not_depend_on_how_they_are_cut(dtype, ta):
         h = 123
         first = _blas._py_mm_rowmajor(a[:h] if ta else a[:, :h], b[:h], ta)
         halves = _blas._py_mm_rowmajor(a[h:] if ta else a[:, h:], b[h:], ta, c=first)
-    finally:
-        _blas._set_own_gemm(before)
     np.testing.assert_array_equal(rows, whole)
     np.testing.assert_array_equal(cols, whole)
     np.testing.assert_array_equal(halves, whole)
 
 
-@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@_needs_own
 @settings(deadline=None, max_examples=40)
 @given(m=st.integers(1, 20), n=st.integers(1, 70), k=st.integers(1, 300),
        dtype=st.sampled_from([np.float32, np.float64]), relu=st.booleans())
@@ -106,11 +118,8 @@ def test_own_product_with_bias_and_relu(m, n, k, dtype, relu):
     bias = rng.normal(size=n).astype(dtype)
     if n > 2:
         a[0, 0], b[0, 1] = np.inf, 0.0  # inf * 0: NaN in row 0, column 1
-    before = _blas._set_own_gemm(True)
-    try:
+    with _own_products():
         got = _blas._py_mm_own(a, b, bias=bias, relu=relu)
-    finally:
-        _blas._set_own_gemm(before)
     with np.errstate(invalid="ignore"):
         expected = a.astype(np.float64) @ b.astype(np.float64) + bias
     if relu:
@@ -120,7 +129,7 @@ def test_own_product_with_bias_and_relu(m, n, k, dtype, relu):
     np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
 
 
-@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@_needs_own
 @settings(deadline=None, max_examples=40)
 @given(m=st.integers(1, 20), n=st.integers(1, 70), k=st.integers(1, 300),
        dtype=st.sampled_from([np.float32, np.float64]))
@@ -133,18 +142,15 @@ def test_own_product_gated_by_relu_activations(m, n, k, dtype):
     b = rng.normal(size=(k, n)).astype(dtype)
     gate = np.maximum(rng.normal(size=(m, n)), 0).astype(dtype)
     gate[0, 0] = np.nan
-    before = _blas._set_own_gemm(True)
-    try:
+    with _own_products():
         got = _blas._py_mm_own(a, b, gate=gate)
-    finally:
-        _blas._set_own_gemm(before)
     expected = np.where(gate == 0, 0.0, a.astype(np.float64) @ b.astype(np.float64))
     assert np.all(got[gate == 0] == 0)
     tol = 1e-4 * math.sqrt(k) if dtype == np.float32 else 1e-12 * math.sqrt(k)
     np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
 
 
-@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@_needs_own
 @settings(deadline=None, max_examples=40)
 @given(m=st.integers(1, 30), n=st.integers(1, 70), k=st.integers(1, 300),
        drop=st.floats(0.0, 1.0), dtype=st.sampled_from([np.float32, np.float64]),
@@ -163,14 +169,11 @@ def test_own_products_over_the_columns_in_use(m, n, k, drop, dtype, relu):
     bias = rng.normal(size=n).astype(dtype)
     d = rng.normal(size=(m, n)).astype(dtype)
     xc = np.ascontiguousarray(x[:, keep])
-    before = _blas._set_own_gemm(True)
-    try:
+    with _own_products():
         full = _blas._py_mm_own(x, w, bias=bias, relu=relu)
         got = _blas._py_mm_own(xc, w, bias=bias, relu=relu, bidx=keep)
         grad_full = _blas._py_mm_own(x, d, trans_a=True)
         grad = _blas._py_mm_own(xc, d, trans_a=True, cidx=keep, c_rows=k)
-    finally:
-        _blas._set_own_gemm(before)
     np.testing.assert_array_equal(got, full)
     np.testing.assert_array_equal(grad[keep], grad_full[keep])
     # Nothing but the listed rows was written.
@@ -183,7 +186,7 @@ def test_own_products_over_the_columns_in_use(m, n, k, drop, dtype, relu):
                                rtol=tol, atol=tol)
 
 
-@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@_needs_own
 @settings(deadline=None, max_examples=40)
 @given(nr=st.integers(1, 40), nf=st.integers(1, 200), zero=st.floats(0.0, 1.0),
        min_drop=st.integers(1, 12), dtype=st.sampled_from([np.float32, np.float64]))
@@ -200,12 +203,9 @@ def test_gather_without_all_zero_columns(nr, nf, zero, min_drop, dtype):
         X[:, 1] = -0.0
         X[5, 2] = np.nan
     rows = rng.randint(0, 60, size=nr).astype(np.intp)
-    before = _blas._set_own_gemm(True)
-    try:
+    with _own_products():
         kept, idx, got = _kernels._py_gather_cols(X, rows, min_drop)
         masks = _kernels.row_masks(X)
-    finally:
-        _blas._set_own_gemm(before)
     nonzero = (X != 0) | np.isnan(X)
     bits = np.zeros((60, masks.shape[1] * 64), dtype=bool)
     bits[:, :nf] = nonzero
@@ -222,7 +222,7 @@ def test_gather_without_all_zero_columns(nr, nf, zero, min_drop, dtype):
         np.testing.assert_array_equal(got, X[rows])
 
 
-@pytest.mark.skipif(not _blas.own_gemm_ready(), reason="no AVX-512 on this CPU")
+@_needs_own
 @settings(deadline=None, max_examples=40)
 @given(m=st.integers(0, 30), n=st.integers(1, 70), k=st.integers(0, 300),
        dtype=st.sampled_from([np.float32, np.float64]))
@@ -234,12 +234,9 @@ def test_gradient_product_also_sums_the_deltas(m, n, k, dtype):
     rng = np.random.RandomState(m * 10007 + n * 101 + k)
     a = rng.normal(size=(k, m)).astype(dtype)
     d = rng.normal(size=(k, n)).astype(dtype)
-    before = _blas._set_own_gemm(True)
-    try:
+    with _own_products():
         got, sums = _blas._py_mm_own(a, d, trans_a=True, colsum=True)
         plain = _blas._py_mm_own(a, d, trans_a=True) if m else got
-    finally:
-        _blas._set_own_gemm(before)
     expected = np.zeros(n, dtype=dtype)
     for row in d:
         expected += row
