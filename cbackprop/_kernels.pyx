@@ -1220,6 +1220,7 @@ cdef inline void _gather_rows(const Source* src, const Py_ssize_t* rows,
 # gradient products, and leaving them out costs a second pass over the
 # rows.  load_digits' 64 pixels: 9 of them on average in a 100-row chunk.
 cdef Py_ssize_t COLS_DROP_FRACTION = 16
+ZERO_COLS_FRACTION = COLS_DROP_FRACTION
 cdef bint ZERO_COLS = True
 
 
@@ -1308,22 +1309,26 @@ def cols_size(Py_ssize_t cap, Py_ssize_t n_features):
     return _max_chunks(cap) * _cols_ld(n_features)
 
 
-def row_masks(const floating[:, ::1] X):
+def row_masks(const floating[:, ::1] X, int n_threads=1):
     """Which columns of each row of X are not zero (NaN counts, -0 does
     not): a ``(n, ceil(n_features / 64))`` uint64 array, bit ``j`` of word
     ``w`` for column ``64 w + j`` (see cbp_row_masks).  Made once a fit
     for the chunks' gathers (see _gather_cols): 1/64 of X's size in
-    float64, 1/32 in float32."""
-    cdef Py_ssize_t n = X.shape[0], nf = X.shape[1]
+    float64, 1/32 in float32.  Blocks of rows on ``n_threads``."""
+    cdef Py_ssize_t n = X.shape[0], nf = X.shape[1], k, r0, r1
+    cdef Py_ssize_t n_blocks = (n + FINITE_BLOCK - 1) // FINITE_BLOCK
     out = np.zeros((n, (nf + 63) // 64), dtype=np.uint64)
     cdef uint64_t[:, ::1] o = out
     if n == 0 or nf == 0:
         return out
-    with nogil:
+    for k in prange(n_blocks, nogil=True, num_threads=max(1, n_threads),
+                    schedule="static"):
+        r0 = k * FINITE_BLOCK
+        r1 = min(r0 + FINITE_BLOCK, n)
         if floating is float:
-            cbp_row_masks_f(n, &X[0, 0], nf, &o[0, 0])
+            cbp_row_masks_f(r1 - r0, &X[r0, 0], nf, &o[r0, 0])
         else:
-            cbp_row_masks_d(n, &X[0, 0], nf, &o[0, 0])
+            cbp_row_masks_d(r1 - r0, &X[r0, 0], nf, &o[r0, 0])
     return out
 
 

@@ -172,6 +172,20 @@ def _aligned_zeros(n, dtype):
     return out
 
 
+def _zero_columns_likely(X):
+    """Whether a few hundred rows spread over the dense ``X`` show enough
+    mostly-zero columns (non-zero in at most 5% of the rows, which a
+    100-row chunk then often has all zero) for the chunks' gathers to leave
+    some out (see _kernels._gather_cols).  Otherwise no per-row column masks
+    are made (a pass over X, and 1/64 of its size in float64)."""
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        return False
+    probe = X[::max(1, X.shape[0] // 256)]
+    rate = np.count_nonzero(probe, axis=0) / probe.shape[0]
+    need = max(1, X.shape[1] // _kernels.ZERO_COLS_FRACTION)
+    return int(np.count_nonzero(rate <= 0.05)) >= need
+
+
 def _one_hot_classes(Y):
     """Each row's class (int32) when every row of the target matrix ``Y``
     is one-hot (one 1, zeros elsewhere), else None: the kernels then take a
@@ -389,9 +403,9 @@ class _Workspace:
         # columns of each row are not zero.
         self.cols = _aligned_empty(0, np.int32)
         self.rowmask = None
-        if n_pg and _blas.own_gemm_enabled():
+        if n_pg and _blas.own_gemm_enabled() and _zero_columns_likely(self.data):
             self.cols = _aligned_empty(_kernels.cols_size(cap, self.n_features), np.int32)
-            self.rowmask = _kernels.row_masks(self.data)
+            self.rowmask = _kernels.row_masks(self.data, n_threads)
         # One wide hidden layer on dense mini-batches: the hidden units'
         # blocks of the unit-split batches (see _kernels._split_batch; the
         # kernel also falls back for clipping and batches of several

@@ -1081,3 +1081,17 @@ def test_one_hot_targets_by_class(monkeypatch, dtype, params, weighted):
         for u, v in zip(est.coefs_ + est.intercepts_, ref.coefs_ + ref.intercepts_):
             np.testing.assert_array_equal(u, v, err_msg=str(key))
         np.testing.assert_array_equal(est.loss_curve_, ref.loss_curve_)
+
+
+def test_column_masks_only_where_columns_are_mostly_zero():
+    # The per-row column masks (a pass over X and 1/64 of its size) are
+    # made only when a probe of rows shows enough mostly-zero columns.
+    rng = np.random.RandomState(0)
+    X = rng.uniform(size=(1000, 64))
+    assert not _mlp._zero_columns_likely(X)
+    X[:, :3] = 0  # under 64 / ZERO_COLS_FRACTION columns
+    assert not _mlp._zero_columns_likely(X)
+    X[:, :4] = 0
+    X[::50, 3] = 1.0  # non-zero in 2% of the rows: still mostly zero
+    assert _mlp._zero_columns_likely(X)
+    assert not _mlp._zero_columns_likely(np.zeros((0, 5)))
