@@ -1217,8 +1217,9 @@ cdef inline void _gather_rows(const Source* src, const Py_ssize_t* rows,
 # A chunk's rows are gathered without their all-zero columns when at least
 # 1/COLS_DROP_FRACTION of the columns are (and at least one): each such
 # column saves 4 x rows x units flops in the first layer's forward and
-# gradient products, and leaving them out costs a second pass over the
-# rows.  load_digits' 64 pixels: 9 of them on average in a 100-row chunk.
+# gradient products, and leaving them out costs a permute per 8 columns of
+# every gathered row.  load_digits' 64 pixels: 9 of them on average in a
+# 100-row chunk.
 cdef Py_ssize_t COLS_DROP_FRACTION = 16
 ZERO_COLS_FRACTION = COLS_DROP_FRACTION
 cdef bint ZERO_COLS = True
