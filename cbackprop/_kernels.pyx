@@ -601,14 +601,16 @@ cdef inline void _add_rows(Py_ssize_t nr, Py_ssize_t m, const floating* b, float
 cdef inline void _product_bias(Py_ssize_t nr, Py_ssize_t m, Py_ssize_t k,
                                const floating* a, Py_ssize_t lda, const floating* W,
                                Py_ssize_t ldw, const floating* b, floating* z,
-                               Py_ssize_t ldz, bint relu) noexcept nogil:
+                               Py_ssize_t ldz, bint relu,
+                               const int* bidx=NULL) noexcept nogil:
     """``z = a W + b`` for ``nr`` rows (``relu``: then relu), a layer's
     forward product.  Our own products start each element from its bias and
     apply relu as they store (one pass over z instead of two); with BLAS,
-    the bias (and relu) is a second pass."""
+    the bias (and relu) is a second pass.  ``bidx`` (own products only, or
+    NULL): W's row p is row ``bidx[p]`` (see _gather_cols)."""
     if own_gemm_on():
         mm_own(<int>nr, <int>m, <int>k, a, <int>lda, W, <int>ldw, b, relu, NULL, 0, z,
-               <int>ldz)
+               <int>ldz, False, bidx)
         return
     mm_rowmajor(NoTrans, NoTrans, <int>nr, <int>m, <int>k, <floating>1, a, <int>lda,
                 W, <int>ldw, <floating>0, z, <int>ldz)
@@ -841,11 +843,8 @@ cdef void _layer0_forward(const Net* net, const floating* params, const Source* 
             cbp_sprows_d(nr, sb.rs + r0, sb.re + r0, sb.idx, <const double*>sb.val,
                          W, m, ldw, wlen, b, z, ldz)
         return
-    if cols != NULL:
-        mm_own(<int>nr, <int>m, cols[0], xin + r0 * u_in, <int>u_in, params, <int>m, b,
-               relu, NULL, 0, z, <int>ldz, False, cols + 1, NULL)
-        return
-    _product_bias(nr, m, u_in, xin + r0 * u_in, u_in, params, m, b, z, ldz, relu)
+    _product_bias(nr, m, cols[0] if cols != NULL else u_in, xin + r0 * u_in, u_in,
+                  params, m, b, z, ldz, relu, cols + 1 if cols != NULL else NULL)
 
 
 cdef void _layer0_grad_block(const Net* net, const Source* src, const SpBatch* sb,
@@ -1237,46 +1236,46 @@ def _set_zero_cols(bint on):
 
 def _py_gather_cols(const floating[:, ::1] X, const Py_ssize_t[::1] rows,
                     Py_ssize_t min_drop):
-    """Python twin of cbp_gather_cols for tests: ``(kept, idx, gathered)``,
-    the columns kept (``n_features`` when none were left out), their
-    indices (None then) and the gathered rows, each ``n_features`` wide
-    with its first ``kept`` values written (the rest NaN)."""
-    cdef Py_ssize_t nf = X.shape[1], nr = rows.shape[0], kept, r
+    """Python door to :func:`_gather_cols` for tests: ``(kept, idx,
+    gathered)``, the columns kept (``n_features`` when none were left out),
+    their indices (None then) and the gathered rows, each ``n_features``
+    wide with its first ``kept`` values written (the rest NaN)."""
+    cdef Py_ssize_t nf = X.shape[1], nr = rows.shape[0], r
+    cdef Net net
+    cdef Source src
     for r in range(nr):
         if rows[r] < 0 or rows[r] >= X.shape[0]:
             raise IndexError("row out of range")
     if not own_gemm_on():
         raise RuntimeError("our own products are off or not available here")
-    masks = row_masks(X)
-    cdef const uint64_t[:, ::1] mv = masks
     dtype = np.float32 if floating is float else np.float64
     out = np.full((max(nr, 1), max(nf, 1)), np.nan, dtype=dtype)
-    buf = np.empty(_cols_ld(nf) + 16, dtype=np.int32)
+    if nr == 0 or nf == 0:
+        return nf, None, out[:nr, :nf]
+    masks = row_masks(X)
+    cdef const uint64_t[:, ::1] mv = masks
+    buf = np.empty(_cols_ld(nf) + LINE_BYTES // 4, dtype=np.int32)
     k = (-buf.ctypes.data % LINE_BYTES) // 4
     cdef int32_t[::1] cl = buf[k:k + _cols_ld(nf)]
     cdef floating[:, ::1] ov = out
-    cdef uint64_t* words = <uint64_t*>(&cl[0] + _cols_words(nf))
-    cdef void* perms = <void*>(&cl[0] + _cols_perms(nf))
-    if nr == 0 or nf == 0:
-        return nf, None, out[:nr, :nf]
-    if floating is float:
-        kept = cbp_gather_cols_f(nr, &rows[0], &X[0, 0], nf, &mv[0, 0], &ov[0, 0],
-                                 <int*>&cl[1], words, perms, min_drop)
-    else:
-        kept = cbp_gather_cols_d(nr, &rows[0], &X[0, 0], nf, &mv[0, 0], &ov[0, 0],
-                                 <int*>&cl[1], words, perms, min_drop)
-    idx = np.asarray(cl[1:1 + kept]).copy() if kept < nf else None
-    return kept, idx, out
+    net.row_masks = &mv[0, 0]
+    src.csr = False
+    src.n_features = nf
+    src.x = &X[0, 0]
+    left_out = _gather_cols(&net, &src, &rows[0], nr, &ov[0, 0], <int*>&cl[0], min_drop)
+    kept = cl[0]
+    return kept, np.asarray(cl[1:1 + kept]).copy() if left_out else None, out
 
 
 cdef inline bint _gather_cols(const Net* net, const Source* src, const Py_ssize_t* rows,
-                              Py_ssize_t nr, floating* xb, int* cols) noexcept nogil:
+                              Py_ssize_t nr, floating* xb, int* cols,
+                              Py_ssize_t min_drop) noexcept nogil:
     """Dense rows ``rows[:nr]`` of X to ``xb``, without the columns that are
-    zero in all of them when enough are (see cbp_gather_cols).  Returns
-    whether it left any out; ``cols`` (a chunk's list, see _cols_ld) then
-    holds how many columns are left and their indices."""
+    zero in all of them when at least ``min_drop`` are (see
+    cbp_gather_cols), else whole (_gather_rows).  Returns whether it left
+    any out; ``cols`` (a chunk's list, see _cols_ld) then holds how many
+    columns are left and their indices."""
     cdef Py_ssize_t nf = src.n_features, kept
-    cdef Py_ssize_t min_drop = max(1, nf // COLS_DROP_FRACTION)
     cdef uint64_t* words = <uint64_t*>(cols + _cols_words(nf))
     cdef void* perms = <void*>(cols + _cols_perms(nf))
     if floating is float:
@@ -1286,6 +1285,8 @@ cdef inline bint _gather_cols(const Net* net, const Source* src, const Py_ssize_
         kept = cbp_gather_cols_d(nr, rows, <const double*>src.x, nf, net.row_masks, xb,
                                  cols + 1, words, perms, min_drop)
     cols[0] = <int>kept
+    if kept == nf:
+        _gather_rows(src, rows, 0, nr, xb)
     return kept < nf
 
 
@@ -1339,8 +1340,7 @@ cdef void _attach_cols(Net* net, const Source* src, Py_ssize_t n_rows, Py_ssize_
     products, gather their rows without all-zero columns (see
     _gather_cols): ``buf`` (:func:`cols_size`, cache-aligned) for the
     chunks' lists, ``masks`` from :func:`row_masks` of X (``n_rows``
-    rows).  Anything
-    missing or not fitting: whole rows, always."""
+    rows).  Anything missing or not fitting: whole rows, always."""
     if (not ZERO_COLS or buf is None or masks is None or src.csr or net.pgrad == NULL
             or not own_gemm_on() or src.n_features == 0
             or buf.shape[0] < _max_chunks(cap) * _cols_ld(src.n_features)
@@ -1430,9 +1430,10 @@ cdef void _chunk_grad(const Net* net, const floating* xin, const floating* acts,
     to ``P`` in the packed layout.  ``cols`` (or NULL): the input rows hold
     only the columns listed there (see _gather_cols); the first layer's
     gradient is zero in the others' rows."""
-    cdef Py_ssize_t L = net.n_layers, li, u_in, m, s_next, lda, p, j0, k1
+    cdef Py_ssize_t L = net.n_layers, li, u_in, m, s_next, lda, p, j0, k1, rows
     cdef const floating* a_in
     cdef const floating* d
+    cdef const int* cidx
     for li in range(L):
         u_in = net.units[li]
         m = net.zw[li + 1]
@@ -1441,24 +1442,25 @@ cdef void _chunk_grad(const Net* net, const floating* xin, const floating* acts,
         if li == 0:
             lda = u_in
             a_in = xin + r0 * lda
-            if cols != NULL:
-                # The rows of the columns left out, then the others by index.
+        else:
+            lda = net.stride[li]
+            a_in = acts + _layer_base(net, cap, li) + r0 * lda
+        if own_gemm_on():
+            rows = u_in
+            cidx = NULL
+            if li == 0 and cols != NULL:
+                # The rows of the columns left out are zero; the others are
+                # written by index.
                 j0 = 0
                 for p in range(cols[0] + 1):
                     k1 = cols[p + 1] if p < cols[0] else u_in
                     memset(P + j0 * m, 0, (k1 - j0) * m * sizeof(floating))
                     j0 = k1 + 1
-                mm_own(cols[0], <int>m, <int>nr, a_in, <int>lda, d, <int>s_next, NULL,
-                       False, NULL, 0, P, <int>m, True, NULL, cols + 1,
-                       P + net.icpt_off[li])
-                continue
-        else:
-            lda = net.stride[li]
-            a_in = acts + _layer_base(net, cap, li) + r0 * lda
-        if own_gemm_on():
+                rows = cols[0]
+                cidx = cols + 1
             # The bias gradient made by the same pass over the deltas.
-            mm_own(<int>u_in, <int>m, <int>nr, a_in, <int>lda, d, <int>s_next, NULL,
-                   False, NULL, 0, P + net.coef_off[li], <int>m, True, NULL, NULL,
+            mm_own(<int>rows, <int>m, <int>nr, a_in, <int>lda, d, <int>s_next, NULL,
+                   False, NULL, 0, P + net.coef_off[li], <int>m, True, NULL, cidx,
                    P + net.icpt_off[li])
             continue
         mm_rowmajor(Trans, NoTrans, <int>u_in, <int>m, <int>nr, <floating>1, a_in,
@@ -1529,7 +1531,7 @@ cdef inline void _chunk_task(const Net* net, const floating* params, const Sourc
         if local and net.cols != NULL:
             cols = net.cols + c * net.cols_ld
             if not _gather_cols(net, src, rows + r0, nr, xbuf + r0 * src.n_features,
-                                cols):
+                                cols, max(1, src.n_features // COLS_DROP_FRACTION)):
                 cols = NULL
         else:
             _gather_rows(src, rows, r0, r0 + nr, xbuf)

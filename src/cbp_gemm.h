@@ -38,7 +38,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && \
     !defined(CBP_NO_GEMM)
@@ -334,8 +333,9 @@ CBP_GEMM_TARGET static void cbp_row_masks_avx512_##S(                          \
  * its gradient writes dW0's rows by them (the caller zeroes the others):
  * a term with a zero input adds a signed zero to a sum, which changes
  * nothing but the sign of a zero, so the products give the same values
- * with fewer terms.  Returns the columns kept, nf when none were left out
- * (the whole rows gathered).  masks: the rows' words of cbp_row_masks;
+ * with fewer terms.  Returns the columns kept, or nf, having gathered
+ * nothing, when too few are left out (the caller gathers the whole rows).
+ * masks: the rows' words of cbp_row_masks;
  * words: room for w64 words; perms: for (nf + 7) / 8 vectors. */
 #define CBP_GATHER_AHEAD 8
 #define CBP_GATHER_COLS(T, S, MT, W, SFX, EPI, IOTA)                           \
@@ -355,11 +355,7 @@ CBP_GEMM_TARGET static ptrdiff_t cbp_gather_cols_avx512_##S(                   \
         words[w] = any;                                                        \
         kept += __builtin_popcountll(any);                                     \
     }                                                                          \
-    if (nf - kept < min_drop || kept == nf) {                                  \
-        for (ptrdiff_t r = 0; r < nr; r++)                                     \
-            memcpy(xbuf + r * nf, X + rows[r] * nf, (size_t)nf * sizeof(T));   \
-        return nf;                                                             \
-    }                                                                          \
+    if (nf - kept < min_drop || kept == nf) return nf;                         \
     kept = 0;                                                                  \
     for (ptrdiff_t g = 0; g < ng; g++) {                                       \
         const MT m = (MT)(words[g * W / 64] >> (g * W % 64));                  \
@@ -441,7 +437,7 @@ CBP_GEMM_ENTRY(float, f)
 
 /* cbp_row_masks and cbp_gather_cols (see above) where the AVX-512 code is
  * built; elsewhere (callers check cbp_gemm_ready() first) the masks are
- * made in plain C and the gather takes whole rows (nf returned). */
+ * made in plain C and the gather leaves nothing out (nf returned). */
 #ifdef CBP_GEMM
 #define CBP_MASKS_CALL(S) cbp_row_masks_avx512_##S(n, X, nf, out);
 #define CBP_GATHER_CALL(S)                                                     \
@@ -459,9 +455,8 @@ CBP_GEMM_ENTRY(float, f)
             out[i * w64 + w] = bits;                                           \
         }
 #define CBP_GATHER_CALL(S)                                                     \
-    (void)masks; (void)idx; (void)words; (void)perms; (void)min_drop;          \
-    for (ptrdiff_t r = 0; r < nr; r++)                                         \
-        memcpy(xbuf + r * nf, X + rows[r] * nf, (size_t)nf * sizeof(*X));      \
+    (void)nr; (void)rows; (void)X; (void)masks; (void)xbuf; (void)idx;         \
+    (void)words; (void)perms; (void)min_drop;                                  \
     return nf;
 #endif
 #define CBP_GATHER_ENTRY(T, S)                                                 \
